@@ -1,0 +1,247 @@
+//! The job's configuration: one TOML file (`configs/teddyflow.toml`), every key
+//! overridable on the command line. Every knob is documented here and in the README.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+pub use teddyflow_connectors::kafka::KafkaSettings;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub kafka: KafkaSettings,
+    pub topics: Topics,
+    pub engine: Engine,
+    pub limits: Limits,
+    pub asr: Asr,
+}
+
+/// Topic names. `partitions` is used only when teddyflow creates a missing topic.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Topics {
+    pub audio: String,
+    pub responses: String,
+    pub metrics: String,
+    pub deadletter: String,
+    /// Create missing topics at start-up.
+    pub create: bool,
+    /// Partitions for topics teddyflow creates.
+    pub partitions: i32,
+}
+
+impl Default for Topics {
+    fn default() -> Self {
+        Self {
+            audio: "teddy.audio".into(),
+            responses: "teddy.responses".into(),
+            metrics: "teddy.metrics".into(),
+            deadletter: "teddy.deadletter".into(),
+            create: true,
+            partitions: 4,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Engine {
+    /// Worker threads in this process.
+    pub workers: usize,
+    /// Width of one timestamp (epoch) in ms: input read in the same epoch is committed together.
+    pub epoch_ms: u64,
+    /// Records read per source activation before yielding to other operators.
+    pub poll_batch: usize,
+    /// How often committable offsets are sent to the broker.
+    pub commit_interval_ms: u64,
+    /// On SIGTERM/Ctrl-C, how long to wait for in-flight work before exiting
+    /// (what is not finished by then is re-read on restart).
+    pub drain_timeout_ms: u64,
+    /// How often each worker writes a metrics snapshot.
+    pub metrics_interval_ms: u64,
+    /// Utterances assembled but not yet transcribed, per process, before sources pause reading.
+    pub max_pending_utterances: usize,
+}
+
+impl Default for Engine {
+    fn default() -> Self {
+        Self {
+            workers: 1,
+            epoch_ms: 100,
+            poll_batch: 256,
+            commit_interval_ms: 1000,
+            drain_timeout_ms: 20_000,
+            metrics_interval_ms: 5000,
+            max_pending_utterances: 16,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest accepted chunk (record value).
+    pub max_chunk_bytes: usize,
+    /// Most chunks in one utterance.
+    pub max_chunks_per_utterance: u32,
+    /// Most bytes in one utterance, all chunks together.
+    pub max_utterance_bytes: usize,
+    /// Longest accepted utterance, decoded.
+    pub max_utterance_ms: u64,
+    /// An utterance with no new chunk for this long is closed without its final chunk.
+    pub utterance_idle_timeout_ms: u64,
+    /// Completed utterance ids remembered per worker, so late duplicates are dropped.
+    pub remember_completed: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_chunk_bytes: 256 * 1024,
+            max_chunks_per_utterance: 1024,
+            max_utterance_bytes: 8 * 1024 * 1024,
+            max_utterance_ms: 30_000,
+            utterance_idle_timeout_ms: 10_000,
+            remember_completed: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Asr {
+    /// `tiny.en` or `base` (multilingual).
+    pub model: String,
+    /// Folder with `whisper-<model>/` and `mel_filters.npz` (installed by `make setup`).
+    pub models_dir: PathBuf,
+    /// Threads running Whisper in this process (one copy of the weights is shared).
+    pub threads: usize,
+    /// Language passed to multilingual models until child profiles provide one.
+    pub language: String,
+}
+
+impl Default for Asr {
+    fn default() -> Self {
+        Self {
+            model: "tiny.en".into(),
+            models_dir: PathBuf::from(".assets/models"),
+            threads: 1,
+            language: "en".into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config: {0}")]
+    Parse(String),
+    #[error("invalid override `{0}`: expected key.path=value")]
+    Override(String),
+}
+
+impl Config {
+    /// Load `path` (if given), apply `key.path=value` overrides, and validate.
+    pub fn load(path: Option<&std::path::Path>, overrides: &[String]) -> Result<Self, ConfigError> {
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                path: p.into(),
+                source,
+            })?,
+            None => String::new(),
+        };
+        let mut value: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        for o in overrides {
+            apply_override(&mut value, o)?;
+        }
+        let config: Config = toml::Value::Table(value)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Parse(m.into()));
+        if self.engine.workers == 0 {
+            return bad("engine.workers must be at least 1");
+        }
+        if self.engine.epoch_ms == 0 {
+            return bad("engine.epoch_ms must be at least 1");
+        }
+        if self.asr.threads == 0 {
+            return bad("asr.threads must be at least 1");
+        }
+        if self.engine.max_pending_utterances == 0 {
+            return bad("engine.max_pending_utterances must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// `a.b.c=value`: value is parsed as TOML (numbers, booleans) and falls back to a string.
+fn apply_override(root: &mut toml::Table, text: &str) -> Result<(), ConfigError> {
+    let (path, raw) = text
+        .split_once('=')
+        .ok_or_else(|| ConfigError::Override(text.into()))?;
+    let keys: Vec<&str> = path.trim().split('.').collect();
+    if keys.iter().any(|k| k.is_empty()) {
+        return Err(ConfigError::Override(text.into()));
+    }
+    let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    let mut table = root;
+    for key in &keys[..keys.len() - 1] {
+        let entry = table
+            .entry(key.to_string())
+            .or_insert_with(|| toml::Value::Table(Default::default()));
+        table = entry
+            .as_table_mut()
+            .ok_or_else(|| ConfigError::Override(text.into()))?;
+    }
+    table.insert(keys[keys.len() - 1].to_string(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_load_without_a_file() {
+        let c = Config::load(None, &[]).unwrap();
+        assert_eq!(c.topics.audio, "teddy.audio");
+        assert_eq!(c.engine.workers, 1);
+    }
+
+    #[test]
+    fn overrides_reach_every_key_with_types() {
+        let c = Config::load(
+            None,
+            &["kafka.brokers=10.0.0.1:9092".into(), "engine.workers=3".into(), "topics.create=false".into()],
+        )
+        .unwrap();
+        assert_eq!(c.kafka.brokers, "10.0.0.1:9092");
+        assert_eq!(c.engine.workers, 3);
+        assert!(!c.topics.create);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        assert!(Config::load(None, &["engine.wokers=3".into()]).is_err());
+        assert!(Config::load(None, &["engine.workers=0".into()]).is_err());
+        assert!(Config::load(None, &["noequals".into()]).is_err());
+    }
+
+    #[test]
+    fn the_shipped_config_parses() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/teddyflow.toml");
+        Config::load(Some(&path), &[]).unwrap();
+    }
+}

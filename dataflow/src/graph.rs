@@ -1,0 +1,269 @@
+//! The teddyflow graph for one worker, and the worker's run loop.
+//!
+//! ```text
+//! KafkaSource ─parse─┬─► Reassemble ─► Decode ─► Whisper ─► Response ─┐
+//!                    └─────────── dead letters (any stage) ───────────┴─► KafkaSink ─► probe
+//! ```
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::CommitMode;
+use teddyflow_connectors::kafka::{partition_count, partitions_for_worker, AckedWriter, PartitionReader};
+use teddyflow_connectors::wire::{self, OutRecord};
+use teddyflow_models::audio::{self, Codec, DecodeOptions};
+use timely::dataflow::operators::core::{Concat, Map, OkErr, Probe};
+use timely::dataflow::{ProbeHandle, Stream};
+use timely::worker::Worker;
+
+use crate::config::Config;
+use crate::metrics::WorkerMetrics;
+use crate::operators::{self, Output, SourceHandle, SourceSettings};
+use crate::pool::{Admission, StagePool};
+use crate::types::{now_ms, Decoded, Failed, Transcribed, Utterance};
+
+/// Shared by all workers of a process: the model pool and admission control.
+#[derive(Clone)]
+pub struct ProcessShared {
+    pub asr: Arc<StagePool<Decoded, Result<Transcribed, Failed>>>,
+    pub admission: Admission,
+    pub stop: Arc<AtomicBool>,
+    pub process: usize,
+}
+
+/// Build the graph on this worker and run it until `stop` is set and the graph drained.
+pub fn run_worker(worker: &mut Worker, config: &Config, shared: ProcessShared) -> anyhow::Result<()> {
+    let index = worker.index();
+    let peers = worker.peers();
+    let reader = open_reader(config, index, peers)?;
+    let partitions = reader.as_ref().map(|r| r.partitions().to_vec()).unwrap_or_default();
+    tracing::info!(worker = index, ?partitions, "worker reading partitions");
+    let handle = Rc::new(RefCell::new(SourceHandle {
+        reader,
+        tracker: Default::default(),
+        stopped_at: None,
+    }));
+    let metrics = Rc::new(RefCell::new(WorkerMetrics::default()));
+    let writer = AckedWriter::open(&config.kafka)?;
+    let probe = ProbeHandle::new();
+
+    worker.dataflow::<u64, _, _>(|scope| {
+        let settings = SourceSettings {
+            epoch_ms: config.engine.epoch_ms,
+            poll_batch: config.engine.poll_batch,
+            commit_interval: Duration::from_millis(config.engine.commit_interval_ms),
+            lag_interval: Duration::from_millis(config.engine.metrics_interval_ms),
+        };
+        let raw = operators::kafka_source(
+            scope.clone(),
+            handle.clone(),
+            probe.clone(),
+            shared.stop.clone(),
+            shared.admission.clone(),
+            metrics.clone(),
+            settings,
+        );
+        let dl_topic = config.topics.deadletter.clone();
+        let max_chunk = config.limits.max_chunk_bytes;
+        let (chunks, bad_records): (Stream<u64, Vec<_>>, Stream<u64, Vec<_>>) = raw.ok_err(move |rec| match wire::parse_chunk(&rec, max_chunk) {
+            Ok(chunk) => Ok(chunk),
+            Err(e) => Err(Output {
+                record: wire::dead_letter(&rec, &e.to_string(), &dl_topic),
+                completed_ms: 0,
+                is_response: false,
+            }),
+        });
+        let assembled = operators::reassemble(
+            chunks,
+            config.limits.clone(),
+            config.topics.audio.clone(),
+            shared.admission.clone(),
+            metrics.clone(),
+        );
+        let (utterances, rejected) = split(assembled);
+        let max_ms = config.limits.max_utterance_ms;
+        let (admission, m) = (shared.admission.clone(), metrics.clone());
+        let decoded: Stream<u64, Vec<Result<Decoded, Failed>>> = utterances.map(move |u| {
+            let result = decode(u, max_ms);
+            match &result {
+                Ok(d) => m.borrow_mut().stage("decode", last_timing(&d.meta.timings)),
+                Err(_) => {
+                    admission.leave();
+                    m.borrow_mut().error("decode");
+                }
+            }
+            result
+        });
+        let (decoded, undecodable) = split(decoded);
+        let (admission, m) = (shared.admission.clone(), metrics.clone());
+        let transcribed = operators::async_stage(decoded, shared.asr.clone(), move |r: &Result<Transcribed, Failed>| {
+            admission.leave();
+            let mut m = m.borrow_mut();
+            match r {
+                Ok(t) => {
+                    for (stage, ms) in t.meta.timings.iter().filter(|(s, _)| s.starts_with("asr")) {
+                        m.stage(stage, *ms);
+                    }
+                }
+                Err(_) => m.error("asr"),
+            }
+        });
+        let (transcribed, untranscribed) = split(transcribed);
+        let responses_topic = config.topics.responses.clone();
+        let responses: Stream<u64, Vec<Output>> = transcribed.map(move |t| response(t, &responses_topic, index));
+        let dl_topic = config.topics.deadletter.clone();
+        let failures: Stream<u64, Vec<Output>> = rejected
+            .concat(undecodable)
+            .concat(untranscribed)
+            .map(move |f| failed_to_output(f, &dl_topic));
+        let outputs = responses.concat(failures).concat(bad_records);
+        let metrics_out = operators::sink::MetricsOut {
+            topic: config.topics.metrics.clone(),
+            interval: Duration::from_millis(config.engine.metrics_interval_ms),
+            worker: index,
+            process: shared.process,
+        };
+        operators::kafka_sink(outputs, writer, metrics.clone(), metrics_out).probe_with(&probe);
+    });
+
+    drive(worker, &handle, &probe, &shared.stop, &config.engine);
+    Ok(())
+}
+
+/// Split a stream of results into its successes and failures.
+fn split<'s, T: 'static, E: 'static>(
+    stream: Stream<'s, u64, Vec<Result<T, E>>>,
+) -> (Stream<'s, u64, Vec<T>>, Stream<'s, u64, Vec<E>>) {
+    stream.ok_err(|r| r)
+}
+
+fn open_reader(config: &Config, index: usize, peers: usize) -> anyhow::Result<Option<PartitionReader>> {
+    let probe_consumer = config.kafka.consumer()?;
+    let count = partition_count(&probe_consumer, &config.topics.audio, &config.kafka.brokers)?;
+    let mine = partitions_for_worker(count, index, peers);
+    if mine.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(PartitionReader::open(&config.kafka, &config.topics.audio, mine)?))
+}
+
+/// Step the worker until stopped; then drain: wait until everything read before the stop
+/// is acknowledged (or the drain timeout passes), and commit synchronously.
+fn drive(
+    worker: &mut Worker,
+    handle: &Rc<RefCell<SourceHandle>>,
+    probe: &ProbeHandle<u64>,
+    stop: &AtomicBool,
+    engine: &crate::config::Engine,
+) {
+    while !stop.load(Ordering::Acquire) {
+        worker.step_or_park(Some(Duration::from_millis(100)));
+    }
+    let started = Instant::now();
+    let deadline = started + Duration::from_millis(engine.drain_timeout_ms);
+    // Sources check the flag before reading, so nothing is read at a later epoch than now.
+    let stop_epoch = operators::epoch_now(engine.epoch_ms) + 1;
+    while Instant::now() < deadline && probe.less_than(&stop_epoch) {
+        worker.step_or_park(Some(Duration::from_millis(20)));
+    }
+    let drained = !probe.less_than(&stop_epoch);
+    handle.borrow_mut().commit(probe, CommitMode::Sync);
+    tracing::info!(drained, waited_ms = started.elapsed().as_millis() as u64, "worker stopped");
+}
+
+fn last_timing(timings: &[(String, f64)]) -> f64 {
+    timings.last().map_or(0.0, |(_, ms)| *ms)
+}
+
+fn decode(u: Utterance, max_ms: u64) -> Result<Decoded, Failed> {
+    let started = Instant::now();
+    let h = &u.meta.headers;
+    let result = h.codec.parse::<Codec>().and_then(|codec| {
+        let opts = DecodeOptions {
+            codec,
+            rate: h.rate,
+            channels: h.channels,
+            max_seconds: max_ms as f32 / 1000.0,
+        };
+        audio::decode(&u.bytes, &opts)
+    });
+    match result {
+        Ok(audio) => {
+            let mut meta = u.meta;
+            meta.time("decode", started.elapsed().as_secs_f64() * 1e3);
+            Ok(Decoded {
+                meta,
+                pcm: audio.samples,
+                bytes: u.bytes,
+            })
+        }
+        Err(e) => Err(Failed {
+            meta: u.meta,
+            bytes: u.bytes,
+            stage: "decode".into(),
+            error: e.to_string(),
+        }),
+    }
+}
+
+fn response(t: Transcribed, topic: &str, worker: usize) -> Output {
+    let mut timings: serde_json::Map<String, serde_json::Value> = t
+        .meta
+        .timings
+        .iter()
+        .map(|(k, v)| (k.clone(), serde_json::json!((v * 10.0).round() / 10.0)))
+        .collect();
+    let total = (now_ms() - t.meta.completed_ms) as f64;
+    timings.insert("total".into(), serde_json::json!(total));
+    let body = serde_json::json!({
+        "conversation": t.meta.conversation,
+        "utterance": t.meta.utterance,
+        "child": t.meta.child,
+        "transcript": t.transcript,
+        "language": t.language,
+        "audio_ms": t.audio_ms,
+        "incomplete": t.meta.incomplete,
+        "model": t.model,
+        "timings_ms": timings,
+        "source": t.meta.sources,
+        "worker": worker,
+        "sent_ms": t.meta.headers.sent_ms,
+        "processed_ms": now_ms(),
+    });
+    Output {
+        record: OutRecord {
+            topic: topic.into(),
+            key: Some(t.meta.conversation.clone().into_bytes()),
+            payload: body.to_string().into_bytes(),
+            headers: vec![("utterance".into(), t.meta.utterance.into_bytes())],
+        },
+        completed_ms: t.meta.completed_ms,
+        is_response: true,
+    }
+}
+
+/// An utterance that failed becomes one dead letter: its bytes, the first chunk's headers,
+/// the reason, and where it came from.
+fn failed_to_output(f: Failed, topic: &str) -> Output {
+    let mut headers = wire::chunk_headers(&f.meta.headers);
+    headers.push(("error".into(), format!("{}: {}", f.stage, f.error).into_bytes()));
+    if let Some(src) = f.meta.sources.first() {
+        headers.push(("source_topic".into(), src.topic.clone().into_bytes()));
+        headers.push(("source_partition".into(), src.partition.to_string().into_bytes()));
+        headers.push(("source_offset".into(), src.first_offset.to_string().into_bytes()));
+        headers.push(("source_offset_end".into(), src.last_offset.to_string().into_bytes()));
+    }
+    Output {
+        record: OutRecord {
+            topic: topic.into(),
+            key: Some(f.meta.conversation.into_bytes()),
+            payload: f.bytes,
+            headers,
+        },
+        completed_ms: f.meta.completed_ms,
+        is_response: false,
+    }
+}

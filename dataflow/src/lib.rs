@@ -1,0 +1,63 @@
+//! The teddyflow dataflow: a timely graph from Kafka audio chunks to transcripts.
+//!
+//! - [`reassembly`]: chunks → utterances (pure state machine, oracle-tested).
+//! - [`operators`]: source, reassembly, model stages, sink — small timely operators.
+//! - [`graph`]: the per-worker graph and its run loop (drain on stop).
+//! - [`offsets`]: which input offsets may be committed, from the output frontier.
+//! - [`pool`]: model stages off the worker threads, with bounded admission.
+//! - [`metrics`]: per-worker snapshots for the metrics topic.
+
+pub mod config;
+pub mod graph;
+pub mod metrics;
+pub mod offsets;
+pub mod operators;
+pub mod pool;
+pub mod reassembly;
+pub mod types;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use teddyflow_models::whisper::{WhisperModel, WhisperVariant};
+
+use crate::config::Config;
+use crate::pool::StagePool;
+use crate::types::{Decoded, Failed, Transcribed};
+
+/// Load Whisper once for the process and wrap it in a pool of `asr.threads` threads.
+pub fn asr_pool(config: &Config) -> anyhow::Result<Arc<StagePool<Decoded, Result<Transcribed, Failed>>>> {
+    let variant: WhisperVariant = config.asr.model.parse()?;
+    let model = WhisperModel::load(&config.asr.models_dir, variant)?;
+    let language = config.asr.language.clone();
+    let model_name = config.asr.model.clone();
+    let work = Arc::new(move |d: Decoded| transcribe(&model, d, &language, &model_name));
+    let capacity = config.engine.max_pending_utterances;
+    Ok(Arc::new(StagePool::new("asr", config.asr.threads, capacity, work)))
+}
+
+fn transcribe(model: &WhisperModel, d: Decoded, language: &str, model_name: &str) -> Result<Transcribed, Failed> {
+    let started = Instant::now();
+    let queued_ms = (types::now_ms() - d.meta.completed_ms) as f64;
+    let audio_ms = d.audio_ms();
+    match model.transcribe(&d.pcm, Some(language)) {
+        Ok(t) => {
+            let mut meta = d.meta;
+            meta.time("asr_wait", (queued_ms - meta.timings.iter().map(|(_, ms)| ms).sum::<f64>()).max(0.0));
+            meta.time("asr", started.elapsed().as_secs_f64() * 1e3);
+            Ok(Transcribed {
+                meta,
+                audio_ms,
+                transcript: t.text,
+                language: t.language,
+                model: model_name.to_string(),
+            })
+        }
+        Err(e) => Err(Failed {
+            meta: d.meta,
+            bytes: d.bytes,
+            stage: "asr".into(),
+            error: format!("{e:#}"),
+        }),
+    }
+}

@@ -1,0 +1,164 @@
+//! Per-worker metrics, written as JSON snapshots to the metrics topic. No PII: only
+//! counts, sizes and latencies — never conversation ids, child ids or transcripts.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+/// Latency samples of one stage since the last snapshot (bounded, so memory stays flat).
+#[derive(Debug, Default, Clone)]
+pub struct Samples {
+    count: u64,
+    values: Vec<f64>,
+}
+
+const MAX_SAMPLES: usize = 4096;
+
+impl Samples {
+    pub fn add(&mut self, ms: f64) {
+        self.count += 1;
+        if self.values.len() < MAX_SAMPLES {
+            self.values.push(ms);
+        } else {
+            // Reservoir sampling keeps a uniform sample of the interval without growing;
+            // a xorshift of the count is random enough for percentiles.
+            let mut x = self.count;
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let i = (x % self.count) as usize;
+            if i < MAX_SAMPLES {
+                self.values[i] = ms;
+            }
+        }
+    }
+
+    fn summary(&mut self) -> StageSummary {
+        self.values.sort_by(|a, b| a.total_cmp(b));
+        let q = |p: f64| percentile(&self.values, p);
+        let s = StageSummary {
+            count: self.count,
+            p50_ms: q(0.50),
+            p95_ms: q(0.95),
+            p99_ms: q(0.99),
+            max_ms: self.values.last().copied().unwrap_or(0.0),
+        };
+        *self = Samples::default();
+        s
+    }
+}
+
+/// Nearest-rank percentile of sorted values (0 when empty).
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = (p * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct StageSummary {
+    pub count: u64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+#[derive(Debug, Default)]
+pub struct WorkerMetrics {
+    pub records_in: u64,
+    pub bytes_in: u64,
+    pub utterances_done: u64,
+    pub deadletters: u64,
+    pub errors: BTreeMap<String, u64>,
+    pub in_flight: i64,
+    pub lag: BTreeMap<i32, i64>,
+    pub stages: BTreeMap<String, Samples>,
+}
+
+impl WorkerMetrics {
+    pub fn stage(&mut self, name: &str, ms: f64) {
+        self.stages.entry(name.to_string()).or_default().add(ms);
+    }
+
+    pub fn error(&mut self, stage: &str) {
+        *self.errors.entry(stage.to_string()).or_default() += 1;
+    }
+
+    /// A snapshot for the metrics topic; per-interval samples are reset, counters are totals.
+    pub fn snapshot(&mut self, worker: usize, process: usize, interval_ms: u64) -> serde_json::Value {
+        let stages: BTreeMap<String, StageSummary> = self
+            .stages
+            .iter_mut()
+            .map(|(k, s)| (k.clone(), s.summary()))
+            .collect();
+        serde_json::json!({
+            "ts_ms": crate::types::now_ms(),
+            "worker": worker,
+            "process": process,
+            "interval_ms": interval_ms,
+            "records_in": self.records_in,
+            "bytes_in": self.bytes_in,
+            "utterances_done": self.utterances_done,
+            "deadletters": self.deadletters,
+            "errors": self.errors,
+            "in_flight": self.in_flight,
+            "consumer_lag": self.lag.values().sum::<i64>(),
+            "lag_by_partition": self.lag,
+            "rss_bytes": rss_bytes(),
+            "stages": stages,
+        })
+    }
+}
+
+/// Resident set size of this process, from /proc (0 where unavailable).
+pub fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
+        .map(|pages| pages * 4096)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 0.5), 50.0);
+        assert_eq!(percentile(&v, 0.95), 95.0);
+        assert_eq!(percentile(&v, 0.99), 99.0);
+        assert_eq!(percentile(&[], 0.5), 0.0);
+        assert_eq!(percentile(&[7.0], 0.99), 7.0);
+    }
+
+    #[test]
+    fn snapshot_resets_samples_but_keeps_totals() {
+        let mut m = WorkerMetrics::default();
+        m.records_in = 3;
+        for ms in [10.0, 20.0, 30.0] {
+            m.stage("asr", ms);
+        }
+        let s = m.snapshot(0, 0, 1000);
+        assert_eq!(s["stages"]["asr"]["count"], 3);
+        assert_eq!(s["stages"]["asr"]["p50_ms"], 20.0);
+        assert!(s["rss_bytes"].as_u64().unwrap() > 0);
+        let s = m.snapshot(0, 0, 1000);
+        assert_eq!(s["stages"]["asr"]["count"], 0);
+        assert_eq!(s["records_in"], 3);
+    }
+
+    #[test]
+    fn samples_stay_bounded() {
+        let mut s = Samples::default();
+        for i in 0..(MAX_SAMPLES * 3) {
+            s.add(i as f64);
+        }
+        assert_eq!(s.values.len(), MAX_SAMPLES);
+        assert_eq!(s.summary().count, (MAX_SAMPLES * 3) as u64);
+    }
+}

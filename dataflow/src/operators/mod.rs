@@ -1,0 +1,81 @@
+//! The operators of the graph, each a small closure over timely's generic operators.
+//! Each holds a capability only while it has work pending for that time.
+
+pub mod sink;
+mod source;
+mod stage;
+
+pub use sink::{kafka_sink, Output};
+pub use source::{epoch_now, kafka_source, SourceHandle, SourceSettings};
+pub use stage::async_stage;
+
+use std::cell::RefCell;
+use std::hash::{Hash, Hasher};
+use std::rc::Rc;
+use std::time::Instant;
+
+use teddyflow_connectors::wire::Chunk;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::Stream;
+
+use crate::config::Limits;
+use crate::metrics::WorkerMetrics;
+use crate::pool::Admission;
+use crate::reassembly::{Outcome, Reassembler};
+use crate::types::{Failed, Utterance};
+
+/// A hash every process computes the same way, so one worker owns a conversation.
+pub fn conversation_hash(conversation: &str) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    conversation.hash(&mut h);
+    h.finish()
+}
+
+/// Route chunks to the worker owning their conversation and assemble utterances.
+pub fn reassemble<'s>(
+    chunks: Stream<'s, u64, Vec<Chunk>>,
+    limits: Limits,
+    topic: String,
+    admission: Admission,
+    metrics: Rc<RefCell<WorkerMetrics>>,
+) -> Stream<'s, u64, Vec<Result<Utterance, Failed>>> {
+    let scope = chunks.scope();
+    let route = Exchange::new(|c: &Chunk| conversation_hash(&c.conversation));
+    chunks.unary_frontier(route, "Reassemble", move |_cap, info| {
+        let activator = scope.activator_for(info.address);
+        let mut state = Reassembler::<Capability<u64>>::new(limits, &topic);
+        move |(input, _frontier), output| {
+            let now = Instant::now();
+            let mut outcomes = Vec::new();
+            input.for_each(|cap, data| {
+                let Some(cap) = cap.retain_least(0) else { return };
+                for chunk in data.drain(..) {
+                    let keep_min = |held: &mut Capability<u64>, new: Capability<u64>| {
+                        if new.time() < held.time() {
+                            *held = new;
+                        }
+                    };
+                    outcomes.extend(state.push(chunk, cap.clone(), now, keep_min));
+                }
+            });
+            outcomes.extend(state.expire(now));
+            for outcome in outcomes {
+                match outcome {
+                    Outcome::Ready(u, cap) => {
+                        admission.enter();
+                        output.session(&cap).give(Ok(u));
+                    }
+                    Outcome::Rejected(f, cap) => {
+                        metrics.borrow_mut().error("reassembly");
+                        output.session(&cap).give(Err(f));
+                    }
+                }
+            }
+            if let Some(deadline) = state.next_deadline() {
+                activator.activate_after(deadline.saturating_duration_since(now));
+            }
+        }
+    })
+}

@@ -1,0 +1,113 @@
+//! The Kafka sink: writes records and holds each record's time until the broker has
+//! acknowledged it, so the probe after this operator says what is durable. Failed
+//! deliveries are retried: output is at least once, and ids make repeats recognisable.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use teddyflow_connectors::kafka::AckedWriter;
+use teddyflow_connectors::wire::OutRecord;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::Stream;
+use timely::container::CapacityContainerBuilder;
+
+use crate::metrics::WorkerMetrics;
+use crate::types::now_ms;
+
+/// A record to write, with what metrics need once it is acknowledged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Output {
+    pub record: OutRecord,
+    /// When its utterance completed (0 when not an utterance).
+    pub completed_ms: i64,
+    pub is_response: bool,
+}
+
+pub struct MetricsOut {
+    pub topic: String,
+    pub interval: Duration,
+    pub worker: usize,
+    pub process: usize,
+}
+
+pub fn kafka_sink<'s>(
+    stream: Stream<'s, u64, Vec<Output>>,
+    writer: AckedWriter,
+    metrics: Rc<RefCell<WorkerMetrics>>,
+    metrics_out: MetricsOut,
+) -> Stream<'s, u64, Vec<()>> {
+    let scope = stream.scope();
+    stream.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(Pipeline, "KafkaSink", move |_cap, info| {
+        let activator = scope.activator_for(info.address);
+        let mut queue: VecDeque<(Capability<u64>, Output)> = VecDeque::new();
+        let mut sent: HashMap<u64, (Capability<u64>, Output, Instant)> = HashMap::new();
+        let mut next_id = 0u64;
+        let mut last_metrics = Instant::now();
+        move |(input, _frontier), _output| {
+            input.for_each(|cap, data| {
+                let Some(cap) = cap.retain_least(0) else { return };
+                queue.extend(data.drain(..).map(|o| (cap.clone(), o)));
+            });
+            while let Some((cap, out)) = queue.pop_front() {
+                next_id += 1;
+                match writer.send(next_id, &out.record) {
+                    Ok(()) => {
+                        sent.insert(next_id, (cap, out, Instant::now()));
+                    }
+                    Err(e) => {
+                        // Queue full or a transient error: keep it and try again shortly.
+                        tracing::debug!(error = %e, "produce deferred");
+                        queue.push_front((cap, out));
+                        break;
+                    }
+                }
+            }
+            for delivery in writer.poll() {
+                let Some((cap, out, at)) = sent.remove(&delivery.id) else { continue };
+                let mut m = metrics.borrow_mut();
+                match delivery.result {
+                    Ok(()) => {
+                        m.stage("sink_ack", at.elapsed().as_secs_f64() * 1e3);
+                        if out.is_response {
+                            m.utterances_done += 1;
+                            m.stage("end_to_end", (now_ms() - out.completed_ms) as f64);
+                        } else {
+                            m.deadletters += 1;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, topic = %out.record.topic, "delivery failed; retrying");
+                        m.error("sink");
+                        queue.push_back((cap, out));
+                    }
+                }
+            }
+            metrics.borrow_mut().in_flight = (queue.len() + sent.len()) as i64;
+            if last_metrics.elapsed() >= metrics_out.interval {
+                last_metrics = Instant::now();
+                let snapshot = metrics.borrow_mut().snapshot(
+                    metrics_out.worker,
+                    metrics_out.process,
+                    metrics_out.interval.as_millis() as u64,
+                );
+                writer.send_untracked(&OutRecord {
+                    topic: metrics_out.topic.clone(),
+                    key: Some(format!("worker-{}", metrics_out.worker).into_bytes()),
+                    payload: snapshot.to_string().into_bytes(),
+                    headers: Vec::new(),
+                });
+            }
+            let wait = if queue.is_empty() && sent.is_empty() {
+                metrics_out.interval.saturating_sub(last_metrics.elapsed())
+            } else {
+                Duration::from_millis(2)
+            };
+            activator.activate_after(wait);
+        }
+    })
+}

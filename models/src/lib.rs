@@ -1,0 +1,9 @@
+//! Models of the teddyflow pipeline, as plain function pipelines.
+//!
+//! - [`audio`]: container/codec decode (symphonia), downmix, resample to 16 kHz.
+//! - [`whisper`]: speech-to-text, CTranslate2 weights run on candle (pcm → mel → encoder → decoder).
+//! - [`wer`]: word error rate, used by `teddyflow bench asr` and the tests.
+
+pub mod audio;
+pub mod wer;
+pub mod whisper;

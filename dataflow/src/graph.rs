@@ -164,8 +164,9 @@ fn drive(
     }
     let started = Instant::now();
     let deadline = started + Duration::from_millis(engine.drain_timeout_ms);
-    // Sources check the flag before reading, so nothing is read at a later epoch than now.
-    let stop_epoch = operators::epoch_now(engine.epoch_ms) + 1;
+    // Sources check the flag before reading, so nothing is read at a later time than the
+    // start of the next wall-clock epoch.
+    let stop_epoch = operators::next_epoch(engine.epoch_ms);
     while Instant::now() < deadline && probe.less_than(&stop_epoch) {
         worker.step_or_park(Some(Duration::from_millis(20)));
     }

@@ -336,7 +336,7 @@ mod tests {
     fn limits_reject_and_late_duplicates_are_dropped() {
         let mut l = limits();
         l.max_chunks_per_utterance = 3;
-        l.max_utterance_bytes = 20;
+        l.max_utterance_bytes = 12;
         let mut r = Reassembler::new(l, "t");
         let now = Instant::now();
         match r.push(chunk("c", "u", 5, 9, 0), 0, now, keep_min) {
@@ -346,7 +346,7 @@ mod tests {
         assert!(r.push(chunk("c", "u", 0, 9, 1), 0, now, keep_min).is_none(), "rejected id is done");
         r.push(chunk("c", "big", 0, 2, 2), 0, now, keep_min);
         match r.push(chunk("c", "big", 1, 2, 3), 0, now, keep_min) {
-            Some(Outcome::Rejected(f, _)) => assert!(f.error.contains("exceeds 20 bytes")),
+            Some(Outcome::Rejected(f, _)) => assert!(f.error.contains("exceeds 12 bytes")),
             other => panic!("{other:?}"),
         }
         assert!(matches!(r.push(chunk("c", "ok", 0, 0, 4), 0, now, keep_min), Some(Outcome::Ready(..))));

@@ -95,13 +95,26 @@ fn temp_path(ext: &str) -> PathBuf {
 }
 
 /// Speak `text` with espeak-ng; returns a WAV file (22050 Hz mono).
+///
+/// Written to a file rather than stdout: on a pipe espeak-ng cannot seek back, and leaves
+/// the WAV header's length fields at their "unknown" maximum.
 pub fn synthesize(text: &str, voice: &Voice) -> Result<Vec<u8>, FleetError> {
     let pitch = voice.pitch.to_string();
     let speed = voice.words_per_minute.to_string();
-    run(
+    let path = temp_path("wav");
+    let file = path.to_str().unwrap_or_default();
+    let result = run(
         "espeak-ng",
-        &["--stdout", "-v", &voice.name, "-p", &pitch, "-s", &speed, text],
+        &["-w", file, "-v", &voice.name, "-p", &pitch, "-s", &speed, text],
     )
+    .and_then(|_| {
+        std::fs::read(&path).map_err(|source| FleetError::Io {
+            path: path.clone(),
+            source,
+        })
+    });
+    let _ = std::fs::remove_file(&path);
+    result
 }
 
 /// Audio ready to send: the bytes of one utterance in one wire codec.
@@ -248,6 +261,21 @@ mod tests {
         assert_eq!(parsed.iter().map(|h| h.seq).collect::<Vec<_>>(), vec![0, 1, 2]);
         assert_eq!(parsed.iter().filter(|h| h.is_final).count(), 1);
         assert!(parsed[2].is_final);
+    }
+
+    #[test]
+    fn synthesized_speech_encodes_in_every_codec() {
+        let wav = synthesize("hello teddy", &default_voices()[0]).expect("espeak-ng installed");
+        let pcm = encode(&wav, "pcm_s16le").unwrap();
+        assert_eq!(pcm.rate, Some(22050));
+        // About a second of speech, as 16-bit samples.
+        assert!(pcm.bytes.len() > 22050 && pcm.bytes.len() < 22050 * 2 * 3, "{}", pcm.bytes.len());
+        for codec in ["flac", "ogg", "mp3"] {
+            let enc = encode(&wav, codec).unwrap();
+            assert!(!enc.bytes.is_empty() && enc.bytes.len() < wav.len(), "{codec}");
+        }
+        assert_eq!(&encode(&wav, "flac").unwrap().bytes[..4], b"fLaC");
+        assert_eq!(&encode(&wav, "ogg").unwrap().bytes[..4], b"OggS");
     }
 
     #[test]

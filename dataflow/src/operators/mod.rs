@@ -6,7 +6,7 @@ mod source;
 mod stage;
 
 pub use sink::{kafka_sink, Output};
-pub use source::{epoch_now, kafka_source, SourceHandle, SourceSettings};
+pub use source::{epoch_now, kafka_source, next_epoch, SourceHandle, SourceSettings};
 pub use stage::async_stage;
 
 use std::cell::RefCell;

@@ -47,8 +47,25 @@ impl SourceHandle {
     }
 }
 
+/// Low bits of a timestamp count utterance ends within one wall-clock epoch.
+const SUB_BITS: u32 = 20;
+
+/// The timestamp of "now": wall-clock epoch in the high bits. Every worker's source keeps
+/// up with it, so an idle worker never holds back another worker's commits.
 pub fn epoch_now(epoch_ms: u64) -> u64 {
-    crate::types::now_ms().max(0) as u64 / epoch_ms
+    (crate::types::now_ms().max(0) as u64 / epoch_ms) << SUB_BITS
+}
+
+/// The first timestamp of the next wall-clock epoch.
+pub fn next_epoch(epoch_ms: u64) -> u64 {
+    epoch_now(epoch_ms) + (1 << SUB_BITS)
+}
+
+/// Whether a raw record is the last chunk of its utterance. After one, the source moves to
+/// a new timestamp, so each utterance's offsets become committable on their own instead of
+/// waiting for everything read in the same batch.
+fn ends_utterance(rec: &RawRecord) -> bool {
+    matches!(rec.header(teddyflow_connectors::wire::H_FINAL), Some(b"1") | Some(b"true"))
 }
 
 pub fn kafka_source<'s>(
@@ -80,13 +97,17 @@ pub fn kafka_source<'s>(
             let mut read = 0;
             if !stopping && admission.open() {
                 let records = h.reader.as_mut().map(|r| r.poll_batch(settings.poll_batch));
-                let mut session = output.session(&*cap);
                 for rec in records.unwrap_or_default() {
-                    h.tracker.record(epoch, rec.partition, rec.offset);
+                    let time = *cap.time();
+                    h.tracker.record(time, rec.partition, rec.offset);
                     let mut m = metrics.borrow_mut();
                     m.records_in += 1;
                     m.bytes_in += rec.value.as_ref().map_or(0, |v| v.len() as u64);
-                    session.give(rec);
+                    let next = ends_utterance(&rec).then_some(time + 1);
+                    output.session(&*cap).give(rec);
+                    if let Some(next) = next {
+                        cap.downgrade(&next);
+                    }
                     read += 1;
                 }
             }

@@ -1,0 +1,34 @@
+# teddyflow — the two commands a newcomer needs:
+#   make demo   set up, start a local broker, a simulated fleet and the processor; show replies and metrics
+#   make test   set up, start what the tests need, run every test
+SHELL := /bin/bash
+CARGO ?= cargo
+BIN := target/release/teddyflow
+
+.PHONY: setup build demo test bench-asr broker broker-stop fmt clean-assets
+
+setup:
+	bash scripts/setup.sh
+
+build: setup
+	$(CARGO) build --release
+
+demo: build
+	bash scripts/demo.sh
+
+# Unit tests, then integration tests against a real Tansu broker and the real models.
+# The test harness starts and stops its own brokers (one per test, on free loopback ports).
+test: setup
+	$(CARGO) test --release --workspace --all-targets -- --test-threads=2
+
+bench-asr: build
+	$(BIN) bench asr /usr/share/pocketsphinx/test/data/librivox --model tiny.en
+
+broker: setup
+	bash scripts/broker.sh start
+
+broker-stop:
+	bash scripts/broker.sh stop
+
+fmt:
+	$(CARGO) fmt --all

@@ -1,0 +1,154 @@
+//! `teddyflow bench …`: benchmarks that print figures (timing goals live here, not in tests).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use serde::Serialize;
+use teddyflow_connectors::file::clips_in_dir;
+use teddyflow_models::audio::{self, Codec, DecodeOptions};
+use teddyflow_models::wer;
+use teddyflow_models::whisper::{WhisperModel, WhisperVariant};
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Word error rate and real-time factor of Whisper over a directory of clips with
+    /// reference texts (`.txt` beside each clip, or a PocketSphinx `transcription` file).
+    Asr(AsrArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct AsrArgs {
+    /// Directory of clips, e.g. /usr/share/pocketsphinx/test/data/librivox
+    dir: PathBuf,
+    /// Whisper variant: tiny.en or base.
+    #[arg(long, default_value = "tiny.en")]
+    model: String,
+    /// Folder with the installed models.
+    #[arg(long, default_value = ".assets/models")]
+    models_dir: PathBuf,
+    /// Language for multilingual models.
+    #[arg(long, default_value = "en")]
+    language: String,
+    /// Untimed passes over the first clip before measuring (page-in, allocator warm-up).
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct ClipRow {
+    clip: String,
+    audio_s: f64,
+    compute_s: f64,
+    rtf: f64,
+    wer: f64,
+    reference: String,
+    hypothesis: String,
+}
+
+#[derive(Serialize)]
+struct AsrReport {
+    model: String,
+    clips: usize,
+    wer: f64,
+    rtf: f64,
+    audio_s: f64,
+    compute_s: f64,
+    decode_s: f64,
+    threads: usize,
+    rows: Vec<ClipRow>,
+}
+
+pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+    match cmd {
+        BenchCommand::Asr(args) => asr(args),
+    }
+}
+
+fn decode_file(path: &Path) -> anyhow::Result<Vec<f32>> {
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    let codec: Codec = ext.parse().with_context(|| format!("unsupported clip {}", path.display()))?;
+    let bytes = std::fs::read(path).with_context(|| path.display().to_string())?;
+    let mut opts = DecodeOptions::new(codec);
+    opts.max_seconds = 3600.0;
+    Ok(audio::decode(&bytes, &opts)?.samples)
+}
+
+fn asr(args: AsrArgs) -> anyhow::Result<()> {
+    let variant: WhisperVariant = args.model.parse()?;
+    let model = WhisperModel::load(&args.models_dir, variant)?;
+    let clips = clips_in_dir(&args.dir)?;
+    let mut audio = Vec::new();
+    let started = Instant::now();
+    for clip in &clips {
+        audio.push(decode_file(&clip.path)?);
+    }
+    let decode_s = started.elapsed().as_secs_f64();
+    for _ in 0..args.warmup {
+        model.transcribe(&audio[0], Some(&args.language))?;
+    }
+    let mut rows = Vec::new();
+    let (mut edits, mut words) = (0, 0);
+    for (clip, pcm) in clips.iter().zip(&audio) {
+        let t0 = Instant::now();
+        let t = model.transcribe(pcm, Some(&args.language))?;
+        let compute_s = t0.elapsed().as_secs_f64();
+        let audio_s = pcm.len() as f64 / 16_000.0;
+        let (e, n) = wer::word_errors(&clip.reference, &t.text);
+        edits += e;
+        words += n;
+        rows.push(ClipRow {
+            clip: clip.name.clone(),
+            audio_s,
+            compute_s,
+            rtf: compute_s / audio_s,
+            wer: wer::wer(&clip.reference, &t.text),
+            reference: clip.reference.clone(),
+            hypothesis: t.text,
+        });
+    }
+    let audio_s: f64 = rows.iter().map(|r| r.audio_s).sum();
+    let compute_s: f64 = rows.iter().map(|r| r.compute_s).sum();
+    let report = AsrReport {
+        model: args.model.clone(),
+        clips: rows.len(),
+        wer: edits as f64 / words.max(1) as f64,
+        rtf: compute_s / audio_s,
+        audio_s,
+        compute_s,
+        decode_s,
+        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        rows,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_table(&report);
+    }
+    Ok(())
+}
+
+fn print_table(r: &AsrReport) {
+    println!("{:<44} {:>7} {:>9} {:>6} {:>6}", "clip", "audio_s", "compute_s", "rtf", "wer");
+    for row in &r.rows {
+        println!(
+            "{:<44} {:>7.2} {:>9.3} {:>6.3} {:>6.3}",
+            row.clip, row.audio_s, row.compute_s, row.rtf, row.wer
+        );
+    }
+    println!(
+        "model={} clips={} audio={:.1}s compute={:.2}s RTF={:.3} WER={:.2}% (decode+resample {:.3}s, {} cpus)",
+        r.model,
+        r.clips,
+        r.audio_s,
+        r.compute_s,
+        r.rtf,
+        r.wer * 100.0,
+        r.decode_s,
+        r.threads
+    );
+}

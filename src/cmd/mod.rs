@@ -1,0 +1,4 @@
+pub mod bench;
+pub mod fleet;
+pub mod run;
+pub mod tail;

@@ -1,0 +1,135 @@
+//! `teddyflow run`: one process of a timely cluster.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Args;
+use teddyflow_connectors::kafka::{ensure_topics, TopicSpec};
+use teddyflow_dataflow::config::Config;
+use teddyflow_dataflow::graph::{run_worker, ProcessShared};
+use teddyflow_dataflow::pool::Admission;
+
+#[derive(Args, Debug)]
+#[command(disable_help_flag = true)]
+pub struct RunArgs {
+    /// TOML config file (see configs/teddyflow.toml for every key).
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// Override kafka.brokers.
+    #[arg(long)]
+    brokers: Option<String>,
+    /// Override engine.workers: worker threads in this process.
+    #[arg(long, short = 'w')]
+    workers: Option<usize>,
+    /// Timely cluster: number of processes.
+    #[arg(short = 'n', long = "processes", default_value_t = 1)]
+    processes: usize,
+    /// Timely cluster: index of this process (0-based).
+    #[arg(short = 'p', long = "process", default_value_t = 0)]
+    process: usize,
+    /// Timely cluster: file with one host:port per line, one per process.
+    #[arg(short = 'h', long = "hostfile")]
+    hostfile: Option<PathBuf>,
+    /// Override any config key: `--set section.key=value` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Print help.
+    #[arg(long, action = clap::ArgAction::Help)]
+    help: Option<bool>,
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    let mut overrides = args.set.clone();
+    if let Some(b) = &args.brokers {
+        overrides.push(format!("kafka.brokers=\"{b}\""));
+    }
+    if let Some(w) = args.workers {
+        overrides.push(format!("engine.workers={w}"));
+    }
+    let config = Config::load(args.config.as_deref(), &overrides)?;
+    if config.topics.create {
+        ensure_topics(&config.kafka, &topic_specs(&config)).context("creating topics")?;
+    }
+    let started = Instant::now();
+    let asr = teddyflow_dataflow::asr_pool(&config).with_context(|| {
+        format!(
+            "loading Whisper `{}` from {} (run `make setup` to install the models)",
+            config.asr.model,
+            config.asr.models_dir.display()
+        )
+    })?;
+    tracing::info!(model = %config.asr.model, load_ms = started.elapsed().as_millis() as u64, "models loaded");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || {
+        tracing::info!("stop requested: draining in-flight work");
+        flag.store(true, Ordering::Release);
+    })?;
+    let shared = ProcessShared {
+        asr,
+        admission: Admission::new(config.engine.max_pending_utterances),
+        stop,
+        process: args.process,
+    };
+    let timely_config = timely_config(&args, config.engine.workers)?;
+    let guards = timely::execute(timely_config, move |worker| run_worker(worker, &config, shared.clone()))
+        .map_err(|e| anyhow::anyhow!("starting timely: {e}"))?;
+    for result in guards.join() {
+        result.map_err(|e| anyhow::anyhow!("worker panicked: {e}"))??;
+    }
+    Ok(())
+}
+
+fn topic_specs(config: &Config) -> Vec<TopicSpec> {
+    let t = &config.topics;
+    [&t.audio, &t.responses, &t.metrics, &t.deadletter]
+        .into_iter()
+        .map(|name| TopicSpec {
+            name: name.clone(),
+            partitions: t.partitions,
+            compacted: false,
+        })
+        .collect()
+}
+
+fn timely_config(args: &RunArgs, workers: usize) -> anyhow::Result<timely::Config> {
+    let communication = if args.processes > 1 {
+        let addresses = match &args.hostfile {
+            Some(path) => std::fs::read_to_string(path)
+                .with_context(|| format!("reading hostfile {}", path.display()))?
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(String::from)
+                .collect(),
+            None => (0..args.processes).map(|i| format!("localhost:{}", 2101 + i)).collect(),
+        };
+        let addresses: Vec<String> = addresses;
+        anyhow::ensure!(
+            addresses.len() == args.processes,
+            "hostfile lists {} hosts for {} processes",
+            addresses.len(),
+            args.processes
+        );
+        anyhow::ensure!(args.process < args.processes, "process index out of range");
+        timely::CommunicationConfig::Cluster {
+            threads: workers,
+            process: args.process,
+            addresses,
+            report: false,
+            zerocopy: false,
+        }
+    } else if workers > 1 {
+        timely::CommunicationConfig::Process(workers)
+    } else {
+        timely::CommunicationConfig::Thread
+    };
+    Ok(timely::Config {
+        communication,
+        worker: timely::WorkerConfig::default(),
+    })
+}

@@ -1,0 +1,263 @@
+//! Test harness: a real Tansu broker per test, the real `teddyflow` binary, real models.
+#![allow(dead_code)]
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use teddyflow_connectors::kafka::{ensure_topics, AckedWriter, KafkaSettings, TopicSpec};
+use teddyflow_connectors::OutRecord;
+
+/// Pipelines run Whisper on both cores: run one test at a time so timings stay sane.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+pub fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn assets() -> PathBuf {
+    std::env::var_os("TEDDYFLOW_ASSETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".assets"))
+}
+
+pub const LIBRIVOX: &str = "/usr/share/pocketsphinx/test/data/librivox";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("teddyflow-test-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A Tansu broker on a free loopback port with memory storage, killed on drop.
+pub struct Broker {
+    child: Child,
+    pub addr: String,
+}
+
+impl Broker {
+    pub fn start(name: &str) -> Broker {
+        let tansu = std::env::var_os("TANSU_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| assets().join("bin/tansu"));
+        assert!(tansu.exists(), "{} missing: run scripts/setup.sh", tansu.display());
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let log = std::fs::File::create(scratch(name).join("broker.log")).unwrap();
+        let child = Command::new(tansu)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start tansu");
+        let addr = format!("127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(&addr).is_err() {
+            assert!(Instant::now() < deadline, "broker did not listen on {addr}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Broker { child, addr }
+    }
+
+    pub fn settings(&self) -> KafkaSettings {
+        KafkaSettings {
+            brokers: self.addr.clone(),
+            ..Default::default()
+        }
+    }
+
+    pub fn create_topics(&self, names: &[&str], partitions: i32) {
+        let specs: Vec<TopicSpec> = names
+            .iter()
+            .map(|n| TopicSpec {
+                name: n.to_string(),
+                partitions,
+                compacted: false,
+            })
+            .collect();
+        ensure_topics(&self.settings(), &specs).expect("create topics");
+    }
+
+    /// Produce records and wait until the broker acknowledged all of them.
+    pub fn produce(&self, records: &[OutRecord]) {
+        let writer = AckedWriter::open(&self.settings()).unwrap();
+        for (i, r) in records.iter().enumerate() {
+            while writer.send(i as u64 + 1, r).is_err() {
+                writer.poll();
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut acked = 0;
+        while acked < records.len() {
+            for d in writer.poll() {
+                d.result.expect("delivery");
+                acked += 1;
+            }
+            assert!(Instant::now() < deadline, "produce not acknowledged");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Read `topic` from the beginning until `done` says so or `timeout` passes.
+    pub fn collect(&self, topic: &str, timeout: Duration, done: impl Fn(&[Record]) -> bool) -> Vec<Record> {
+        let consumer: BaseConsumer = KafkaSettings {
+            brokers: self.addr.clone(),
+            group_id: format!("test-reader-{}", std::process::id()),
+            ..Default::default()
+        }
+        .consumer()
+        .unwrap();
+        let deadline = Instant::now() + timeout;
+        let partitions = loop {
+            let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(5)).unwrap();
+            let n = md.topics().first().map_or(0, |t| t.partitions().len());
+            if n > 0 || Instant::now() > deadline {
+                break n;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions as i32 {
+            tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+        }
+        consumer.assign(&tpl).unwrap();
+        let mut out = Vec::new();
+        while Instant::now() < deadline && !done(&out) {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                out.push(Record::from(&m));
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub key: String,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Record {
+    fn from<M: Message>(m: &M) -> Record {
+        Record {
+            key: m.key().map(|k| String::from_utf8_lossy(k).to_string()).unwrap_or_default(),
+            payload: m.payload().unwrap_or_default().to_vec(),
+            headers: m
+                .headers()
+                .map(|hs| {
+                    hs.iter()
+                        .map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).to_string()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.payload).expect("JSON record")
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// The real `teddyflow run` binary against `broker`.
+pub struct Processor {
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Processor {
+    pub fn start(broker: &Broker, name: &str, sets: &[&str]) -> Processor {
+        let log_path = scratch(name).join(format!("processor-{}.log", now_ms()));
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_teddyflow"));
+        cmd.arg("run")
+            .arg("--config")
+            .arg(repo().join("configs/teddyflow.toml"))
+            .args(["--brokers", &broker.addr])
+            .arg("--set")
+            .arg(format!("asr.models_dir=\"{}\"", assets().join("models").display()))
+            .args(["--set", "engine.metrics_interval_ms=1000", "--set", "engine.commit_interval_ms=200"]);
+        for s in sets {
+            cmd.args(["--set", s]);
+        }
+        let child = cmd
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start teddyflow run");
+        Processor { child, log: log_path }
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill(); // SIGKILL: no drain, no final commit
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "teddyflow did not stop after SIGTERM; log {}", self.log.display());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Processor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Reference texts of the LibriVox clips, by clip name.
+pub fn librivox() -> Vec<teddyflow_connectors::file::Clip> {
+    teddyflow_connectors::file::clips_in_dir(Path::new(LIBRIVOX))
+        .expect("pocketsphinx-testdata installed (scripts/setup.sh)")
+}

@@ -6,7 +6,11 @@ mod cmd;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "teddyflow", version, about = "Kafka stream processor for a fleet of talking toys")]
+#[command(
+    name = "teddyflow",
+    version,
+    about = "Kafka stream processor for a fleet of talking toys"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -32,6 +36,7 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,symphonia=warn,symphonia_core=warn,symphonia_format_ogg=warn,symphonia_bundle_mp3=warn")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match Cli::parse().command {
         Command::Run(args) => cmd::run::run(args),

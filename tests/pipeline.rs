@@ -27,7 +27,10 @@ fn utterance_ids(records: &[Record]) -> BTreeSet<(String, String)> {
         .iter()
         .map(|r| {
             let v = r.json();
-            (v["conversation"].as_str().unwrap().to_string(), v["utterance"].as_str().unwrap().to_string())
+            (
+                v["conversation"].as_str().unwrap().to_string(),
+                v["utterance"].as_str().unwrap().to_string(),
+            )
         })
         .collect()
 }
@@ -58,11 +61,22 @@ fn librivox_chunks_shuffled_duplicated_in_two_codecs_come_back_as_correct_transc
     broker.produce(&records);
 
     let processor = Processor::start(&broker, "librivox", &[]);
-    let responses = broker.collect(RESPONSES, Duration::from_secs(180), |r| r.len() >= clips.len());
+    let responses = broker.collect(RESPONSES, Duration::from_secs(180), |r| {
+        r.len() >= clips.len()
+    });
     // Give a duplicate response time to show up, if the engine were to produce one.
     let responses_later = broker.collect(RESPONSES, Duration::from_secs(3), |_| false);
-    assert_eq!(responses.len(), clips.len(), "log: {}", processor.log_text());
-    assert_eq!(responses_later.len(), clips.len(), "the duplicated chunk must not cause a second response");
+    assert_eq!(
+        responses.len(),
+        clips.len(),
+        "log: {}",
+        processor.log_text()
+    );
+    assert_eq!(
+        responses_later.len(),
+        clips.len(),
+        "the duplicated chunk must not cause a second response"
+    );
 
     let (mut edits, mut words) = (0, 0);
     for r in &responses {
@@ -76,26 +90,41 @@ fn librivox_chunks_shuffled_duplicated_in_two_codecs_come_back_as_correct_transc
         assert_eq!(r.key, v["conversation"].as_str().unwrap());
         assert!(v["audio_ms"].as_u64().unwrap() > 2000, "{v}");
         assert!(v["timings_ms"]["asr"].as_f64().unwrap() > 0.0, "{v}");
-        assert!(v["timings_ms"]["total"].as_f64().unwrap() >= v["timings_ms"]["asr"].as_f64().unwrap());
+        assert!(
+            v["timings_ms"]["total"].as_f64().unwrap() >= v["timings_ms"]["asr"].as_f64().unwrap()
+        );
         assert_eq!(v["incomplete"], false);
         let src = &v["source"][0];
         assert_eq!(src["topic"], AUDIO);
         assert!(src["first_offset"].as_i64().unwrap() <= src["last_offset"].as_i64().unwrap());
     }
     let total_wer = edits as f64 / words as f64;
-    println!("WER over {} LibriVox utterances: {:.2}%", clips.len(), total_wer * 100.0);
+    println!(
+        "WER over {} LibriVox utterances: {:.2}%",
+        clips.len(),
+        total_wer * 100.0
+    );
     assert!(total_wer <= 0.10, "WER {total_wer}");
-    assert!(broker.collect(DEADLETTER, Duration::from_secs(1), |_| false).is_empty());
+    assert!(broker
+        .collect(DEADLETTER, Duration::from_secs(1), |_| false)
+        .is_empty());
 
     let metrics = broker.collect(METRICS, Duration::from_secs(10), |m| {
-        m.iter().any(|r| r.json()["utterances_done"].as_u64() == Some(clips.len() as u64))
+        m.iter()
+            .any(|r| r.json()["utterances_done"].as_u64() == Some(clips.len() as u64))
     });
     let last = metrics.last().expect("metrics snapshots").json();
     assert_eq!(last["utterances_done"], clips.len() as u64, "{last}");
     assert_eq!(last["records_in"], records.len() as u64);
     assert!(last["rss_bytes"].as_u64().unwrap() > 50 << 20);
-    let text = metrics.iter().map(|r| String::from_utf8_lossy(&r.payload).to_string()).collect::<String>();
-    assert!(!text.contains("conv-") && !text.contains("child-a"), "no ids in metrics");
+    let text = metrics
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.payload).to_string())
+        .collect::<String>();
+    assert!(
+        !text.contains("conv-") && !text.contains("child-a"),
+        "no ids in metrics"
+    );
 }
 
 fn bad_record(key: Option<&str>, headers: &[(&str, &str)], value: &[u8]) -> OutRecord {
@@ -103,7 +132,10 @@ fn bad_record(key: Option<&str>, headers: &[(&str, &str)], value: &[u8]) -> OutR
         topic: AUDIO.into(),
         key: key.map(|k| k.as_bytes().to_vec()),
         payload: value.to_vec(),
-        headers: headers.iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())).collect(),
+        headers: headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+            .collect(),
     }
 }
 
@@ -125,17 +157,43 @@ fn bad_input_goes_to_the_dead_letter_topic_and_good_input_still_flows() {
         })
     };
     let garbage: Vec<u8> = (0..5000u32).map(|i| (i * 7919 % 251) as u8).collect();
-    let mut wav = synthesize("my favourite colour is green", &Voice::new("en-us+f3", 80, 150)).unwrap();
+    let mut wav = synthesize(
+        "my favourite colour is green",
+        &Voice::new("en-us+f3", 80, 150),
+    )
+    .unwrap();
     let mut corrupt_flac = encode(&wav, "flac").unwrap().bytes;
     corrupt_flac.truncate(40); // header only: no audio frames
     let mut records = vec![
-        OutRecord { headers: h("garbage", "flac"), ..bad_record(Some("c1"), &[], &garbage) },
-        OutRecord { headers: h("corrupt", "flac"), ..bad_record(Some("c1"), &[], &corrupt_flac) },
-        OutRecord { headers: h("aac", "aac"), ..bad_record(Some("c1"), &[], b"xx") },
-        OutRecord { headers: h("norate", "pcm_s16le"), ..bad_record(Some("c1"), &[], b"xxxx") },
-        bad_record(Some("c1"), &[("seq", "0"), ("codec", "wav")], b"no utterance header"),
-        OutRecord { headers: h("big", "wav"), ..bad_record(Some("c1"), &[], &vec![0u8; 70_000]) },
-        OutRecord { headers: h("nokey", "wav"), ..bad_record(None, &[], b"x") },
+        OutRecord {
+            headers: h("garbage", "flac"),
+            ..bad_record(Some("c1"), &[], &garbage)
+        },
+        OutRecord {
+            headers: h("corrupt", "flac"),
+            ..bad_record(Some("c1"), &[], &corrupt_flac)
+        },
+        OutRecord {
+            headers: h("aac", "aac"),
+            ..bad_record(Some("c1"), &[], b"xx")
+        },
+        OutRecord {
+            headers: h("norate", "pcm_s16le"),
+            ..bad_record(Some("c1"), &[], b"xxxx")
+        },
+        bad_record(
+            Some("c1"),
+            &[("seq", "0"), ("codec", "wav")],
+            b"no utterance header",
+        ),
+        OutRecord {
+            headers: h("big", "wav"),
+            ..bad_record(Some("c1"), &[], &vec![0u8; 70_000])
+        },
+        OutRecord {
+            headers: h("nokey", "wav"),
+            ..bad_record(None, &[], b"x")
+        },
     ];
     let good = Utterance {
         conversation: "c2".into(),
@@ -157,27 +215,51 @@ fn bad_input_goes_to_the_dead_letter_topic_and_good_input_still_flows() {
             .unwrap_or_else(|| panic!("no dead letter for {utt}: {dead:?}"))
             .to_string()
     };
-    assert!(reason("garbage").starts_with("decode:"), "{}", reason("garbage"));
-    assert!(reason("corrupt").starts_with("decode:"), "{}", reason("corrupt"));
+    assert!(
+        reason("garbage").starts_with("decode:"),
+        "{}",
+        reason("garbage")
+    );
+    assert!(
+        reason("corrupt").starts_with("decode:"),
+        "{}",
+        reason("corrupt")
+    );
     assert!(reason("aac").contains("unknown codec"), "{}", reason("aac"));
     assert!(reason("norate").contains("rate"), "{}", reason("norate"));
-    assert!(reason("big").contains("exceeds the limit"), "{}", reason("big"));
-    let no_utt = dead.iter().find(|r| r.payload == b"no utterance header").unwrap();
+    assert!(
+        reason("big").contains("exceeds the limit"),
+        "{}",
+        reason("big")
+    );
+    let no_utt = dead
+        .iter()
+        .find(|r| r.payload == b"no utterance header")
+        .unwrap();
     assert!(no_utt.header("error").unwrap().contains("utterance"));
-    let no_key = dead.iter().find(|r| r.header("utterance") == Some("nokey")).unwrap();
+    let no_key = dead
+        .iter()
+        .find(|r| r.header("utterance") == Some("nokey"))
+        .unwrap();
     assert!(no_key.header("error").unwrap().contains("key"));
     for r in &dead {
         assert_eq!(r.header("source_topic"), Some(AUDIO));
         assert!(r.header("source_partition").is_some() && r.header("source_offset").is_some());
     }
     // The original value travels with the dead letter.
-    let garbage_dl = dead.iter().find(|r| r.header("utterance") == Some("garbage")).unwrap();
+    let garbage_dl = dead
+        .iter()
+        .find(|r| r.header("utterance") == Some("garbage"))
+        .unwrap();
     assert_eq!(garbage_dl.payload, garbage);
 
     assert_eq!(responses.len(), 1, "log: {}", processor.log_text());
     let v = responses[0].json();
     assert_eq!(v["utterance"], "good");
-    let w = wer::wer("my favourite colour is green", v["transcript"].as_str().unwrap());
+    let w = wer::wer(
+        "my favourite colour is green",
+        v["transcript"].as_str().unwrap(),
+    );
     assert!(w <= 0.4, "{v}");
 }
 
@@ -211,29 +293,47 @@ fn kill_dash_nine_mid_stream_and_restart_leaves_no_utterance_unanswered() {
         .flat_map(|(u, _)| to_records(u, 8192, AUDIO, common::now_ms()))
         .collect();
     broker.produce(&records);
-    let expected: BTreeSet<(String, String)> =
-        utterances.iter().map(|(u, _)| (u.conversation.clone(), u.utterance.clone())).collect();
+    let expected: BTreeSet<(String, String)> = utterances
+        .iter()
+        .map(|(u, _)| (u.conversation.clone(), u.utterance.clone()))
+        .collect();
 
     let mut first = Processor::start(&broker, "kill9", &[]);
     let before = broker.collect(RESPONSES, Duration::from_secs(120), |r| r.len() >= 3);
     assert!(before.len() >= 3, "log: {}", first.log_text());
     std::thread::sleep(Duration::from_millis(800)); // let a commit go out
     first.kill9();
-    let answered_before = broker.collect(RESPONSES, Duration::from_secs(2), |_| false).len();
-    assert!(answered_before < expected.len(), "killed too late to test anything");
+    let answered_before = broker
+        .collect(RESPONSES, Duration::from_secs(2), |_| false)
+        .len();
+    assert!(
+        answered_before < expected.len(),
+        "killed too late to test anything"
+    );
 
     let second = Processor::start(&broker, "kill9", &[]);
-    let all = broker.collect(RESPONSES, Duration::from_secs(180), |r| utterance_ids(r) == expected);
+    let all = broker.collect(RESPONSES, Duration::from_secs(180), |r| {
+        utterance_ids(r) == expected
+    });
     assert_eq!(utterance_ids(&all), expected, "log: {}", second.log_text());
     // The restart resumed from committed offsets instead of starting over.
     let repeats = all.len() - expected.len();
-    assert!(repeats < answered_before, "{repeats} repeats of {answered_before} answered before the kill");
+    assert!(
+        repeats < answered_before,
+        "{repeats} repeats of {answered_before} answered before the kill"
+    );
     // A repeat is the same utterance id with the same transcript.
     let mut by_id: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
     for r in &all {
         let v = r.json();
-        let id = (v["conversation"].as_str().unwrap().into(), v["utterance"].as_str().unwrap().into());
-        by_id.entry(id).or_default().insert(v["transcript"].as_str().unwrap().into());
+        let id = (
+            v["conversation"].as_str().unwrap().into(),
+            v["utterance"].as_str().unwrap().into(),
+        );
+        by_id
+            .entry(id)
+            .or_default()
+            .insert(v["transcript"].as_str().unwrap().into());
     }
     assert!(by_id.values().all(|t| t.len() == 1), "{by_id:?}");
 }
@@ -253,13 +353,33 @@ fn sigterm_drains_in_flight_work_and_commits_before_exit() {
     let mut first = Processor::start(&broker, "sigterm", &[]);
     broker.collect(RESPONSES, Duration::from_secs(120), |r| !r.is_empty());
     let status = first.terminate(Duration::from_secs(60));
-    assert!(status.success(), "exit {status:?}; log: {}", first.log_text());
-    assert!(first.log_text().contains("drained=true"), "log: {}", first.log_text());
+    assert!(
+        status.success(),
+        "exit {status:?}; log: {}",
+        first.log_text()
+    );
+    assert!(
+        first.log_text().contains("drained=true"),
+        "log: {}",
+        first.log_text()
+    );
     let answered = broker.collect(RESPONSES, Duration::from_secs(2), |_| false);
 
     // Everything answered before the exit was committed: a restart repeats nothing.
     let second = Processor::start(&broker, "sigterm", &[]);
-    let all = broker.collect(RESPONSES, Duration::from_secs(120), |r| r.len() >= utterances.len());
-    assert_eq!(utterance_ids(&all).len(), utterances.len(), "log: {}", second.log_text());
-    assert_eq!(all.len(), utterances.len(), "{} answered before SIGTERM, then repeats", answered.len());
+    let all = broker.collect(RESPONSES, Duration::from_secs(120), |r| {
+        r.len() >= utterances.len()
+    });
+    assert_eq!(
+        utterance_ids(&all).len(),
+        utterances.len(),
+        "log: {}",
+        second.log_text()
+    );
+    assert_eq!(
+        all.len(),
+        utterances.len(),
+        "{} answered before SIGTERM, then repeats",
+        answered.len()
+    );
 }

@@ -90,12 +90,14 @@ pub enum WireError {
 fn text<'a>(rec: &'a RawRecord, name: &'static str) -> Result<Option<&'a str>, WireError> {
     match rec.header(name) {
         None => Ok(None),
-        Some(v) => std::str::from_utf8(v)
-            .map(|s| Some(s.trim()))
-            .map_err(|_| WireError::BadHeader {
-                name,
-                reason: "not UTF-8".into(),
-            }),
+        Some(v) => {
+            std::str::from_utf8(v)
+                .map(|s| Some(s.trim()))
+                .map_err(|_| WireError::BadHeader {
+                    name,
+                    reason: "not UTF-8".into(),
+                })
+        }
     }
 }
 
@@ -165,7 +167,9 @@ pub fn parse_chunk(rec: &RawRecord, max_chunk_bytes: usize) -> Result<Chunk, Wir
         codec,
         rate,
         channels,
-        child: text(rec, H_CHILD)?.filter(|s| !s.is_empty()).map(String::from),
+        child: text(rec, H_CHILD)?
+            .filter(|s| !s.is_empty())
+            .map(String::from),
         sent_ms: number::<i64>(rec, H_SENT_MS)?,
     };
     Ok(Chunk {
@@ -184,7 +188,11 @@ pub fn chunk_headers(h: &ChunkHeaders) -> Vec<(String, Vec<u8>)> {
         (H_SEQ.to_string(), h.seq.to_string().into_bytes()),
         (
             H_FINAL.to_string(),
-            if h.is_final { b"1".to_vec() } else { b"0".to_vec() },
+            if h.is_final {
+                b"1".to_vec()
+            } else {
+                b"0".to_vec()
+            },
         ),
         (H_CODEC.to_string(), h.codec.clone().into_bytes()),
         (H_CHANNELS.to_string(), h.channels.to_string().into_bytes()),

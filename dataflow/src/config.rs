@@ -154,7 +154,8 @@ impl Config {
             })?,
             None => String::new(),
         };
-        let mut value: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let mut value: toml::Table =
+            toml::from_str(&text).map_err(|e| ConfigError::Parse(e.to_string()))?;
         for o in overrides {
             apply_override(&mut value, o)?;
         }
@@ -224,7 +225,11 @@ mod tests {
     fn overrides_reach_every_key_with_types() {
         let c = Config::load(
             None,
-            &["kafka.brokers=10.0.0.1:9092".into(), "engine.workers=3".into(), "topics.create=false".into()],
+            &[
+                "kafka.brokers=10.0.0.1:9092".into(),
+                "engine.workers=3".into(),
+                "topics.create=false".into(),
+            ],
         )
         .unwrap();
         assert_eq!(c.kafka.brokers, "10.0.0.1:9092");
@@ -241,7 +246,8 @@ mod tests {
 
     #[test]
     fn the_shipped_config_parses() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/teddyflow.toml");
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/teddyflow.toml");
         Config::load(Some(&path), &[]).unwrap();
     }
 }

@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::CommitMode;
-use teddyflow_connectors::kafka::{partition_count, partitions_for_worker, AckedWriter, PartitionReader};
+use teddyflow_connectors::kafka::{
+    partition_count, partitions_for_worker, AckedWriter, PartitionReader,
+};
 use teddyflow_connectors::wire::{self, OutRecord};
 use teddyflow_models::audio::{self, Codec, DecodeOptions};
 use timely::dataflow::operators::core::{Concat, Map, OkErr, Probe};
@@ -35,11 +37,18 @@ pub struct ProcessShared {
 }
 
 /// Build the graph on this worker and run it until `stop` is set and the graph drained.
-pub fn run_worker(worker: &mut Worker, config: &Config, shared: ProcessShared) -> anyhow::Result<()> {
+pub fn run_worker(
+    worker: &mut Worker,
+    config: &Config,
+    shared: ProcessShared,
+) -> anyhow::Result<()> {
     let index = worker.index();
     let peers = worker.peers();
     let reader = open_reader(config, index, peers)?;
-    let partitions = reader.as_ref().map(|r| r.partitions().to_vec()).unwrap_or_default();
+    let partitions = reader
+        .as_ref()
+        .map(|r| r.partitions().to_vec())
+        .unwrap_or_default();
     tracing::info!(worker = index, ?partitions, "worker reading partitions");
     let handle = Rc::new(RefCell::new(SourceHandle {
         reader,
@@ -68,14 +77,15 @@ pub fn run_worker(worker: &mut Worker, config: &Config, shared: ProcessShared) -
         );
         let dl_topic = config.topics.deadletter.clone();
         let max_chunk = config.limits.max_chunk_bytes;
-        let (chunks, bad_records): (Stream<u64, Vec<_>>, Stream<u64, Vec<_>>) = raw.ok_err(move |rec| match wire::parse_chunk(&rec, max_chunk) {
-            Ok(chunk) => Ok(chunk),
-            Err(e) => Err(Output {
-                record: wire::dead_letter(&rec, &e.to_string(), &dl_topic),
-                completed_ms: 0,
-                is_response: false,
-            }),
-        });
+        let (chunks, bad_records): (Stream<u64, Vec<_>>, Stream<u64, Vec<_>>) =
+            raw.ok_err(move |rec| match wire::parse_chunk(&rec, max_chunk) {
+                Ok(chunk) => Ok(chunk),
+                Err(e) => Err(Output {
+                    record: wire::dead_letter(&rec, &e.to_string(), &dl_topic),
+                    completed_ms: 0,
+                    is_response: false,
+                }),
+            });
         let assembled = operators::reassemble(
             chunks,
             config.limits.clone(),
@@ -99,21 +109,28 @@ pub fn run_worker(worker: &mut Worker, config: &Config, shared: ProcessShared) -
         });
         let (decoded, undecodable) = split(decoded);
         let (admission, m) = (shared.admission.clone(), metrics.clone());
-        let transcribed = operators::async_stage(decoded, shared.asr.clone(), move |r: &Result<Transcribed, Failed>| {
-            admission.leave();
-            let mut m = m.borrow_mut();
-            match r {
-                Ok(t) => {
-                    for (stage, ms) in t.meta.timings.iter().filter(|(s, _)| s.starts_with("asr")) {
-                        m.stage(stage, *ms);
+        let transcribed = operators::async_stage(
+            decoded,
+            shared.asr.clone(),
+            move |r: &Result<Transcribed, Failed>| {
+                admission.leave();
+                let mut m = m.borrow_mut();
+                match r {
+                    Ok(t) => {
+                        for (stage, ms) in
+                            t.meta.timings.iter().filter(|(s, _)| s.starts_with("asr"))
+                        {
+                            m.stage(stage, *ms);
+                        }
                     }
+                    Err(_) => m.error("asr"),
                 }
-                Err(_) => m.error("asr"),
-            }
-        });
+            },
+        );
         let (transcribed, untranscribed) = split(transcribed);
         let responses_topic = config.topics.responses.clone();
-        let responses: Stream<u64, Vec<Output>> = transcribed.map(move |t| response(t, &responses_topic, index));
+        let responses: Stream<u64, Vec<Output>> =
+            transcribed.map(move |t| response(t, &responses_topic, index));
         let dl_topic = config.topics.deadletter.clone();
         let failures: Stream<u64, Vec<Output>> = rejected
             .concat(undecodable)
@@ -140,14 +157,22 @@ fn split<'s, T: 'static, E: 'static>(
     stream.ok_err(|r| r)
 }
 
-fn open_reader(config: &Config, index: usize, peers: usize) -> anyhow::Result<Option<PartitionReader>> {
+fn open_reader(
+    config: &Config,
+    index: usize,
+    peers: usize,
+) -> anyhow::Result<Option<PartitionReader>> {
     let probe_consumer = config.kafka.consumer()?;
     let count = partition_count(&probe_consumer, &config.topics.audio, &config.kafka.brokers)?;
     let mine = partitions_for_worker(count, index, peers);
     if mine.is_empty() {
         return Ok(None);
     }
-    Ok(Some(PartitionReader::open(&config.kafka, &config.topics.audio, mine)?))
+    Ok(Some(PartitionReader::open(
+        &config.kafka,
+        &config.topics.audio,
+        mine,
+    )?))
 }
 
 /// Step the worker until stopped; then drain: wait until everything read before the stop
@@ -172,7 +197,16 @@ fn drive(
     }
     let drained = !probe.less_than(&stop_epoch);
     handle.borrow_mut().commit(probe, CommitMode::Sync);
-    tracing::info!(drained, waited_ms = started.elapsed().as_millis() as u64, "worker stopped");
+    // Sources and pending utterances still hold capabilities by design; drop the graph
+    // rather than wait for it to complete (uncommitted input is re-read on restart).
+    for id in worker.installed_dataflows() {
+        worker.drop_dataflow(id);
+    }
+    tracing::info!(
+        drained,
+        waited_ms = started.elapsed().as_millis() as u64,
+        "worker stopped"
+    );
 }
 
 fn last_timing(timings: &[(String, f64)]) -> f64 {
@@ -250,12 +284,24 @@ fn response(t: Transcribed, topic: &str, worker: usize) -> Output {
 /// the reason, and where it came from.
 fn failed_to_output(f: Failed, topic: &str) -> Output {
     let mut headers = wire::chunk_headers(&f.meta.headers);
-    headers.push(("error".into(), format!("{}: {}", f.stage, f.error).into_bytes()));
+    headers.push((
+        "error".into(),
+        format!("{}: {}", f.stage, f.error).into_bytes(),
+    ));
     if let Some(src) = f.meta.sources.first() {
         headers.push(("source_topic".into(), src.topic.clone().into_bytes()));
-        headers.push(("source_partition".into(), src.partition.to_string().into_bytes()));
-        headers.push(("source_offset".into(), src.first_offset.to_string().into_bytes()));
-        headers.push(("source_offset_end".into(), src.last_offset.to_string().into_bytes()));
+        headers.push((
+            "source_partition".into(),
+            src.partition.to_string().into_bytes(),
+        ));
+        headers.push((
+            "source_offset".into(),
+            src.first_offset.to_string().into_bytes(),
+        ));
+        headers.push((
+            "source_offset_end".into(),
+            src.last_offset.to_string().into_bytes(),
+        ));
     }
     Output {
         record: OutRecord {

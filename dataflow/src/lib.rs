@@ -26,24 +26,39 @@ use crate::pool::StagePool;
 use crate::types::{Decoded, Failed, Transcribed};
 
 /// Load Whisper once for the process and wrap it in a pool of `asr.threads` threads.
-pub fn asr_pool(config: &Config) -> anyhow::Result<Arc<StagePool<Decoded, Result<Transcribed, Failed>>>> {
+pub fn asr_pool(
+    config: &Config,
+) -> anyhow::Result<Arc<StagePool<Decoded, Result<Transcribed, Failed>>>> {
     let variant: WhisperVariant = config.asr.model.parse()?;
     let model = WhisperModel::load(&config.asr.models_dir, variant)?;
     let language = config.asr.language.clone();
     let model_name = config.asr.model.clone();
     let work = Arc::new(move |d: Decoded| transcribe(&model, d, &language, &model_name));
     let capacity = config.engine.max_pending_utterances;
-    Ok(Arc::new(StagePool::new("asr", config.asr.threads, capacity, work)))
+    Ok(Arc::new(StagePool::new(
+        "asr",
+        config.asr.threads,
+        capacity,
+        work,
+    )))
 }
 
-fn transcribe(model: &WhisperModel, d: Decoded, language: &str, model_name: &str) -> Result<Transcribed, Failed> {
+fn transcribe(
+    model: &WhisperModel,
+    d: Decoded,
+    language: &str,
+    model_name: &str,
+) -> Result<Transcribed, Failed> {
     let started = Instant::now();
     let queued_ms = (types::now_ms() - d.meta.completed_ms) as f64;
     let audio_ms = d.audio_ms();
     match model.transcribe(&d.pcm, Some(language)) {
         Ok(t) => {
             let mut meta = d.meta;
-            meta.time("asr_wait", (queued_ms - meta.timings.iter().map(|(_, ms)| ms).sum::<f64>()).max(0.0));
+            meta.time(
+                "asr_wait",
+                (queued_ms - meta.timings.iter().map(|(_, ms)| ms).sum::<f64>()).max(0.0),
+            );
             meta.time("asr", started.elapsed().as_secs_f64() * 1e3);
             Ok(Transcribed {
                 meta,

@@ -88,7 +88,12 @@ impl WorkerMetrics {
     }
 
     /// A snapshot for the metrics topic; per-interval samples are reset, counters are totals.
-    pub fn snapshot(&mut self, worker: usize, process: usize, interval_ms: u64) -> serde_json::Value {
+    pub fn snapshot(
+        &mut self,
+        worker: usize,
+        process: usize,
+        interval_ms: u64,
+    ) -> serde_json::Value {
         let stages: BTreeMap<String, StageSummary> = self
             .stages
             .iter_mut()
@@ -117,7 +122,11 @@ impl WorkerMetrics {
 pub fn rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/statm")
         .ok()
-        .and_then(|s| s.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<u64>().ok())
+        })
         .map(|pages| pages * 4096)
         .unwrap_or(0)
 }

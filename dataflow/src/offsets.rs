@@ -15,7 +15,12 @@ pub struct OffsetTracker {
 
 impl OffsetTracker {
     pub fn record(&mut self, epoch: u64, partition: i32, offset: i64) {
-        let highest = self.read.entry(epoch).or_default().entry(partition).or_insert(offset);
+        let highest = self
+            .read
+            .entry(epoch)
+            .or_default()
+            .entry(partition)
+            .or_insert(offset);
         *highest = (*highest).max(offset);
     }
 
@@ -61,7 +66,10 @@ mod tests {
         t.record(3, 0, 20);
         assert!(t.committable(Some(1)).is_empty(), "epoch 1 still open");
         assert_eq!(t.committable(Some(3)), BTreeMap::from([(0, 13), (1, 6)]));
-        assert!(t.committable(Some(3)).is_empty(), "each commit is handed out once");
+        assert!(
+            t.committable(Some(3)).is_empty(),
+            "each commit is handed out once"
+        );
         assert_eq!(t.outstanding_epochs(), 1);
         assert_eq!(t.committable(None), BTreeMap::from([(0, 21)]));
     }

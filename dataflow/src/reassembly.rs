@@ -115,9 +115,9 @@ impl<C> Reassembler<C> {
         if let Some(error) = error {
             return Some(self.reject(&key, error));
         }
-        let complete = pending
-            .final_seq
-            .is_some_and(|f| pending.chunks.len() as u32 == f + 1 && pending.chunks.keys().next_back() == Some(&f));
+        let complete = pending.final_seq.is_some_and(|f| {
+            pending.chunks.len() as u32 == f + 1 && pending.chunks.keys().next_back() == Some(&f)
+        });
         complete.then(|| self.finish(&key, false))
     }
 
@@ -135,7 +135,10 @@ impl<C> Reassembler<C> {
                 if self.pending[&key].chunks.contains_key(&0) {
                     self.finish(&key, true)
                 } else {
-                    self.reject(&key, "utterance timed out without its first chunk (seq 0)".into())
+                    self.reject(
+                        &key,
+                        "utterance timed out without its first chunk (seq 0)".into(),
+                    )
                 }
             })
             .collect()
@@ -181,7 +184,13 @@ impl<C> Reassembler<C> {
             }
             bytes.extend_from_slice(chunk);
         }
-        Outcome::Ready(Utterance { meta: p.meta, bytes }, p.token)
+        Outcome::Ready(
+            Utterance {
+                meta: p.meta,
+                bytes,
+            },
+            p.token,
+        )
     }
 
     fn reject(&mut self, key: &Key, error: String) -> Outcome<C> {
@@ -254,7 +263,9 @@ mod tests {
 
     /// Oracle: the bytes of chunks 0..=last in order.
     fn expected(conv: &str, utt: &str, last: u32) -> Vec<u8> {
-        (0..=last).flat_map(|s| format!("{conv}/{utt}/{s};").into_bytes()).collect()
+        (0..=last)
+            .flat_map(|s| format!("{conv}/{utt}/{s};").into_bytes())
+            .collect()
     }
 
     #[test]
@@ -287,7 +298,10 @@ mod tests {
         assert_eq!(r.pending(), 0);
         for (u, _) in &ready {
             let last = u.bytes.split(|b| *b == b';').count() as u32 - 2;
-            assert_eq!(u.bytes, expected(&u.meta.conversation, &u.meta.utterance, last));
+            assert_eq!(
+                u.bytes,
+                expected(&u.meta.conversation, &u.meta.utterance, last)
+            );
             assert!(!u.meta.incomplete);
         }
     }
@@ -296,8 +310,12 @@ mod tests {
     fn token_is_the_earliest_chunk_time() {
         let mut r = Reassembler::new(limits(), "t");
         let now = Instant::now();
-        assert!(r.push(chunk("c", "u", 1, 2, 11), 5, now, keep_min).is_none());
-        assert!(r.push(chunk("c", "u", 0, 2, 10), 3, now, keep_min).is_none());
+        assert!(r
+            .push(chunk("c", "u", 1, 2, 11), 5, now, keep_min)
+            .is_none());
+        assert!(r
+            .push(chunk("c", "u", 0, 2, 10), 3, now, keep_min)
+            .is_none());
         assert_eq!(r.tokens().copied().collect::<Vec<_>>(), vec![3]);
         match r.push(chunk("c", "u", 2, 2, 12), 9, now, keep_min) {
             Some(Outcome::Ready(u, t)) => {
@@ -343,14 +361,24 @@ mod tests {
             Some(Outcome::Rejected(f, _)) => assert!(f.error.contains("more than 3 chunks")),
             other => panic!("{other:?}"),
         }
-        assert!(r.push(chunk("c", "u", 0, 9, 1), 0, now, keep_min).is_none(), "rejected id is done");
+        assert!(
+            r.push(chunk("c", "u", 0, 9, 1), 0, now, keep_min).is_none(),
+            "rejected id is done"
+        );
         r.push(chunk("c", "big", 0, 2, 2), 0, now, keep_min);
         match r.push(chunk("c", "big", 1, 2, 3), 0, now, keep_min) {
             Some(Outcome::Rejected(f, _)) => assert!(f.error.contains("exceeds 12 bytes")),
             other => panic!("{other:?}"),
         }
-        assert!(matches!(r.push(chunk("c", "ok", 0, 0, 4), 0, now, keep_min), Some(Outcome::Ready(..))));
-        assert!(r.push(chunk("c", "ok", 0, 0, 5), 0, now, keep_min).is_none(), "late duplicate");
+        assert!(matches!(
+            r.push(chunk("c", "ok", 0, 0, 4), 0, now, keep_min),
+            Some(Outcome::Ready(..))
+        ));
+        assert!(
+            r.push(chunk("c", "ok", 0, 0, 5), 0, now, keep_min)
+                .is_none(),
+            "late duplicate"
+        );
         assert_eq!(r.pending(), 0);
     }
 }

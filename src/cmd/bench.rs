@@ -71,7 +71,9 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
 
 fn decode_file(path: &Path) -> anyhow::Result<Vec<f32>> {
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-    let codec: Codec = ext.parse().with_context(|| format!("unsupported clip {}", path.display()))?;
+    let codec: Codec = ext
+        .parse()
+        .with_context(|| format!("unsupported clip {}", path.display()))?;
     let bytes = std::fs::read(path).with_context(|| path.display().to_string())?;
     let mut opts = DecodeOptions::new(codec);
     opts.max_seconds = 3600.0;
@@ -133,7 +135,10 @@ fn asr(args: AsrArgs) -> anyhow::Result<()> {
 }
 
 fn print_table(r: &AsrReport) {
-    println!("{:<44} {:>7} {:>9} {:>6} {:>6}", "clip", "audio_s", "compute_s", "rtf", "wer");
+    println!(
+        "{:<44} {:>7} {:>9} {:>6} {:>6}",
+        "clip", "audio_s", "compute_s", "rtf", "wer"
+    );
     for row in &r.rows {
         println!(
             "{:<44} {:>7.2} {:>9.3} {:>6.3} {:>6.3}",

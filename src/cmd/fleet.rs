@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Args;
 use teddyflow_connectors::file::clips_in_dir;
-use teddyflow_connectors::fleet::{default_voices, encode, synthesize, to_records, Utterance, CHILD_PHRASES};
+use teddyflow_connectors::fleet::{
+    default_voices, encode, synthesize, to_records, Utterance, CHILD_PHRASES,
+};
 use teddyflow_connectors::kafka::{ensure_topics, AckedWriter, KafkaSettings, TopicSpec};
 
 #[derive(Args, Debug)]
@@ -30,7 +32,11 @@ pub struct FleetArgs {
     #[arg(long, default_value_t = 1.0)]
     rate: f64,
     /// Codecs to cycle through: pcm_s16le, wav, flac, ogg, mp3.
-    #[arg(long, value_delimiter = ',', default_value = "wav,flac,ogg,mp3,pcm_s16le")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "wav,flac,ogg,mp3,pcm_s16le"
+    )]
     codecs: Vec<String>,
     /// Chunk size in bytes.
     #[arg(long, default_value_t = 8192)]
@@ -86,7 +92,12 @@ pub fn run(args: FleetArgs) -> anyhow::Result<()> {
                 child: Some(format!("child-{c}")),
                 audio: encode(&s.wav, codec)?,
             };
-            let records = to_records(&utterance, args.chunk_bytes, &args.topic, teddyflow_dataflow::types::now_ms());
+            let records = to_records(
+                &utterance,
+                args.chunk_bytes,
+                &args.topic,
+                teddyflow_dataflow::types::now_ms(),
+            );
             for rec in &records {
                 id += 1;
                 send_with_retry(&writer, id, rec)?;
@@ -106,7 +117,10 @@ pub fn run(args: FleetArgs) -> anyhow::Result<()> {
             std::thread::sleep(due.saturating_duration_since(Instant::now()));
         }
     }
-    println!("fleet done: {sent} utterances in {:.1}s", started.elapsed().as_secs_f64());
+    println!(
+        "fleet done: {sent} utterances in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
@@ -115,8 +129,12 @@ fn prepare_speech(args: &FleetArgs) -> anyhow::Result<Vec<Speech>> {
         return clips_in_dir(dir)?
             .into_iter()
             .map(|clip| {
-                let wav = std::fs::read(&clip.path).with_context(|| clip.path.display().to_string())?;
-                Ok(Speech { wav, text: clip.reference })
+                let wav =
+                    std::fs::read(&clip.path).with_context(|| clip.path.display().to_string())?;
+                Ok(Speech {
+                    wav,
+                    text: clip.reference,
+                })
             })
             .collect();
     }
@@ -136,12 +154,19 @@ fn prepare_speech(args: &FleetArgs) -> anyhow::Result<Vec<Speech>> {
         .enumerate()
         .map(|(i, text)| {
             let wav = synthesize(text, &voices[i % voices.len()])?;
-            Ok(Speech { wav, text: text.clone() })
+            Ok(Speech {
+                wav,
+                text: text.clone(),
+            })
         })
         .collect()
 }
 
-fn send_with_retry(writer: &AckedWriter, id: u64, rec: &teddyflow_connectors::OutRecord) -> anyhow::Result<()> {
+fn send_with_retry(
+    writer: &AckedWriter,
+    id: u64,
+    rec: &teddyflow_connectors::OutRecord,
+) -> anyhow::Result<()> {
     loop {
         match writer.send(id, rec) {
             Ok(()) => return Ok(()),
@@ -168,7 +193,10 @@ fn wait_acks(writer: &AckedWriter) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while writer.in_flight() > 0 {
         check(writer.poll())?;
-        anyhow::ensure!(Instant::now() < deadline, "broker did not acknowledge chunks within 30 s");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "broker did not acknowledge chunks within 30 s"
+        );
         std::thread::sleep(Duration::from_millis(2));
     }
     check(writer.poll())

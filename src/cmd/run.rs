@@ -76,8 +76,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         process: args.process,
     };
     let timely_config = timely_config(&args, config.engine.workers)?;
-    let guards = timely::execute(timely_config, move |worker| run_worker(worker, &config, shared.clone()))
-        .map_err(|e| anyhow::anyhow!("starting timely: {e}"))?;
+    let guards = timely::execute(timely_config, move |worker| {
+        run_worker(worker, &config, shared.clone())
+    })
+    .map_err(|e| anyhow::anyhow!("starting timely: {e}"))?;
     for result in guards.join() {
         result.map_err(|e| anyhow::anyhow!("worker panicked: {e}"))??;
     }
@@ -106,7 +108,9 @@ fn timely_config(args: &RunArgs, workers: usize) -> anyhow::Result<timely::Confi
                 .filter(|l| !l.is_empty())
                 .map(String::from)
                 .collect(),
-            None => (0..args.processes).map(|i| format!("localhost:{}", 2101 + i)).collect(),
+            None => (0..args.processes)
+                .map(|i| format!("localhost:{}", 2101 + i))
+                .collect(),
         };
         let addresses: Vec<String> = addresses;
         anyhow::ensure!(

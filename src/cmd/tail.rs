@@ -14,7 +14,11 @@ pub struct TailArgs {
     #[arg(long, default_value = "127.0.0.1:9092")]
     brokers: String,
     /// Topics to print.
-    #[arg(long, value_delimiter = ',', default_value = "teddy.responses,teddy.metrics,teddy.deadletter")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "teddy.responses,teddy.metrics,teddy.deadletter"
+    )]
     topics: Vec<String>,
     /// Stop after this many response records (0: never).
     #[arg(long, default_value_t = 0)]
@@ -50,9 +54,14 @@ pub fn run(args: TailArgs) -> anyhow::Result<()> {
         if args.responses > 0 && responses >= args.responses {
             break;
         }
-        let Some(msg) = consumer.poll(Duration::from_millis(200)) else { continue };
+        let Some(msg) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
         let msg = msg?;
-        let body = msg.payload().map(String::from_utf8_lossy).unwrap_or_default();
+        let body = msg
+            .payload()
+            .map(String::from_utf8_lossy)
+            .unwrap_or_default();
         let topic = msg.topic();
         if topic.contains("responses") {
             responses += 1;
@@ -95,8 +104,15 @@ fn summary<M: Message>(topic: &str, body: &str, msg: &M) -> String {
         use rdkafka::message::Headers;
         let error = msg
             .headers()
-            .and_then(|hs| hs.iter().find(|h| h.key == "error").and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).to_string())))
+            .and_then(|hs| {
+                hs.iter()
+                    .find(|h| h.key == "error")
+                    .and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).to_string()))
+            })
             .unwrap_or_default();
-        format!("[{topic}] {} bytes: {error}", msg.payload().map_or(0, |p| p.len()))
+        format!(
+            "[{topic}] {} bytes: {error}",
+            msg.payload().map_or(0, |p| p.len())
+        )
     }
 }

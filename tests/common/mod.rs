@@ -56,12 +56,22 @@ impl Broker {
         let tansu = std::env::var_os("TANSU_BIN")
             .map(PathBuf::from)
             .unwrap_or_else(|| assets().join("bin/tansu"));
-        assert!(tansu.exists(), "{} missing: run scripts/setup.sh", tansu.display());
+        assert!(
+            tansu.exists(),
+            "{} missing: run scripts/setup.sh",
+            tansu.display()
+        );
         let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
         let log = std::fs::File::create(scratch(name).join("broker.log")).unwrap();
         let child = Command::new(tansu)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
             .args(["--storage-engine", "memory://tansu/"])
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -117,7 +127,12 @@ impl Broker {
     }
 
     /// Read `topic` from the beginning until `done` says so or `timeout` passes.
-    pub fn collect(&self, topic: &str, timeout: Duration, done: impl Fn(&[Record]) -> bool) -> Vec<Record> {
+    pub fn collect(
+        &self,
+        topic: &str,
+        timeout: Duration,
+        done: impl Fn(&[Record]) -> bool,
+    ) -> Vec<Record> {
         let consumer: BaseConsumer = KafkaSettings {
             brokers: self.addr.clone(),
             group_id: format!("test-reader-{}", std::process::id()),
@@ -127,7 +142,9 @@ impl Broker {
         .unwrap();
         let deadline = Instant::now() + timeout;
         let partitions = loop {
-            let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(5)).unwrap();
+            let md = consumer
+                .fetch_metadata(Some(topic), Duration::from_secs(5))
+                .unwrap();
             let n = md.topics().first().map_or(0, |t| t.partitions().len());
             if n > 0 || Instant::now() > deadline {
                 break n;
@@ -136,7 +153,8 @@ impl Broker {
         };
         let mut tpl = TopicPartitionList::new();
         for p in 0..partitions as i32 {
-            tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+            tpl.add_partition_offset(topic, p, Offset::Beginning)
+                .unwrap();
         }
         consumer.assign(&tpl).unwrap();
         let mut out = Vec::new();
@@ -166,13 +184,21 @@ pub struct Record {
 impl Record {
     fn from<M: Message>(m: &M) -> Record {
         Record {
-            key: m.key().map(|k| String::from_utf8_lossy(k).to_string()).unwrap_or_default(),
+            key: m
+                .key()
+                .map(|k| String::from_utf8_lossy(k).to_string())
+                .unwrap_or_default(),
             payload: m.payload().unwrap_or_default().to_vec(),
             headers: m
                 .headers()
                 .map(|hs| {
                     hs.iter()
-                        .map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).to_string()))
+                        .map(|h| {
+                            (
+                                h.key.to_string(),
+                                String::from_utf8_lossy(h.value.unwrap_or_default()).to_string(),
+                            )
+                        })
                         .collect()
                 })
                 .unwrap_or_default(),
@@ -184,7 +210,10 @@ impl Record {
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -204,8 +233,16 @@ impl Processor {
             .arg(repo().join("configs/teddyflow.toml"))
             .args(["--brokers", &broker.addr])
             .arg("--set")
-            .arg(format!("asr.models_dir=\"{}\"", assets().join("models").display()))
-            .args(["--set", "engine.metrics_interval_ms=1000", "--set", "engine.commit_interval_ms=200"]);
+            .arg(format!(
+                "asr.models_dir=\"{}\"",
+                assets().join("models").display()
+            ))
+            .args([
+                "--set",
+                "engine.metrics_interval_ms=1000",
+                "--set",
+                "engine.commit_interval_ms=200",
+            ]);
         for s in sets {
             cmd.args(["--set", s]);
         }
@@ -215,7 +252,10 @@ impl Processor {
             .stderr(log)
             .spawn()
             .expect("start teddyflow run");
-        Processor { child, log: log_path }
+        Processor {
+            child,
+            log: log_path,
+        }
     }
 
     pub fn kill9(&mut self) {
@@ -232,7 +272,11 @@ impl Processor {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "teddyflow did not stop after SIGTERM; log {}", self.log.display());
+            assert!(
+                Instant::now() < deadline,
+                "teddyflow did not stop after SIGTERM; log {}",
+                self.log.display()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }

@@ -67,7 +67,11 @@ pub fn clips_in_dir(dir: &Path) -> Result<Vec<Clip>, ClipError> {
         if !AUDIO_EXTENSIONS.contains(&ext.to_ascii_lowercase().as_str()) {
             continue;
         }
-        let name = path.file_stem().unwrap_or_default().to_string_lossy().to_string();
+        let name = path
+            .file_stem()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .to_string();
         let txt = path.with_extension("txt");
         let reference = if txt.exists() {
             Some(read(&txt)?.trim().to_string())
@@ -112,7 +116,10 @@ mod tests {
         std::fs::write(dir.join("c.mp3"), b"x").unwrap();
         std::fs::write(dir.join("transcription"), "<s> bee </s> (b)\n").unwrap();
         let clips = clips_in_dir(&dir).unwrap();
-        let names: Vec<_> = clips.iter().map(|c| (c.name.as_str(), c.reference.as_str())).collect();
+        let names: Vec<_> = clips
+            .iter()
+            .map(|c| (c.name.as_str(), c.reference.as_str()))
+            .collect();
         assert_eq!(names, vec![("a", "hello there"), ("b", "bee")]);
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -105,7 +105,17 @@ pub fn synthesize(text: &str, voice: &Voice) -> Result<Vec<u8>, FleetError> {
     let file = path.to_str().unwrap_or_default();
     let result = run(
         "espeak-ng",
-        &["-w", file, "-v", &voice.name, "-p", &pitch, "-s", &speed, text],
+        &[
+            "-w",
+            file,
+            "-v",
+            &voice.name,
+            "-p",
+            &pitch,
+            "-s",
+            &speed,
+            text,
+        ],
     )
     .and_then(|_| {
         std::fs::read(&path).map_err(|source| FleetError::Io {
@@ -142,8 +152,8 @@ pub fn encode(wav: &[u8], codec: &str) -> Result<Encoded, FleetError> {
 }
 
 fn wav_to_pcm(wav: &[u8]) -> Result<Encoded, FleetError> {
-    let mut reader =
-        hound::WavReader::new(std::io::Cursor::new(wav)).map_err(|e| FleetError::Wav(e.to_string()))?;
+    let mut reader = hound::WavReader::new(std::io::Cursor::new(wav))
+        .map_err(|e| FleetError::Wav(e.to_string()))?;
     let spec = reader.spec();
     if spec.bits_per_sample != 16 || spec.sample_format != hound::SampleFormat::Int {
         return Err(FleetError::Wav("expected 16-bit integer samples".into()));
@@ -170,7 +180,10 @@ fn sox_convert(wav: &[u8], codec: &str) -> Result<Encoded, FleetError> {
     std::fs::write(&input, wav).map_err(io(&input))?;
     let result = run(
         "sox",
-        &[input.to_str().unwrap_or_default(), output.to_str().unwrap_or_default()],
+        &[
+            input.to_str().unwrap_or_default(),
+            output.to_str().unwrap_or_default(),
+        ],
     )
     .and_then(|_| std::fs::read(&output).map_err(io(&output)));
     let _ = std::fs::remove_file(&input);
@@ -258,7 +271,10 @@ mod tests {
                 crate::wire::parse_chunk(&raw, 4).unwrap().headers
             })
             .collect();
-        assert_eq!(parsed.iter().map(|h| h.seq).collect::<Vec<_>>(), vec![0, 1, 2]);
+        assert_eq!(
+            parsed.iter().map(|h| h.seq).collect::<Vec<_>>(),
+            vec![0, 1, 2]
+        );
         assert_eq!(parsed.iter().filter(|h| h.is_final).count(), 1);
         assert!(parsed[2].is_final);
     }
@@ -269,10 +285,17 @@ mod tests {
         let pcm = encode(&wav, "pcm_s16le").unwrap();
         assert_eq!(pcm.rate, Some(22050));
         // About a second of speech, as 16-bit samples.
-        assert!(pcm.bytes.len() > 22050 && pcm.bytes.len() < 22050 * 2 * 3, "{}", pcm.bytes.len());
+        assert!(
+            pcm.bytes.len() > 22050 && pcm.bytes.len() < 22050 * 2 * 3,
+            "{}",
+            pcm.bytes.len()
+        );
         for codec in ["flac", "ogg", "mp3"] {
             let enc = encode(&wav, codec).unwrap();
-            assert!(!enc.bytes.is_empty() && enc.bytes.len() < wav.len(), "{codec}");
+            assert!(
+                !enc.bytes.is_empty() && enc.bytes.len() < wav.len(),
+                "{codec}"
+            );
         }
         assert_eq!(&encode(&wav, "flac").unwrap().bytes[..4], b"fLaC");
         assert_eq!(&encode(&wav, "ogg").unwrap().bytes[..4], b"OggS");
@@ -280,6 +303,9 @@ mod tests {
 
     #[test]
     fn unknown_codec_is_an_error() {
-        assert!(matches!(encode(b"", "aac"), Err(FleetError::UnknownCodec(_))));
+        assert!(matches!(
+            encode(b"", "aac"),
+            Err(FleetError::UnknownCodec(_))
+        ));
     }
 }

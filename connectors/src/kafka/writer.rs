@@ -74,12 +74,15 @@ impl AckedWriter {
     /// Queue `record`; its delivery is reported by [`AckedWriter::poll`] under `id` (> 0).
     pub fn send(&self, id: u64, record: &OutRecord) -> Result<(), SendError> {
         debug_assert!(id > 0, "id 0 is reserved for untracked records");
-        let headers = record.headers.iter().fold(OwnedHeaders::new(), |hs, (k, v)| {
-            hs.insert(Header {
-                key: k,
-                value: Some(v),
-            })
-        });
+        let headers = record
+            .headers
+            .iter()
+            .fold(OwnedHeaders::new(), |hs, (k, v)| {
+                hs.insert(Header {
+                    key: k,
+                    value: Some(v),
+                })
+            });
         let mut rec = BaseRecord::with_opaque_to(&record.topic, Box::new(id))
             .payload(&record.payload)
             .headers(headers);
@@ -94,7 +97,8 @@ impl AckedWriter {
 
     /// Queue a record nobody waits for (metrics snapshots); dropped if the queue is full.
     pub fn send_untracked(&self, record: &OutRecord) {
-        let mut rec = BaseRecord::with_opaque_to(&record.topic, Box::new(0)).payload(&record.payload);
+        let mut rec =
+            BaseRecord::with_opaque_to(&record.topic, Box::new(0)).payload(&record.payload);
         if let Some(key) = &record.key {
             rec = rec.key(key);
         }

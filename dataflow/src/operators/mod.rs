@@ -50,7 +50,9 @@ pub fn reassemble<'s>(
             let now = Instant::now();
             let mut outcomes = Vec::new();
             input.for_each(|cap, data| {
-                let Some(cap) = cap.retain_least(0) else { return };
+                let Some(cap) = cap.retain_least(0) else {
+                    return;
+                };
                 for chunk in data.drain(..) {
                     let keep_min = |held: &mut Capability<u64>, new: Capability<u64>| {
                         if new.time() < held.time() {

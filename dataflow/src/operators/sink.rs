@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use teddyflow_connectors::kafka::AckedWriter;
 use teddyflow_connectors::wire::OutRecord;
+use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
-use timely::container::CapacityContainerBuilder;
 
 use crate::metrics::WorkerMetrics;
 use crate::types::now_ms;

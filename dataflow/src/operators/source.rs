@@ -65,7 +65,10 @@ pub fn next_epoch(epoch_ms: u64) -> u64 {
 /// a new timestamp, so each utterance's offsets become committable on their own instead of
 /// waiting for everything read in the same batch.
 fn ends_utterance(rec: &RawRecord) -> bool {
-    matches!(rec.header(teddyflow_connectors::wire::H_FINAL), Some(b"1") | Some(b"true"))
+    matches!(
+        rec.header(teddyflow_connectors::wire::H_FINAL),
+        Some(b"1") | Some(b"true")
+    )
 }
 
 pub fn kafka_source<'s>(

@@ -32,11 +32,15 @@ where
         let mut next_id = 0u64;
         move |(input, _frontier), output| {
             input.for_each(|cap, data| {
-                let Some(cap) = cap.retain_least(0) else { return };
+                let Some(cap) = cap.retain_least(0) else {
+                    return;
+                };
                 waiting.extend(data.drain(..).map(|item| (cap.clone(), item)));
             });
             while pool.has_room() {
-                let Some((cap, item)) = waiting.pop_front() else { break };
+                let Some((cap, item)) = waiting.pop_front() else {
+                    break;
+                };
                 next_id += 1;
                 out.insert(next_id, cap);
                 pool.submit(next_id, item, reply.clone(), sync_activator.clone());

@@ -40,7 +40,7 @@ pub fn run(args: TailArgs) -> anyhow::Result<()> {
     let consumer: BaseConsumer = settings.consumer()?;
     let mut tpl = TopicPartitionList::new();
     for topic in &args.topics {
-        for p in 0..partition_count(&consumer, topic, &args.brokers)? {
+        for p in 0..wait_for_topic(&consumer, topic, &args.brokers)? {
             tpl.add_partition_offset(topic, p, Offset::Beginning)?;
         }
     }
@@ -73,6 +73,18 @@ pub fn run(args: TailArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The processor creates its topics at start-up; a tail started beside it waits for them.
+fn wait_for_topic(consumer: &BaseConsumer, topic: &str, brokers: &str) -> anyhow::Result<i32> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match partition_count(consumer, topic, brokers) {
+            Ok(n) => return Ok(n),
+            Err(e) if Instant::now() >= deadline => return Err(e.into()),
+            Err(_) => std::thread::sleep(Duration::from_millis(500)),
+        }
+    }
 }
 
 fn summary<M: Message>(topic: &str, body: &str, msg: &M) -> String {

@@ -32,7 +32,7 @@ pub fn assets() -> PathBuf {
 
 pub const LIBRIVOX: &str = "/usr/share/pocketsphinx/test/data/librivox";
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -225,6 +225,11 @@ pub struct Processor {
 
 impl Processor {
     pub fn start(broker: &Broker, name: &str, sets: &[&str]) -> Processor {
+        Self::start_with(broker, name, sets, &[])
+    }
+
+    /// Like `start`, with extra command-line arguments (e.g. timely's `-n -p -h`).
+    pub fn start_with(broker: &Broker, name: &str, sets: &[&str], args: &[&str]) -> Processor {
         let log_path = scratch(name).join(format!("processor-{}.log", now_ms()));
         let log = std::fs::File::create(&log_path).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_teddyflow"));
@@ -246,6 +251,7 @@ impl Processor {
         for s in sets {
             cmd.args(["--set", s]);
         }
+        cmd.args(args);
         let child = cmd
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())

@@ -1,0 +1,119 @@
+//! Micro-benchmarks of the non-model hot paths: wire parsing, reassembly, decode,
+//! resample and response JSON. `cargo bench --bench hot_paths`.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use teddyflow_connectors::fleet::{encode, to_records, Encoded, Utterance};
+use teddyflow_connectors::wire::{parse_chunk, RawRecord};
+use teddyflow_dataflow::config::Limits;
+use teddyflow_dataflow::reassembly::{Outcome, Reassembler};
+use teddyflow_models::audio::{self, Codec, DecodeOptions};
+
+const LIBRIVOX_CLIP: &str =
+    "/usr/share/pocketsphinx/test/data/librivox/sense_and_sensibility_01_austen_64kb-0880.wav";
+
+fn raw_records(bytes: &[u8], codec: &str, chunk: usize) -> Vec<RawRecord> {
+    let u = Utterance {
+        conversation: "toy-1".into(),
+        utterance: "u1".into(),
+        child: Some("child-1".into()),
+        audio: Encoded {
+            codec: codec.into(),
+            rate: None,
+            channels: 1,
+            bytes: bytes.to_vec(),
+        },
+    };
+    to_records(&u, chunk, "teddy.audio", 0)
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| RawRecord {
+            topic: r.topic,
+            partition: 0,
+            offset: i as i64,
+            key: r.key,
+            value: Some(r.payload),
+            headers: r.headers,
+        })
+        .collect()
+}
+
+fn wire_and_reassembly(c: &mut Criterion) {
+    let wav = std::fs::read(LIBRIVOX_CLIP).expect("pocketsphinx-testdata installed");
+    let records = raw_records(&wav, "wav", 4096);
+    let mut g = c.benchmark_group("ingest");
+    g.throughput(Throughput::Bytes(wav.len() as u64));
+    g.bench_function("parse_chunks_3s_wav_4k_chunks", |b| {
+        b.iter(|| {
+            records
+                .iter()
+                .map(|r| parse_chunk(black_box(r), 1 << 20).unwrap())
+                .count()
+        })
+    });
+    let chunks: Vec<_> = records
+        .iter()
+        .map(|r| parse_chunk(r, 1 << 20).unwrap())
+        .collect();
+    g.bench_function("reassemble_3s_wav_reversed_chunks", |b| {
+        b.iter(|| {
+            let mut r = Reassembler::<u64>::new(Limits::default(), "teddy.audio");
+            let now = Instant::now();
+            let mut out = None;
+            for ch in chunks.iter().rev() {
+                out = r.push(ch.clone(), 0, now, |_, _| {}).or(out);
+            }
+            assert!(matches!(out, Some(Outcome::Ready(..))));
+        })
+    });
+    g.finish();
+}
+
+fn decode_and_resample(c: &mut Criterion) {
+    let wav = std::fs::read(LIBRIVOX_CLIP).expect("pocketsphinx-testdata installed");
+    let flac = encode(&wav, "flac").expect("sox installed").bytes;
+    let mp3 = encode(&wav, "mp3").expect("sox installed").bytes;
+    let mut g = c.benchmark_group("decode_3s");
+    for (name, codec, bytes) in [
+        ("wav", Codec::Wav, &wav),
+        ("flac", Codec::Flac, &flac),
+        ("mp3", Codec::Mp3, &mp3),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| audio::decode(black_box(bytes), &DecodeOptions::new(codec)).unwrap())
+        });
+    }
+    g.finish();
+    let pcm = audio::decode(&wav, &DecodeOptions::new(Codec::Wav))
+        .unwrap()
+        .samples;
+    let at_22k = audio::resample(&pcm, 16_000, 22_050);
+    c.bench_function("resample_3s_22050_to_16000", |b| {
+        b.iter(|| audio::resample(black_box(&at_22k), 22_050, 16_000))
+    });
+}
+
+fn response_json(c: &mut Criterion) {
+    c.bench_function("response_json", |b| {
+        b.iter(|| {
+            serde_json::json!({
+                "conversation": "toy-1", "utterance": "u1", "child": "child-1",
+                "transcript": black_box("he was not an ill disposed young man"),
+                "language": "en", "audio_ms": 2990, "incomplete": false, "model": "tiny.en",
+                "timings_ms": {"decode": 1.2, "asr": 180.0, "total": 190.0},
+                "source": [{"topic": "teddy.audio", "partition": 0, "first_offset": 1, "last_offset": 12}],
+            })
+            .to_string()
+        })
+    });
+}
+
+criterion_group!(
+    benches,
+    wire_and_reassembly,
+    decode_and_resample,
+    response_json
+);
+criterion_main!(benches);

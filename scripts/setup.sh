@@ -109,4 +109,10 @@ install_tansu
 install_mel
 install_tiny_en
 if [ "${TEDDYFLOW_SKIP_BASE:-0}" != 1 ]; then install_base; fi
+# Feature steps (one file per model family), each idempotent, sharing the helpers above.
+for step in "$ROOT"/scripts/setup.d/*.sh; do
+  [ -e "$step" ] || continue
+  # shellcheck source=/dev/null
+  source "$step"
+done
 log "ready: assets in $ASSETS"

@@ -14,6 +14,33 @@ pub struct Config {
     pub engine: Engine,
     pub limits: Limits,
     pub asr: Asr,
+    pub understanding: Understanding,
+}
+
+/// Emotion and child safety (acoustic features, MiniLM text emotion, safety verdicts).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Understanding {
+    /// Run emotion + safety; when off, responses carry the transcript only.
+    pub enabled: bool,
+    /// Folder with the labelled examples the classifiers learn from at start-up.
+    pub data_dir: PathBuf,
+    /// Threads for text emotion + safety in this process.
+    pub threads: usize,
+    /// Replace phone numbers, emails, addresses, schools and full names in transcripts
+    /// written to any topic.
+    pub redact_pii: bool,
+}
+
+impl Default for Understanding {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            data_dir: PathBuf::from("data"),
+            threads: 1,
+            redact_pii: true,
+        }
+    }
 }
 
 /// Topic names. `partitions` is used only when teddyflow creates a missing topic.
@@ -24,6 +51,7 @@ pub struct Topics {
     pub responses: String,
     pub metrics: String,
     pub deadletter: String,
+    pub alerts: String,
     /// Create missing topics at start-up.
     pub create: bool,
     /// Partitions for topics teddyflow creates.
@@ -37,6 +65,7 @@ impl Default for Topics {
             responses: "teddy.responses".into(),
             metrics: "teddy.metrics".into(),
             deadletter: "teddy.deadletter".into(),
+            alerts: "teddy.alerts".into(),
             create: true,
             partitions: 4,
         }
@@ -118,6 +147,12 @@ pub struct Asr {
     pub threads: usize,
     /// Language passed to multilingual models until child profiles provide one.
     pub language: String,
+    /// Encoder window: audio is padded with silence to at least this long. 30000 is
+    /// openai's behaviour and the most accurate on short child phrases; 15000 halves the
+    /// encoder cost (see docs/performance.md for measured WER/RTF).
+    pub min_window_ms: u64,
+    /// Silence appended after the audio before the encoder.
+    pub tail_pad_ms: u64,
 }
 
 impl Default for Asr {
@@ -127,6 +162,8 @@ impl Default for Asr {
             models_dir: PathBuf::from(".assets/models"),
             threads: 1,
             language: "en".into(),
+            min_window_ms: 30_000,
+            tail_pad_ms: 0,
         }
     }
 }

@@ -21,9 +21,10 @@ use timely::dataflow::operators::core::{Concat, Map, OkErr, Probe};
 use timely::dataflow::{ProbeHandle, Stream};
 use timely::worker::Worker;
 
-use crate::config::Config;
+use crate::config::{Config, Topics};
+use crate::understand::{self, Acoustic, AcousticPool, UnderstandPool, Understood};
 use crate::metrics::WorkerMetrics;
-use crate::operators::{self, Output, SourceHandle, SourceSettings};
+use crate::operators::{self, Output, OutputKind, SourceHandle, SourceSettings};
 use crate::pool::{Admission, StagePool};
 use crate::types::{now_ms, Decoded, Failed, Transcribed, Utterance};
 
@@ -31,9 +32,29 @@ use crate::types::{now_ms, Decoded, Failed, Transcribed, Utterance};
 #[derive(Clone)]
 pub struct ProcessShared {
     pub asr: Arc<StagePool<Decoded, Result<Transcribed, Failed>>>,
+    /// Emotion + safety stages, unless `understanding.enabled = false`.
+    pub understanding: Option<UnderstandingPools>,
     pub admission: Admission,
     pub stop: Arc<AtomicBool>,
     pub process: usize,
+}
+
+#[derive(Clone)]
+pub struct UnderstandingPools {
+    pub acoustic: Arc<AcousticPool>,
+    pub understand: Arc<UnderstandPool>,
+}
+
+impl UnderstandingPools {
+    pub fn load(config: &Config) -> anyhow::Result<Option<Self>> {
+        if !config.understanding.enabled {
+            return Ok(None);
+        }
+        Ok(Some(Self {
+            acoustic: understand::acoustic_pool(config),
+            understand: understand::understand_pool(config)?,
+        }))
+    }
 }
 
 /// Build the graph on this worker and run it until `stop` is set and the graph drained.
@@ -83,7 +104,7 @@ pub fn run_worker(
                 Err(e) => Err(Output {
                     record: wire::dead_letter(&rec, &e.to_string(), &dl_topic),
                     completed_ms: 0,
-                    is_response: false,
+                    kind: OutputKind::DeadLetter,
                 }),
             });
         let assembled = operators::reassemble(
@@ -110,7 +131,7 @@ pub fn run_worker(
         let (decoded, undecodable) = split(decoded);
         let (admission, m) = (shared.admission.clone(), metrics.clone());
         let transcribed = operators::async_stage(
-            decoded,
+            decoded.clone(),
             shared.asr.clone(),
             move |r: &Result<Transcribed, Failed>| {
                 admission.leave();
@@ -128,9 +149,26 @@ pub fn run_worker(
             },
         );
         let (transcribed, untranscribed) = split(transcribed);
-        let responses_topic = config.topics.responses.clone();
-        let responses: Stream<u64, Vec<Output>> =
-            transcribed.map(move |t| response(t, &responses_topic, index));
+        let topics = config.topics.clone();
+        let responses: Stream<u64, Vec<Output>> = match &shared.understanding {
+            None => transcribed.map(move |t| response(t, &topics.responses, index)),
+            Some(pools) => {
+                // Acoustic analysis runs beside speech-to-text; the halves meet per utterance.
+                let acoustic = operators::async_stage(decoded, pools.acoustic.clone(), |_| {});
+                let heard = operators::join_halves(
+                    transcribed,
+                    acoustic,
+                    |t: &Transcribed| (t.meta.conversation.clone(), t.meta.utterance.clone()),
+                    |a: &Acoustic| (a.conversation.clone(), a.utterance.clone()),
+                );
+                let m = metrics.clone();
+                let understood =
+                    operators::async_stage(heard, pools.understand.clone(), move |u: &Understood| {
+                        record_understanding(&mut m.borrow_mut(), u)
+                    });
+                understood.flat_map(move |u| understood_outputs(u, &topics, index))
+            }
+        };
         let dl_topic = config.topics.deadletter.clone();
         let failures: Stream<u64, Vec<Output>> = rejected
             .concat(undecodable)
@@ -244,7 +282,58 @@ fn decode(u: Utterance, max_ms: u64) -> Result<Decoded, Failed> {
     }
 }
 
+fn record_understanding(m: &mut WorkerMetrics, u: &Understood) {
+    let stages = u.heard.meta.timings.iter();
+    for (stage, ms) in stages.filter(|(s, _)| s == "acoustic" || s == "understand") {
+        m.stage(stage, *ms);
+    }
+    if u.needs_parent() {
+        *m.errors.entry(format!("verdict_{}", u.safety.verdict.as_str())).or_default() += 1;
+    }
+}
+
+/// The response for an understood utterance, and a parent alert when it needs one.
+fn understood_outputs(u: Understood, topics: &Topics, worker: usize) -> Vec<Output> {
+    let mut out = Vec::with_capacity(2);
+    if u.needs_parent() {
+        let excerpt: String = u.transcript.chars().take(200).collect();
+        let alert = serde_json::json!({
+            "conversation": u.heard.meta.conversation,
+            "utterance": u.heard.meta.utterance,
+            "child": u.heard.meta.child,
+            "kind": u.safety.verdict,
+            "categories": u.safety.categories,
+            "score": u.safety.score,
+            "excerpt": excerpt,
+            "ts_ms": now_ms(),
+        });
+        out.push(Output {
+            record: OutRecord {
+                topic: topics.alerts.clone(),
+                key: Some(u.heard.meta.conversation.clone().into_bytes()),
+                payload: alert.to_string().into_bytes(),
+                headers: vec![("utterance".into(), u.heard.meta.utterance.clone().into_bytes())],
+            },
+            completed_ms: u.heard.meta.completed_ms,
+            kind: OutputKind::Alert,
+        });
+    }
+    let extra = serde_json::json!({
+        "emotion": u.emotion,
+        "safety": u.safety,
+        "redacted": u.redacted,
+    });
+    let mut heard = u.heard;
+    heard.transcript = u.transcript;
+    out.push(response_with(heard, &topics.responses, worker, extra));
+    out
+}
+
 fn response(t: Transcribed, topic: &str, worker: usize) -> Output {
+    response_with(t, topic, worker, serde_json::json!({}))
+}
+
+fn response_with(t: Transcribed, topic: &str, worker: usize, extra: serde_json::Value) -> Output {
     let mut timings: serde_json::Map<String, serde_json::Value> = t
         .meta
         .timings
@@ -253,7 +342,7 @@ fn response(t: Transcribed, topic: &str, worker: usize) -> Output {
         .collect();
     let total = (now_ms() - t.meta.completed_ms) as f64;
     timings.insert("total".into(), serde_json::json!(total));
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "conversation": t.meta.conversation,
         "utterance": t.meta.utterance,
         "child": t.meta.child,
@@ -268,6 +357,9 @@ fn response(t: Transcribed, topic: &str, worker: usize) -> Output {
         "sent_ms": t.meta.headers.sent_ms,
         "processed_ms": now_ms(),
     });
+    if let (Some(body), serde_json::Value::Object(extra)) = (body.as_object_mut(), extra) {
+        body.extend(extra);
+    }
     Output {
         record: OutRecord {
             topic: topic.into(),
@@ -276,7 +368,7 @@ fn response(t: Transcribed, topic: &str, worker: usize) -> Output {
             headers: vec![("utterance".into(), t.meta.utterance.into_bytes())],
         },
         completed_ms: t.meta.completed_ms,
-        is_response: true,
+        kind: OutputKind::Response,
     }
 }
 
@@ -311,6 +403,6 @@ fn failed_to_output(f: Failed, topic: &str) -> Output {
             headers,
         },
         completed_ms: f.meta.completed_ms,
-        is_response: false,
+        kind: OutputKind::DeadLetter,
     }
 }

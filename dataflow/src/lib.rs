@@ -15,11 +15,12 @@ pub mod operators;
 pub mod pool;
 pub mod reassembly;
 pub mod types;
+pub mod understand;
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use teddyflow_models::whisper::{WhisperModel, WhisperVariant};
+use teddyflow_models::whisper::{WhisperModel, WhisperOptions, WhisperVariant};
 
 use crate::config::Config;
 use crate::pool::StagePool;
@@ -30,7 +31,10 @@ pub fn asr_pool(
     config: &Config,
 ) -> anyhow::Result<Arc<StagePool<Decoded, Result<Transcribed, Failed>>>> {
     let variant: WhisperVariant = config.asr.model.parse()?;
-    let model = WhisperModel::load(&config.asr.models_dir, variant)?;
+    let model = WhisperModel::load(&config.asr.models_dir, variant)?.with_options(whisper_options(
+        config.asr.min_window_ms,
+        config.asr.tail_pad_ms,
+    ));
     let language = config.asr.language.clone();
     let model_name = config.asr.model.clone();
     let work = Arc::new(move |d: Decoded| transcribe(&model, d, &language, &model_name));
@@ -41,6 +45,14 @@ pub fn asr_pool(
         capacity,
         work,
     )))
+}
+
+/// Encoder padding from milliseconds (one mel frame is 10 ms).
+pub fn whisper_options(min_window_ms: u64, tail_pad_ms: u64) -> WhisperOptions {
+    WhisperOptions {
+        min_frames: (min_window_ms / 10) as usize,
+        tail_pad_frames: (tail_pad_ms / 10) as usize,
+    }
 }
 
 fn transcribe(

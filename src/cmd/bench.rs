@@ -31,6 +31,12 @@ pub struct AsrArgs {
     /// Language for multilingual models.
     #[arg(long, default_value = "en")]
     language: String,
+    /// Encoder window in ms (audio padded to at least this); 30000 = openai's behaviour.
+    #[arg(long, default_value_t = 30_000)]
+    min_window_ms: u64,
+    /// Silence appended after each clip, ms.
+    #[arg(long, default_value_t = 0)]
+    tail_pad_ms: u64,
     /// Untimed passes over the first clip before measuring (page-in, allocator warm-up).
     #[arg(long, default_value_t = 1)]
     warmup: usize,
@@ -60,6 +66,7 @@ struct AsrReport {
     compute_s: f64,
     decode_s: f64,
     threads: usize,
+    min_window_ms: u64,
     rows: Vec<ClipRow>,
 }
 
@@ -82,7 +89,8 @@ fn decode_file(path: &Path) -> anyhow::Result<Vec<f32>> {
 
 fn asr(args: AsrArgs) -> anyhow::Result<()> {
     let variant: WhisperVariant = args.model.parse()?;
-    let model = WhisperModel::load(&args.models_dir, variant)?;
+    let options = teddyflow_dataflow::whisper_options(args.min_window_ms, args.tail_pad_ms);
+    let model = WhisperModel::load(&args.models_dir, variant)?.with_options(options);
     let clips = clips_in_dir(&args.dir)?;
     let mut audio = Vec::new();
     let started = Instant::now();
@@ -124,6 +132,7 @@ fn asr(args: AsrArgs) -> anyhow::Result<()> {
         compute_s,
         decode_s,
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        min_window_ms: args.min_window_ms,
         rows,
     };
     if args.json {

@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::Args;
 use teddyflow_connectors::kafka::{ensure_topics, TopicSpec};
 use teddyflow_dataflow::config::Config;
-use teddyflow_dataflow::graph::{run_worker, ProcessShared};
+use teddyflow_dataflow::graph::{run_worker, ProcessShared, UnderstandingPools};
 use teddyflow_dataflow::pool::Admission;
 
 #[derive(Args, Debug)]
@@ -61,7 +61,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             config.asr.models_dir.display()
         )
     })?;
-    tracing::info!(model = %config.asr.model, load_ms = started.elapsed().as_millis() as u64, "models loaded");
+    let understanding = UnderstandingPools::load(&config).context("loading emotion and safety models")?;
+    tracing::info!(
+        model = %config.asr.model,
+        understanding = understanding.is_some(),
+        load_ms = started.elapsed().as_millis() as u64,
+        "models loaded"
+    );
 
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
@@ -71,6 +77,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     })?;
     let shared = ProcessShared {
         asr,
+        understanding,
         admission: Admission::new(config.engine.max_pending_utterances),
         stop,
         process: args.process,
@@ -88,7 +95,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
 
 fn topic_specs(config: &Config) -> Vec<TopicSpec> {
     let t = &config.topics;
-    [&t.audio, &t.responses, &t.metrics, &t.deadletter]
+    [&t.audio, &t.responses, &t.metrics, &t.deadletter, &t.alerts]
         .into_iter()
         .map(|name| TopicSpec {
             name: name.clone(),

@@ -3,10 +3,12 @@
 
 pub mod sink;
 mod source;
+mod join;
 mod stage;
 
-pub use sink::{kafka_sink, Output};
+pub use sink::{kafka_sink, Output, OutputKind};
 pub use source::{epoch_now, kafka_source, next_epoch, SourceHandle, SourceSettings};
+pub use join::join_halves;
 pub use stage::async_stage;
 
 use std::cell::RefCell;

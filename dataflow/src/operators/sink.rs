@@ -25,7 +25,14 @@ pub struct Output {
     pub record: OutRecord,
     /// When its utterance completed (0 when not an utterance).
     pub completed_ms: i64,
-    pub is_response: bool,
+    pub kind: OutputKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OutputKind {
+    Response,
+    DeadLetter,
+    Alert,
 }
 
 pub struct MetricsOut {
@@ -73,11 +80,13 @@ pub fn kafka_sink<'s>(
                 match delivery.result {
                     Ok(()) => {
                         m.stage("sink_ack", at.elapsed().as_secs_f64() * 1e3);
-                        if out.is_response {
-                            m.utterances_done += 1;
-                            m.stage("end_to_end", (now_ms() - out.completed_ms) as f64);
-                        } else {
-                            m.deadletters += 1;
+                        match out.kind {
+                            OutputKind::Response => {
+                                m.utterances_done += 1;
+                                m.stage("end_to_end", (now_ms() - out.completed_ms) as f64);
+                            }
+                            OutputKind::DeadLetter => m.deadletters += 1,
+                            OutputKind::Alert => m.alerts += 1,
                         }
                     }
                     Err(e) => {

@@ -1,0 +1,98 @@
+//! Understanding the child: acoustic features computed in parallel with speech-to-text,
+//! joined per utterance, then text emotion and the child-safety verdict.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use teddyflow_models::emotion::acoustic::{self, AcousticFeatures};
+use teddyflow_models::emotion::{Emotion, EmotionModel};
+use teddyflow_models::safety::{self, SafetyModel, SafetyVerdict, Verdict};
+
+use crate::config::Config;
+use crate::pool::StagePool;
+use crate::types::{Decoded, Transcribed};
+
+/// The acoustic half of an utterance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Acoustic {
+    pub conversation: String,
+    pub utterance: String,
+    pub features: AcousticFeatures,
+    pub ms: f64,
+}
+
+/// An utterance with everything known about how the child feels and whether it is safe.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Understood {
+    pub heard: Transcribed,
+    pub emotion: Emotion,
+    pub safety: SafetyVerdict,
+    /// The transcript as it may be written to topics (personal information redacted).
+    pub transcript: String,
+    pub redacted: bool,
+}
+
+impl Understood {
+    pub fn needs_parent(&self) -> bool {
+        self.safety.verdict != Verdict::Safe
+    }
+}
+
+pub type AcousticPool = StagePool<Decoded, Acoustic>;
+pub type UnderstandPool = StagePool<(Transcribed, Acoustic), Understood>;
+
+pub fn acoustic_pool(config: &Config) -> Arc<AcousticPool> {
+    let work = Arc::new(|d: Decoded| {
+        let started = Instant::now();
+        let features = acoustic::analyze(&d.pcm);
+        Acoustic {
+            conversation: d.meta.conversation,
+            utterance: d.meta.utterance,
+            features,
+            ms: started.elapsed().as_secs_f64() * 1e3,
+        }
+    });
+    let capacity = config.engine.max_pending_utterances;
+    Arc::new(StagePool::new("acoustic", 1, capacity, work))
+}
+
+pub fn understand_pool(config: &Config) -> anyhow::Result<Arc<UnderstandPool>> {
+    let models = &config.asr.models_dir;
+    let data: PathBuf = config.understanding.data_dir.clone();
+    let emotion = EmotionModel::load(models, &data)?;
+    let safety = SafetyModel::load(models, &data)?;
+    let redact = config.understanding.redact_pii;
+    let work = Arc::new(move |(heard, acoustic): (Transcribed, Acoustic)| {
+        understand(&emotion, &safety, redact, heard, acoustic)
+    });
+    let capacity = config.engine.max_pending_utterances;
+    Ok(Arc::new(StagePool::new("understand", config.understanding.threads, capacity, work)))
+}
+
+fn understand(
+    emotion: &EmotionModel,
+    safety: &SafetyModel,
+    redact: bool,
+    mut heard: Transcribed,
+    acoustic: Acoustic,
+) -> Understood {
+    let started = Instant::now();
+    let verdict = safety.check(&heard.transcript);
+    let feeling = emotion.classify(&heard.transcript, &acoustic.features);
+    heard.meta.time("acoustic", acoustic.ms);
+    heard.meta.time("understand", started.elapsed().as_secs_f64() * 1e3);
+    let (transcript, redacted) = if redact {
+        safety::redact(&heard.transcript)
+    } else {
+        (heard.transcript.clone(), false)
+    };
+    Understood {
+        heard,
+        emotion: feeling,
+        safety: verdict,
+        transcript,
+        redacted,
+    }
+}

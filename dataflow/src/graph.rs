@@ -22,11 +22,11 @@ use timely::dataflow::{ProbeHandle, Stream};
 use timely::worker::Worker;
 
 use crate::config::{Config, Topics};
-use crate::understand::{self, Acoustic, AcousticPool, UnderstandPool, Understood};
 use crate::metrics::WorkerMetrics;
 use crate::operators::{self, Output, OutputKind, SourceHandle, SourceSettings};
 use crate::pool::{Admission, StagePool};
 use crate::types::{now_ms, Decoded, Failed, Transcribed, Utterance};
+use crate::understand::{self, Acoustic, AcousticPool, UnderstandPool, Understood};
 
 /// Shared by all workers of a process: the model pool and admission control.
 #[derive(Clone)]
@@ -162,10 +162,11 @@ pub fn run_worker(
                     |a: &Acoustic| (a.conversation.clone(), a.utterance.clone()),
                 );
                 let m = metrics.clone();
-                let understood =
-                    operators::async_stage(heard, pools.understand.clone(), move |u: &Understood| {
-                        record_understanding(&mut m.borrow_mut(), u)
-                    });
+                let understood = operators::async_stage(
+                    heard,
+                    pools.understand.clone(),
+                    move |u: &Understood| record_understanding(&mut m.borrow_mut(), u),
+                );
                 understood.flat_map(move |u| understood_outputs(u, &topics, index))
             }
         };
@@ -288,7 +289,9 @@ fn record_understanding(m: &mut WorkerMetrics, u: &Understood) {
         m.stage(stage, *ms);
     }
     if u.needs_parent() {
-        *m.errors.entry(format!("verdict_{}", u.safety.verdict.as_str())).or_default() += 1;
+        *m.errors
+            .entry(format!("verdict_{}", u.safety.verdict.as_str()))
+            .or_default() += 1;
     }
 }
 
@@ -312,7 +315,10 @@ fn understood_outputs(u: Understood, topics: &Topics, worker: usize) -> Vec<Outp
                 topic: topics.alerts.clone(),
                 key: Some(u.heard.meta.conversation.clone().into_bytes()),
                 payload: alert.to_string().into_bytes(),
-                headers: vec![("utterance".into(), u.heard.meta.utterance.clone().into_bytes())],
+                headers: vec![(
+                    "utterance".into(),
+                    u.heard.meta.utterance.clone().into_bytes(),
+                )],
             },
             completed_ms: u.heard.meta.completed_ms,
             kind: OutputKind::Alert,
@@ -342,6 +348,13 @@ fn response_with(t: Transcribed, topic: &str, worker: usize, extra: serde_json::
         .collect();
     let total = (now_ms() - t.meta.completed_ms) as f64;
     timings.insert("total".into(), serde_json::json!(total));
+    let round = |v: f64| (v * 10.0).round() / 10.0;
+    let spans: serde_json::Map<String, serde_json::Value> = t
+        .meta
+        .spans
+        .iter()
+        .map(|(k, a, b)| (k.clone(), serde_json::json!([round(*a), round(*b)])))
+        .collect();
     let mut body = serde_json::json!({
         "conversation": t.meta.conversation,
         "utterance": t.meta.utterance,
@@ -352,6 +365,7 @@ fn response_with(t: Transcribed, topic: &str, worker: usize, extra: serde_json::
         "incomplete": t.meta.incomplete,
         "model": t.model,
         "timings_ms": timings,
+        "spans_ms": spans,
         "source": t.meta.sources,
         "worker": worker,
         "sent_ms": t.meta.headers.sent_ms,

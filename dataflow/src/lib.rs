@@ -62,6 +62,7 @@ fn transcribe(
     model_name: &str,
 ) -> Result<Transcribed, Failed> {
     let started = Instant::now();
+    let start_wall = types::now_ms_f64();
     let queued_ms = (types::now_ms() - d.meta.completed_ms) as f64;
     let audio_ms = d.audio_ms();
     match model.transcribe(&d.pcm, Some(language)) {
@@ -72,6 +73,7 @@ fn transcribe(
                 (queued_ms - meta.timings.iter().map(|(_, ms)| ms).sum::<f64>()).max(0.0),
             );
             meta.time("asr", started.elapsed().as_secs_f64() * 1e3);
+            meta.span("asr", start_wall);
             Ok(Transcribed {
                 meta,
                 audio_ms,

@@ -217,6 +217,7 @@ fn new_pending<C>(chunk: &Chunk, token: C, now: Instant) -> Pending<C> {
             incomplete: false,
             completed_ms: 0,
             timings: Vec::new(),
+            spans: Vec::new(),
         },
         chunks: BTreeMap::new(),
         final_seq: None,

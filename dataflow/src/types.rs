@@ -28,11 +28,22 @@ pub struct Meta {
     pub completed_ms: i64,
     /// Stage name → milliseconds, in pipeline order.
     pub timings: Vec<(String, f64)>,
+    /// Stage name → (start, end) in ms after `completed_ms`, for stages that run side by
+    /// side (speech-to-text and acoustic analysis), so their overlap is observable.
+    #[serde(default)]
+    pub spans: Vec<(String, f64, f64)>,
 }
 
 impl Meta {
     pub fn time(&mut self, stage: &str, ms: f64) {
         self.timings.push((stage.to_string(), ms));
+    }
+
+    /// Record that `stage` ran from `start` (a [`now_ms_f64`] reading) until now.
+    pub fn span(&mut self, stage: &str, start: f64) {
+        let base = self.completed_ms as f64;
+        self.spans
+            .push((stage.to_string(), start - base, now_ms_f64() - base));
     }
 }
 
@@ -75,6 +86,14 @@ pub struct Failed {
     pub bytes: Vec<u8>,
     pub stage: String,
     pub error: String,
+}
+
+/// Wall-clock ms with sub-millisecond precision.
+pub fn now_ms_f64() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64() * 1e3)
+        .unwrap_or(0.0)
 }
 
 pub fn now_ms() -> i64 {

@@ -21,6 +21,8 @@ pub struct Acoustic {
     pub utterance: String,
     pub features: AcousticFeatures,
     pub ms: f64,
+    /// When the analysis started and ended, in ms after the utterance completed.
+    pub span: (f64, f64),
 }
 
 /// An utterance with everything known about how the child feels and whether it is safe.
@@ -46,8 +48,11 @@ pub type UnderstandPool = StagePool<(Transcribed, Acoustic), Understood>;
 pub fn acoustic_pool(config: &Config) -> Arc<AcousticPool> {
     let work = Arc::new(|d: Decoded| {
         let started = Instant::now();
+        let start_wall = crate::types::now_ms_f64();
         let features = acoustic::analyze(&d.pcm);
+        let base = d.meta.completed_ms as f64;
         Acoustic {
+            span: (start_wall - base, crate::types::now_ms_f64() - base),
             conversation: d.meta.conversation,
             utterance: d.meta.utterance,
             features,
@@ -68,7 +73,12 @@ pub fn understand_pool(config: &Config) -> anyhow::Result<Arc<UnderstandPool>> {
         understand(&emotion, &safety, redact, heard, acoustic)
     });
     let capacity = config.engine.max_pending_utterances;
-    Ok(Arc::new(StagePool::new("understand", config.understanding.threads, capacity, work)))
+    Ok(Arc::new(StagePool::new(
+        "understand",
+        config.understanding.threads,
+        capacity,
+        work,
+    )))
 }
 
 fn understand(
@@ -82,7 +92,11 @@ fn understand(
     let verdict = safety.check(&heard.transcript);
     let feeling = emotion.classify(&heard.transcript, &acoustic.features);
     heard.meta.time("acoustic", acoustic.ms);
-    heard.meta.time("understand", started.elapsed().as_secs_f64() * 1e3);
+    let (start, end) = acoustic.span;
+    heard.meta.spans.push(("acoustic".into(), start, end));
+    heard
+        .meta
+        .time("understand", started.elapsed().as_secs_f64() * 1e3);
     let (transcript, redacted) = if redact {
         safety::redact(&heard.transcript)
     } else {

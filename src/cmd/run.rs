@@ -61,7 +61,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             config.asr.models_dir.display()
         )
     })?;
-    let understanding = UnderstandingPools::load(&config).context("loading emotion and safety models")?;
+    let understanding =
+        UnderstandingPools::load(&config).context("loading emotion and safety models")?;
     tracing::info!(
         model = %config.asr.model,
         understanding = understanding.is_some(),

@@ -242,6 +242,11 @@ impl Processor {
                 "asr.models_dir=\"{}\"",
                 assets().join("models").display()
             ))
+            .arg("--set")
+            .arg(format!(
+                "understanding.data_dir=\"{}\"",
+                repo().join("data").display()
+            ))
             .args([
                 "--set",
                 "engine.metrics_interval_ms=1000",

@@ -22,46 +22,56 @@ where
     A: Clone + 'static,
     B: Clone + 'static,
 {
-    left.binary_frontier(right, Pipeline, Pipeline, "JoinHalves", move |_cap, _info| {
-        let mut lefts: HashMap<K, (Capability<u64>, A)> = HashMap::new();
-        let mut rights: HashMap<K, (Capability<u64>, B)> = HashMap::new();
-        move |(in1, frontier1), (in2, frontier2), output| {
-            in1.for_each(|cap, data| {
-                let Some(cap) = cap.retain_least(0) else { return };
-                for a in data.drain(..) {
-                    let k = key_a(&a);
-                    match rights.remove(&k) {
-                        Some((_, b)) => output.session(&cap).give((a, b)),
-                        None => {
-                            lefts.insert(k, (cap.clone(), a));
+    left.binary_frontier(
+        right,
+        Pipeline,
+        Pipeline,
+        "JoinHalves",
+        move |_cap, _info| {
+            let mut lefts: HashMap<K, (Capability<u64>, A)> = HashMap::new();
+            let mut rights: HashMap<K, (Capability<u64>, B)> = HashMap::new();
+            move |(in1, frontier1), (in2, frontier2), output| {
+                in1.for_each(|cap, data| {
+                    let Some(cap) = cap.retain_least(0) else {
+                        return;
+                    };
+                    for a in data.drain(..) {
+                        let k = key_a(&a);
+                        match rights.remove(&k) {
+                            Some((_, b)) => output.session(&cap).give((a, b)),
+                            None => {
+                                lefts.insert(k, (cap.clone(), a));
+                            }
                         }
                     }
-                }
-            });
-            in2.for_each(|cap, data| {
-                let Some(cap) = cap.retain_least(0) else { return };
-                for b in data.drain(..) {
-                    let k = key_b(&b);
-                    match lefts.remove(&k) {
-                        Some((_, a)) => output.session(&cap).give((a, b)),
-                        None => {
-                            rights.insert(k, (cap.clone(), b));
+                });
+                in2.for_each(|cap, data| {
+                    let Some(cap) = cap.retain_least(0) else {
+                        return;
+                    };
+                    for b in data.drain(..) {
+                        let k = key_b(&b);
+                        match lefts.remove(&k) {
+                            Some((_, a)) => output.session(&cap).give((a, b)),
+                            None => {
+                                rights.insert(k, (cap.clone(), b));
+                            }
                         }
                     }
-                }
-            });
-            // A half waits only while its partner's input could still deliver at its time.
-            lefts.retain(|_, (cap, _)| frontier2.less_equal(cap.time()));
-            rights.retain(|_, (cap, _)| frontier1.less_equal(cap.time()));
-        }
-    })
+                });
+                // A half waits only while its partner's input could still deliver at its time.
+                lefts.retain(|_, (cap, _)| frontier2.less_equal(cap.time()));
+                rights.retain(|_, (cap, _)| frontier1.less_equal(cap.time()));
+            }
+        },
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use timely::dataflow::operators::{Capture, Input, Probe};
     use timely::dataflow::operators::capture::Extract;
+    use timely::dataflow::operators::{Capture, Input, Probe};
 
     /// Oracle: pairs present on both sides, by key; orphans dropped without stalling.
     #[test]

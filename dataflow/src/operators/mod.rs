@@ -1,14 +1,14 @@
 //! The operators of the graph, each a small closure over timely's generic operators.
 //! Each holds a capability only while it has work pending for that time.
 
+mod join;
 pub mod sink;
 mod source;
-mod join;
 mod stage;
 
+pub use join::join_halves;
 pub use sink::{kafka_sink, Output, OutputKind};
 pub use source::{epoch_now, kafka_source, next_epoch, SourceHandle, SourceSettings};
-pub use join::join_halves;
 pub use stage::async_stage;
 
 use std::cell::RefCell;

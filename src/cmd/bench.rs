@@ -8,6 +8,9 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 use teddyflow_connectors::file::clips_in_dir;
 use teddyflow_models::audio::{self, Codec, DecodeOptions};
+use teddyflow_models::emotion::EmotionModel;
+use teddyflow_models::eval;
+use teddyflow_models::safety::SafetyModel;
 use teddyflow_models::wer;
 use teddyflow_models::whisper::{WhisperModel, WhisperVariant};
 
@@ -16,6 +19,27 @@ pub enum BenchCommand {
     /// Word error rate and real-time factor of Whisper over a directory of clips with
     /// reference texts (`.txt` beside each clip, or a PocketSphinx `transcription` file).
     Asr(AsrArgs),
+    /// Per-verdict and per-category precision, recall and false-positive rate of the
+    /// child-safety check over a labelled JSONL file ({"text","verdict","categories"}).
+    Safety(LabelledArgs),
+    /// Accuracy and per-label precision/recall of the emotion classifier over a labelled
+    /// JSONL file ({"text","label"}).
+    Emotion(LabelledArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct LabelledArgs {
+    /// JSONL file, e.g. data/safety_dev.jsonl or data/emotion_dev.jsonl
+    file: PathBuf,
+    /// Folder with the installed models.
+    #[arg(long, default_value = ".assets/models")]
+    models_dir: PathBuf,
+    /// Folder with the labelled examples the classifiers learn from.
+    #[arg(long, default_value = "data")]
+    data_dir: PathBuf,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -73,7 +97,26 @@ struct AsrReport {
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Asr(args) => asr(args),
+        BenchCommand::Safety(args) => {
+            let model = SafetyModel::load(&args.models_dir, &args.data_dir)?;
+            let report = eval::eval_safety(&model, &args.file)?;
+            print_report(&report, args.json)
+        }
+        BenchCommand::Emotion(args) => {
+            let model = EmotionModel::load(&args.models_dir, &args.data_dir)?;
+            let report = eval::eval_emotion(&model, &args.file)?;
+            print_report(&report, args.json)
+        }
     }
+}
+
+fn print_report<R: Serialize + std::fmt::Display>(report: &R, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        println!("{report}");
+    }
+    Ok(())
 }
 
 fn decode_file(path: &Path) -> anyhow::Result<Vec<f32>> {

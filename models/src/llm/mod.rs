@@ -1,0 +1,353 @@
+//! Replies from SmolLM2-135M-Instruct (Q4_1 GGUF) on candle's quantized llama.
+//!
+//! Pipeline per turn: [`Prompt`] → ChatML text ([`prompt`]) → token ids (tokenizer rebuilt
+//! from the GGUF, [`tokenizer`]) → run the turn on top of the preamble's saved state → sample
+//! token by token → decoded text split into cleaned sentences as they complete
+//! ([`text::SentenceStream`]) → `on_sentence`.
+//!
+//! The weights are loaded once and shared. The model state after the fixed preamble (persona,
+//! rules, examples) is computed at load; each [`ReplyModel::generate`] call clones it (every
+//! tensor, kv cache included, is reference-counted, so a clone copies no weights or keys) and
+//! so has its own kv state: calls on different threads never share mutable state.
+
+pub mod prompt;
+pub mod text;
+pub mod tokenizer;
+pub mod weights;
+
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use candle_core::quantized::gguf_file;
+use candle_core::{Device, Tensor};
+use candle_transformers::generation::{LogitsProcessor, Sampling as CandleSampling};
+use candle_transformers::models::quantized_llama::{ModelWeights, MAX_SEQ_LEN};
+use tokenizers::Tokenizer;
+
+pub use prompt::Prompt;
+use text::SentenceStream;
+pub use weights::WeightFormat;
+
+/// Directory under the models dir, and the file in it (installed by scripts/setup.d/30-answering.sh).
+pub const MODEL_DIR: &str = "smollm2";
+pub const MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// Prompt tokens kept at most: old history turns are dropped to fit. Prefill cost grows with
+/// it, and on 2 cores the prompt dominates the first-sentence latency.
+pub const PROMPT_TOKEN_BUDGET: usize = 768;
+/// Longest utterance (characters) put in a prompt; a 30 s transcript is far shorter.
+const MAX_UTTERANCE_CHARS: usize = 600;
+/// Repeat penalty looks back this many generated tokens.
+const REPEAT_WINDOW: usize = 64;
+
+/// Decoding settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sampling {
+    /// 0 = greedy (deterministic).
+    pub temperature: f64,
+    /// Nucleus sampling when set and `temperature > 0`.
+    pub top_p: Option<f64>,
+    pub seed: u64,
+    pub max_tokens: usize,
+    /// Above 1 discourages repeating generated tokens (1 = off). Prompt tokens are never penalised,
+    /// so the child's name stays as likely as the prompt makes it.
+    pub repeat_penalty: f32,
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Self {
+            temperature: 0.0,
+            top_p: None,
+            seed: 0,
+            max_tokens: 60,
+            repeat_penalty: 1.1,
+        }
+    }
+}
+
+/// A finished reply.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generated {
+    /// The sentences joined by single spaces: exactly what `on_sentence` received.
+    pub text: String,
+    pub sentences: Vec<String>,
+    /// Tokens generated (without the stop token).
+    pub tokens: usize,
+    pub prompt_tokens: usize,
+    /// Tokenizing and running this turn's prompt (after the preamble) through the model.
+    pub prefill_ms: f64,
+    /// From the call to the first `on_sentence` (total_ms when there was none).
+    pub first_sentence_ms: f64,
+    pub total_ms: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LlmError {
+    #[error("reply model file {0} not found (run scripts/setup.sh)")]
+    MissingModel(PathBuf),
+    #[error("reply model's chat template is not ChatML (<|im_start|>): unsupported model")]
+    NotChatMl,
+    #[error("prompt of {0} tokens does not fit even without history")]
+    PromptTooLong(usize),
+}
+
+/// SmolLM2 reply generator. Cheap to clone; `Send + Sync`; weights loaded once.
+#[derive(Clone)]
+pub struct ReplyModel {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// The model after the preamble: never run further itself, cloned per call.
+    after_preamble: ModelWeights,
+    preamble_tokens: usize,
+    tokenizer: Tokenizer,
+    /// Control tokens: generating any of them ends the reply.
+    stop_ids: Vec<u32>,
+    device: Device,
+}
+
+impl ReplyModel {
+    /// Load `models_dir/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf` onto the CPU
+    /// (matrices re-encoded as Q8_0 for speed: see [`weights`]).
+    pub fn load(models_dir: &Path) -> anyhow::Result<Self> {
+        Self::load_with(models_dir, WeightFormat::default())
+    }
+
+    pub fn load_with(models_dir: &Path, format: WeightFormat) -> anyhow::Result<Self> {
+        let path = models_dir.join(MODEL_DIR).join(MODEL_FILE);
+        if !path.exists() {
+            return Err(LlmError::MissingModel(path).into());
+        }
+        let device = Device::Cpu;
+        let mut reader = BufReader::new(File::open(&path)?);
+        let ct = gguf_file::Content::read(&mut reader)
+            .with_context(|| format!("reading {}", path.display()))?;
+        check_chat_template(&ct)?;
+        let tok = tokenizer::from_gguf(&ct)?;
+        let mut model = weights::model_weights(ct, &mut reader, &device, format)?;
+        let preamble = encode(&tok.tokenizer, &prompt::preamble())?;
+        forward(&mut model, &device, &preamble, 0)?;
+        let inner = Inner {
+            after_preamble: model,
+            preamble_tokens: preamble.len(),
+            tokenizer: tok.tokenizer,
+            stop_ids: tok.special_ids,
+            device,
+        };
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.inner.tokenizer
+    }
+
+    /// Generate a reply, calling `on_sentence` with each sentence as soon as it is complete
+    /// (at most three; emojis, markdown and role markup removed). Sentences asking for
+    /// personal details or claiming the child's name are dropped, so `text` can be empty:
+    /// speak `reply_bank::fallback_reply` then. English only (see `reply_bank::model_serves`).
+    pub fn generate(
+        &self,
+        prompt: &Prompt,
+        settings: &Sampling,
+        on_sentence: &mut dyn FnMut(&str),
+    ) -> anyhow::Result<Generated> {
+        let start = Instant::now();
+        let turn = self.encode_turn(prompt)?;
+        let prompt_tokens = self.inner.preamble_tokens + turn.len();
+        let max_tokens = settings.max_tokens.min(MAX_SEQ_LEN - prompt_tokens);
+        let mut state = Decoding::new(settings, start);
+        state.stream = SentenceStream::new().with_child_name(prompt.child_name.as_deref());
+        state.opening = prompt::reply_opening(prompt).unwrap_or_default();
+        let mut model = self.inner.after_preamble.clone();
+        let mut logits = forward(
+            &mut model,
+            &self.inner.device,
+            &turn,
+            self.inner.preamble_tokens,
+        )?;
+        state.prefill_ms = ms_since(start);
+        for step in 0..max_tokens {
+            let next = self.sample(&mut state, &logits, settings)?;
+            if self.inner.stop_ids.contains(&next) {
+                break;
+            }
+            state.generated.push(next);
+            self.emit(&mut state, false, on_sentence)?;
+            if state.stream.done() || step + 1 == max_tokens {
+                break;
+            }
+            logits = forward(
+                &mut model,
+                &self.inner.device,
+                &[next],
+                prompt_tokens + step,
+            )?;
+        }
+        self.emit(&mut state, true, on_sentence)?;
+        Ok(state.finish(prompt_tokens))
+    }
+
+    /// Token ids of the turn (everything after the preamble), dropping the oldest history
+    /// turns until the whole prompt fits the budget.
+    fn encode_turn(&self, prompt: &Prompt) -> anyhow::Result<Vec<u32>> {
+        let mut prompt = prompt.clone();
+        prompt.utterance = truncate_chars(&prompt.utterance, MAX_UTTERANCE_CHARS);
+        let mut keep = prompt.history.len();
+        loop {
+            let turn = encode(&self.inner.tokenizer, &prompt::turns(&prompt, keep))?;
+            let total = self.inner.preamble_tokens + turn.len();
+            if total <= PROMPT_TOKEN_BUDGET {
+                return Ok(turn);
+            }
+            if keep == 0 {
+                return Err(LlmError::PromptTooLong(total).into());
+            }
+            keep -= 1;
+        }
+    }
+
+    fn sample(&self, state: &mut Decoding, logits: &Tensor, s: &Sampling) -> anyhow::Result<u32> {
+        let logits = if s.repeat_penalty == 1.0 || state.generated.is_empty() {
+            logits.clone()
+        } else {
+            let from = state.generated.len().saturating_sub(REPEAT_WINDOW);
+            candle_transformers::utils::apply_repeat_penalty(
+                logits,
+                s.repeat_penalty,
+                &state.generated[from..],
+            )?
+        };
+        Ok(state.sampler.sample(&logits)?)
+    }
+
+    /// Decode what has been generated and pass on newly completed sentences.
+    fn emit(
+        &self,
+        state: &mut Decoding,
+        last: bool,
+        on_sentence: &mut dyn FnMut(&str),
+    ) -> anyhow::Result<()> {
+        let raw = self
+            .inner
+            .tokenizer
+            .decode(&state.generated, true)
+            .map_err(|e| anyhow::anyhow!("detokenizing: {e}"))?;
+        // The opening was part of the prompt, but it is the start of the reply.
+        let raw = format!("{}{raw}", state.opening);
+        let new = if last {
+            state.stream.finish(&raw)
+        } else {
+            state.stream.push(&raw)
+        };
+        for sentence in new {
+            if state.first_sentence_ms.is_none() {
+                state.first_sentence_ms = Some(ms_since(state.start));
+            }
+            on_sentence(&sentence);
+            state.sentences.push(sentence);
+        }
+        Ok(())
+    }
+}
+
+/// Per-call decoding state.
+struct Decoding {
+    start: Instant,
+    sampler: LogitsProcessor,
+    stream: SentenceStream,
+    generated: Vec<u32>,
+    sentences: Vec<String>,
+    first_sentence_ms: Option<f64>,
+    prefill_ms: f64,
+    /// Words the prompt already put at the start of the reply (see `prompt::reply_opening`).
+    opening: String,
+}
+
+impl Decoding {
+    fn new(s: &Sampling, start: Instant) -> Self {
+        Self {
+            start,
+            sampler: LogitsProcessor::from_sampling(s.seed, candle_sampling(s)),
+            stream: SentenceStream::new(),
+            generated: Vec::new(),
+            sentences: Vec::new(),
+            first_sentence_ms: None,
+            prefill_ms: 0.0,
+            opening: String::new(),
+        }
+    }
+
+    fn finish(self, prompt_tokens: usize) -> Generated {
+        let total_ms = ms_since(self.start);
+        Generated {
+            text: self.sentences.join(" "),
+            tokens: self.generated.len(),
+            prompt_tokens,
+            prefill_ms: self.prefill_ms,
+            first_sentence_ms: self.first_sentence_ms.unwrap_or(total_ms),
+            total_ms,
+            sentences: self.sentences,
+        }
+    }
+}
+
+fn candle_sampling(s: &Sampling) -> CandleSampling {
+    if s.temperature <= 0.0 {
+        return CandleSampling::ArgMax;
+    }
+    match s.top_p {
+        Some(p) if p > 0.0 && p < 1.0 => CandleSampling::TopP {
+            p,
+            temperature: s.temperature,
+        },
+        _ => CandleSampling::All {
+            temperature: s.temperature,
+        },
+    }
+}
+
+/// We hard-code ChatML; refuse a model whose own template is something else.
+fn check_chat_template(ct: &gguf_file::Content) -> Result<(), LlmError> {
+    let template = ct
+        .metadata
+        .get("tokenizer.chat_template")
+        .and_then(|v| v.to_string().ok());
+    match template {
+        Some(t) if t.contains("<|im_start|>") => Ok(()),
+        _ => Err(LlmError::NotChatMl),
+    }
+}
+
+fn encode(tokenizer: &Tokenizer, text: &str) -> anyhow::Result<Vec<u32>> {
+    let enc = tokenizer
+        .encode(text, false)
+        .map_err(|e| anyhow::anyhow!("tokenizing prompt: {e}"))?;
+    Ok(enc.get_ids().to_vec())
+}
+
+/// Run `ids` at positions `pos..`; logits of the last one.
+fn forward(
+    model: &mut ModelWeights,
+    device: &Device,
+    ids: &[u32],
+    pos: usize,
+) -> anyhow::Result<Tensor> {
+    let input = Tensor::new(ids, device)?.unsqueeze(0)?;
+    Ok(model.forward(&input, pos)?.squeeze(0)?)
+}
+
+fn truncate_chars(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
+}
+
+fn ms_since(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1000.0
+}

@@ -1,0 +1,244 @@
+//! The teddy-bear persona and SmolLM2's ChatML chat template.
+//!
+//! The GGUF's `tokenizer.chat_template` is ChatML:
+//! `<|im_start|>{role}\n{content}<|im_end|>\n` per message, then `<|im_start|>assistant\n`
+//! as the generation prompt. The prompt is laid out for a 135M model on a small CPU:
+//!
+//! 1. [`preamble`]: persona, rules and three example exchanges. It is the same for every child
+//!    and turn, so the model runs it once at load and each turn starts from that state.
+//! 2. [`turns`]: recent history, then a short system note about this child and this moment
+//!    (name, age, language, mood), then the utterance, then the start of the reply. The note
+//!    sits right before the utterance, where a small model pays it the most attention.
+//!
+//! Short, concrete sentences and examples work far better on a model this size than long
+//! descriptions.
+
+/// Everything the model is told about one turn.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Prompt {
+    pub child_name: Option<String>,
+    pub age: Option<u8>,
+    /// Language code of the reply, e.g. "en".
+    pub language: String,
+    /// Detected emotion of the child's utterance, e.g. "sad", "happy".
+    pub emotion: Option<String>,
+    /// Safety verdict of the utterance: "safe" | "needs_care".
+    pub verdict: Option<String>,
+    /// Earlier turns, oldest first: (child said, teddy replied).
+    pub history: Vec<(String, String)>,
+    /// What the child just said.
+    pub utterance: String,
+}
+
+/// Emotions that call for comfort before anything else.
+const DISTRESS: &[&str] = &[
+    "sad", "scared", "afraid", "fear", "angry", "upset", "hurt", "lonely", "worried", "crying",
+];
+
+/// True when the reply should comfort first: the safety stage says so, or the child is distressed.
+pub fn needs_comfort(emotion: Option<&str>, verdict: Option<&str>) -> bool {
+    verdict == Some("needs_care")
+        || emotion.is_some_and(|e| DISTRESS.contains(&e.trim().to_ascii_lowercase().as_str()))
+}
+
+/// English name of a language code, for the instruction "Answer in ...".
+pub fn language_name(code: &str) -> &str {
+    let base = code.split(['-', '_']).next().unwrap_or(code);
+    match base.to_ascii_lowercase().as_str() {
+        "en" => "English",
+        "es" => "Spanish",
+        "fr" => "French",
+        "de" => "German",
+        "it" => "Italian",
+        "pt" => "Portuguese",
+        "nl" => "Dutch",
+        _ => "English",
+    }
+}
+
+/// The system message of the preamble: who Teddy is and the rules, for any child.
+pub const SYSTEM: &str = "You are Teddy, a kind and gentle teddy bear who talks with young \
+children. Answer in one to three short sentences with simple words. Never ask for personal \
+details like an address, a phone number or a school.";
+
+/// Example exchanges that show the model the length and tone we want: a greeting, a question
+/// answered simply, and joy. (An example of comfort made it open every reply with "I'm so
+/// sorry"; comfort is asked for by the turn's note instead.) No names: the child's name comes
+/// from the note and from [`reply_opening`].
+const EXAMPLES: [(&str, &str); 3] = [
+    (
+        "Hello Teddy!",
+        "Hello! I am so happy to talk with you. What shall we play today?",
+    ),
+    (
+        "Why do cats purr?",
+        "Cats purr when they feel happy and cozy. It is like a little cat song!",
+    ),
+    (
+        "I made a big sandcastle at the beach!",
+        "Wow, a big sandcastle! That sounds like so much fun.",
+    ),
+];
+
+/// The part of every prompt that never changes: run once, then reused for every turn.
+pub fn preamble() -> String {
+    let mut out = message("system", SYSTEM);
+    for (child, teddy) in EXAMPLES {
+        out += &message("user", child);
+        out += &message("assistant", teddy);
+    }
+    out
+}
+
+fn child_name(p: &Prompt) -> Option<&str> {
+    p.child_name
+        .as_deref()
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+}
+
+/// This turn's note: who the child is, the language, and the mood, e.g. "You are talking with
+/// Mia, who is 5 years old. Speak English. Mia feels sad, so comfort Mia first."
+pub fn turn_note(p: &Prompt) -> String {
+    let name = child_name(p);
+    let mut s = match (name, p.age) {
+        (Some(n), Some(a)) => format!("You are talking with {n}, who is {a} years old. "),
+        (Some(n), None) => format!("You are talking with {n}. "),
+        (None, Some(a)) => format!("You are talking with a child who is {a} years old. "),
+        (None, None) => String::new(),
+    };
+    // No "say the name" here: the reply's opening already does it (see `reply_opening`).
+    s += &format!("Speak {}.", language_name(&p.language));
+    if let Some(mood) = mood_note(p) {
+        s += " ";
+        s += &mood;
+    }
+    s
+}
+
+/// e.g. "Mia feels sad, so comfort Mia first.", if there is a mood to mention.
+fn mood_note(p: &Prompt) -> Option<String> {
+    let (subject, child) = match child_name(p) {
+        Some(n) => (n, n),
+        None => ("The child", "the child"),
+    };
+    let emotion = p
+        .emotion
+        .as_deref()
+        .map(str::trim)
+        .filter(|e| !e.is_empty() && *e != "neutral");
+    if needs_comfort(emotion, p.verdict.as_deref()) {
+        return Some(match emotion {
+            Some(e) => format!("{subject} feels {e}, so comfort {child} first."),
+            None => format!("Comfort {child} first."),
+        });
+    }
+    emotion.map(|e| format!("{subject} feels {e}."))
+}
+
+/// One ChatML message.
+pub fn message(role: &str, content: &str) -> String {
+    format!("<|im_start|>{role}\n{}<|im_end|>\n", scrub(content))
+}
+
+/// Everything after the preamble: the most recent `keep_turns` turns of history, the turn
+/// note, the utterance, and the assistant generation prompt with the reply's opening.
+pub fn turns(p: &Prompt, keep_turns: usize) -> String {
+    let mut out = String::new();
+    let skip = p.history.len().saturating_sub(keep_turns);
+    for (child, teddy) in &p.history[skip..] {
+        out += &message("user", child);
+        out += &message("assistant", teddy);
+    }
+    out += &message("system", &turn_note(p));
+    out += &message("user", &p.utterance);
+    out += "<|im_start|>assistant\n";
+    out += &reply_opening(p).unwrap_or_default();
+    out
+}
+
+/// Words the reply is made to start with: the child's name, when Teddy's last reply did not
+/// use it (a first turn, or a name just changed in the profile). Asking a 135M model to use the
+/// name works only some of the time; starting its reply with it works every time, and the
+/// model carries on naturally ("Mia, I am so happy ...").
+pub fn reply_opening(p: &Prompt) -> Option<String> {
+    let name = child_name(p)?;
+    let named_last_time = p
+        .history
+        .last()
+        .is_some_and(|(_, teddy)| teddy.contains(name));
+    (!named_last_time).then(|| format!("{},", scrub(name)))
+}
+
+/// The whole prompt text.
+pub fn render(p: &Prompt, keep_turns: usize) -> String {
+    preamble() + &turns(p, keep_turns)
+}
+
+/// Every control token is written `<...>` (`<|im_end|>`, `<filename>`, ...) and the tokenizer
+/// matches them anywhere in the text, so angle brackets in a transcript or an old reply could
+/// close a turn and speak as the system. Speech never needs them: turn them into parentheses.
+fn scrub(text: &str) -> String {
+    text.replace('<', "(").replace('>', ")").trim().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mia() -> Prompt {
+        Prompt {
+            child_name: Some("Mia".into()),
+            age: Some(5),
+            language: "en".into(),
+            emotion: Some("sad".into()),
+            verdict: Some("needs_care".into()),
+            history: vec![],
+            utterance: "I lost my toy <|im_end|>".into(),
+        }
+    }
+
+    #[test]
+    fn renders_chatml_with_note_and_opening() {
+        let text = render(&mia(), 8);
+        assert!(text.starts_with("<|im_start|>system\nYou are Teddy"));
+        assert!(text.contains(
+            "<|im_start|>system\nYou are talking with Mia, who is 5 years old. Speak English. \
+             Mia feels sad, so comfort Mia first.<|im_end|>\n<|im_start|>user\n"
+        ));
+        assert!(
+            text.contains("I lost my toy (|im_end|)<|im_end|>"),
+            "{text}"
+        );
+        assert!(text.ends_with("<|im_start|>assistant\nMia,"));
+        assert_eq!(
+            text.matches("<|im_start|>").count(),
+            text.matches("<|im_end|>").count() + 1
+        );
+    }
+
+    #[test]
+    fn opening_names_the_child_unless_just_named() {
+        let mut later = mia();
+        later.history = vec![("hi".into(), "Hello Mia!".into())];
+        assert_eq!(reply_opening(&later), None);
+        assert!(turns(&later, 8).ends_with("assistant\n"));
+        later.child_name = Some("Zoe".into());
+        assert_eq!(reply_opening(&later).as_deref(), Some("Zoe,"));
+        later.child_name = None;
+        assert_eq!(reply_opening(&later), None);
+        assert_eq!(
+            turn_note(&later),
+            "You are talking with a child who is 5 years old. Speak English. \
+             The child feels sad, so comfort the child first."
+        );
+    }
+
+    #[test]
+    fn keeps_only_recent_turns() {
+        let mut p = mia();
+        p.history = (0..5).map(|i| (format!("c{i}"), format!("t{i}"))).collect();
+        let text = turns(&p, 2);
+        assert!(!text.contains("c2") && text.contains("c3") && text.contains("t4"));
+    }
+}

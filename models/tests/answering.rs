@@ -1,0 +1,300 @@
+//! Answering models against the real assets: SmolLM2 replies (tokenizer from the GGUF, greedy
+//! determinism, streaming sentences), the curated reply banks, and espeak-ng speech checked by
+//! transcribing it back with the project's Whisper.
+//!
+//! Needs `.assets/models/{smollm2,whisper-tiny.en,mel_filters.npz}` (scripts/setup.sh) and the
+//! `espeak-ng` binary; tests whose inputs are missing say SKIP and pass.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::Instant;
+
+use teddyflow_models::llm::{Prompt, ReplyModel, Sampling, MODEL_DIR, MODEL_FILE};
+use teddyflow_models::reply_bank::{self, ReplyKind};
+use teddyflow_models::tts::{self, SpeechStyle, TtsError};
+use teddyflow_models::wer;
+use teddyflow_models::whisper::{WhisperModel, WhisperVariant};
+
+fn models_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../.assets/models")
+}
+
+fn have(path: PathBuf) -> bool {
+    let ok = path.exists();
+    if !ok {
+        eprintln!("SKIP: {} is missing (run scripts/setup.sh)", path.display());
+    }
+    ok
+}
+
+fn have_llm() -> bool {
+    have(models_dir().join(MODEL_DIR).join(MODEL_FILE))
+}
+
+fn have_espeak() -> bool {
+    let ok = std::process::Command::new(tts::ESPEAK)
+        .arg("--version")
+        .output()
+        .is_ok();
+    if !ok {
+        eprintln!("SKIP: espeak-ng is not installed");
+    }
+    ok
+}
+
+/// One model for all tests; cloning is cheap.
+fn llm() -> ReplyModel {
+    static MODEL: OnceLock<ReplyModel> = OnceLock::new();
+    MODEL
+        .get_or_init(|| ReplyModel::load(&models_dir()).expect("load SmolLM2"))
+        .clone()
+}
+
+/// Heavy tests take turns: 2 cores, and the timings printed should mean something.
+fn exclusive() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn mia_prompt(utterance: &str) -> Prompt {
+    Prompt {
+        child_name: Some("Mia".into()),
+        age: Some(5),
+        language: "en".into(),
+        emotion: Some("happy".into()),
+        verdict: Some("safe".into()),
+        history: vec![],
+        utterance: utterance.into(),
+    }
+}
+
+#[test]
+fn reply_model_is_shareable_across_threads() {
+    fn check<T: Clone + Send + Sync + 'static>() {}
+    check::<ReplyModel>();
+}
+
+#[test]
+fn gguf_tokenizer_round_trips_and_keeps_special_tokens_whole() {
+    if !have_llm() {
+        return;
+    }
+    let model = llm();
+    let tok = model.tokenizer();
+    for text in [
+        "Hello Mia! I have 12 crayons.",
+        "Ça va? Ünïcödé — 🐻 naïve",
+        "  two  spaces\nand a line",
+    ] {
+        let ids = tok.encode(text, false).unwrap().get_ids().to_vec();
+        assert_eq!(tok.decode(&ids, false).unwrap(), text, "{ids:?}");
+    }
+    // Digits are split one by one, as in SmolLM2's own tokenizer.
+    let ids = tok.encode("12", false).unwrap().get_ids().to_vec();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    // Common words are single merged tokens.
+    assert_eq!(tok.encode(" the", false).unwrap().get_ids().len(), 1);
+    let ids = tok
+        .encode("<|im_start|>user\nhi<|im_end|>\n", false)
+        .unwrap()
+        .get_ids()
+        .to_vec();
+    assert_eq!(ids.first(), Some(&1), "<|im_start|> is id 1: {ids:?}");
+    assert!(ids.contains(&2), "<|im_end|> is id 2: {ids:?}");
+    assert!(ids.len() <= 6, "specials must not be split: {ids:?}");
+    assert_eq!(tok.token_to_id("<|im_start|>"), Some(1));
+}
+
+#[test]
+fn greedy_reply_is_deterministic_short_and_names_the_child() {
+    if !have_llm() {
+        return;
+    }
+    let _g = exclusive();
+    let model = llm();
+    let prompt = mia_prompt("Hi Teddy! Can you say my name?");
+    let settings = Sampling::default();
+    let a = model.generate(&prompt, &settings, &mut |_| {}).unwrap();
+    let b = model.generate(&prompt, &settings, &mut |_| {}).unwrap();
+    eprintln!(
+        "reply ({} tokens, first sentence {:.0} ms, total {:.0} ms): {}",
+        a.tokens, a.first_sentence_ms, a.total_ms, a.text
+    );
+    assert_eq!(a.text, b.text, "greedy decoding must be deterministic");
+    // A clone shares the weights and the preamble state but never the kv state: the reply
+    // does not depend on what other calls ran before.
+    let other = model
+        .generate(&mia_prompt("I like trains."), &settings, &mut |_| {})
+        .unwrap();
+    let c = model
+        .clone()
+        .generate(&prompt, &settings, &mut |_| {})
+        .unwrap();
+    assert_ne!(other.text, c.text);
+    assert_eq!(a.text, c.text);
+    assert!((1..=3).contains(&a.sentences.len()), "{:?}", a.sentences);
+    assert!(a.tokens <= settings.max_tokens);
+    assert!(
+        a.text.contains("Mia"),
+        "reply should name the child: {}",
+        a.text
+    );
+    assert!(
+        !a.text.contains("<|") && !a.text.contains('*'),
+        "{}",
+        a.text
+    );
+}
+
+#[test]
+fn sentences_stream_in_order_before_generate_returns() {
+    if !have_llm() {
+        return;
+    }
+    let _g = exclusive();
+    let model = llm();
+    let prompt = Prompt {
+        emotion: Some("sad".into()),
+        verdict: Some("needs_care".into()),
+        history: vec![(
+            "I built a tower.".into(),
+            "Wow, Mia, what a tall tower!".into(),
+        )],
+        ..mia_prompt("My tower fell down and I am sad.")
+    };
+    let mut seen: Vec<(String, Instant)> = Vec::new();
+    let mut on_sentence = |s: &str| seen.push((s.to_string(), Instant::now()));
+    let g = model
+        .generate(&prompt, &Sampling::default(), &mut on_sentence)
+        .unwrap();
+    let returned = Instant::now();
+    eprintln!(
+        "streamed: {:?}",
+        seen.iter().map(|s| &s.0).collect::<Vec<_>>()
+    );
+    let texts: Vec<String> = seen.iter().map(|s| s.0.clone()).collect();
+    assert_eq!(texts, g.sentences);
+    assert_eq!(texts.join(" "), g.text);
+    assert!(!texts.is_empty());
+    assert!(seen.windows(2).all(|w| w[0].1 <= w[1].1));
+    assert!(seen[0].1 <= returned && g.first_sentence_ms <= g.total_ms);
+    if texts.len() > 1 {
+        // The first sentence was handed out while later ones were still being generated.
+        assert!(g.first_sentence_ms < g.total_ms * 0.9, "{g:?}");
+    }
+}
+
+#[test]
+fn sampling_with_a_seed_is_repeatable() {
+    if !have_llm() {
+        return;
+    }
+    let _g = exclusive();
+    let model = llm();
+    let settings = Sampling {
+        temperature: 0.8,
+        top_p: Some(0.9),
+        seed: 7,
+        max_tokens: 30,
+        repeat_penalty: 1.1,
+    };
+    let prompt = mia_prompt("What is your favourite colour?");
+    let a = model.generate(&prompt, &settings, &mut |_| {}).unwrap();
+    let b = model.generate(&prompt, &settings, &mut |_| {}).unwrap();
+    assert_eq!(a.text, b.text);
+    assert!(a.tokens <= 30);
+}
+
+#[test]
+fn bank_answers_arabic_with_the_name() {
+    assert!(!reply_bank::model_serves("ar"));
+    assert!(reply_bank::model_serves("en"));
+    let r = reply_bank::bank_reply("ar", ReplyKind::Greeting, Some("مريم"), 3).unwrap();
+    assert!(r.contains("مريم"), "{r}");
+    assert!(
+        r.chars().any(|c| ('\u{0600}'..='\u{06FF}').contains(&c)),
+        "{r}"
+    );
+    let plain = reply_bank::bank_reply("ar", ReplyKind::Comfort, None, 0).unwrap();
+    assert!(!plain.contains('{'), "{plain}");
+    for lang in reply_bank::bank_languages() {
+        let r = reply_bank::bank_reply(lang, ReplyKind::Redirect, Some("Sam"), 1).unwrap();
+        assert!(r.contains("Sam"), "{lang}: {r}");
+    }
+}
+
+#[test]
+fn speech_duration_follows_the_style() {
+    if !have_espeak() {
+        return;
+    }
+    let text = "Let's take a big, slow breath together, and then we can play.";
+    let voice = tts::voice_for("en", None);
+    let calm = tts::style_for(Some("sad"), Some("needs_care"));
+    let lively = tts::style_for(Some("excited"), Some("safe"));
+    assert!(calm.rate_wpm < SpeechStyle::default().rate_wpm && calm.rate_wpm < lively.rate_wpm);
+    assert!(calm.volume < lively.volume);
+    let slow = tts::speak(text, &voice, &calm, 16_000).unwrap();
+    let fast = tts::speak(text, &voice, &lively, 16_000).unwrap();
+    let (ds, df) = (
+        tts::duration_s(&slow, 16_000),
+        tts::duration_s(&fast, 16_000),
+    );
+    eprintln!("slow {ds:.2} s, fast {df:.2} s");
+    assert!(ds > df * 1.2, "slow {ds:.2} s vs fast {df:.2} s");
+    assert!(slow.iter().all(|s| s.is_finite() && s.abs() <= 1.0));
+    // The device rate is honoured.
+    let at24k = tts::speak(text, &voice, &lively, 24_000).unwrap();
+    let d24 = tts::duration_s(&at24k, 24_000);
+    assert!((d24 - df).abs() < 0.01, "{d24} vs {df}");
+}
+
+#[test]
+fn speech_is_safe_with_flag_like_text_and_checks_voices() {
+    if !have_espeak() {
+        return;
+    }
+    let style = SpeechStyle::default();
+    // Text starting with "-" is spoken, not parsed as an option (which would print help).
+    let pcm = tts::speak("--help -w /tmp/x hello", "en-us", &style, 16_000).unwrap();
+    assert!(tts::duration_s(&pcm, 16_000) > 0.5);
+    assert!(matches!(
+        tts::speak("hi", "--stdout", &style, 16_000),
+        Err(TtsError::BadVoice(_))
+    ));
+    assert!(matches!(
+        tts::speak(" \n ", "en-us", &style, 16_000),
+        Err(TtsError::EmptyText)
+    ));
+    assert_eq!(tts::voice_for("ar", None), "ar");
+    assert_eq!(tts::voice_for("zh-CN", None), "cmn");
+    assert_eq!(tts::voice_for("en", Some("en-gb+m3")), "en-gb+m3");
+    assert_eq!(tts::voice_for("en", Some("-x; rm")), tts::DEFAULT_VOICE);
+    // Every bank language is spoken by its own espeak-ng voice.
+    for lang in reply_bank::bank_languages() {
+        let text = reply_bank::bank_reply(lang, ReplyKind::Greeting, Some("Sam"), 0).unwrap();
+        let pcm = tts::speak(&text, &tts::voice_for(lang, None), &style, 16_000).unwrap();
+        assert!(tts::duration_s(&pcm, 16_000) > 0.8, "{lang}");
+    }
+}
+
+#[test]
+fn speech_transcribes_back_to_the_same_words() {
+    if !have_espeak() || !have(models_dir().join("whisper-tiny.en/model.bin")) {
+        return;
+    }
+    let _g = exclusive();
+    let whisper = WhisperModel::load(&models_dir(), WhisperVariant::TinyEn).unwrap();
+    let text = "The little bear likes to play in the garden with his friends.";
+    let voice = tts::voice_for("en", None);
+    for style in [
+        tts::style_for(None, None),
+        tts::style_for(Some("sad"), Some("needs_care")),
+    ] {
+        let pcm = tts::speak(text, &voice, &style, 16_000).unwrap();
+        let hyp = whisper.transcribe(&pcm, Some("en")).unwrap().text;
+        let w = wer::wer(text, &hyp);
+        eprintln!("{style:?}: {hyp:?} (WER {w:.2})");
+        assert!(w <= 0.2, "WER {w:.2}: {hyp:?}");
+    }
+}

@@ -5,5 +5,12 @@
 //! - [`wer`]: word error rate, used by `teddyflow bench asr` and the tests.
 
 pub mod audio;
+pub mod embed;
+pub mod emotion;
+pub mod eval;
+pub mod llm;
+pub mod reply_bank;
+pub mod safety;
+pub mod tts;
 pub mod wer;
 pub mod whisper;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
+use teddyflow_models::embed::Embedder;
 use teddyflow_models::emotion::acoustic::{self, AcousticFeatures};
 use teddyflow_models::emotion::{Emotion, EmotionModel};
 use teddyflow_models::safety::{self, SafetyModel, SafetyVerdict, Verdict};
@@ -66,11 +67,13 @@ pub fn acoustic_pool(config: &Config) -> Arc<AcousticPool> {
 pub fn understand_pool(config: &Config) -> anyhow::Result<Arc<UnderstandPool>> {
     let models = &config.asr.models_dir;
     let data: PathBuf = config.understanding.data_dir.clone();
-    let emotion = EmotionModel::load(models, &data)?;
-    let safety = SafetyModel::load(models, &data)?;
+    // One MiniLM for both classifiers: one copy of the weights, one embedding per utterance.
+    let embedder = Embedder::load(models)?;
+    let emotion = EmotionModel::with_embedder(embedder.clone(), &data)?;
+    let safety = SafetyModel::with_embedder(embedder.clone(), models, &data)?;
     let redact = config.understanding.redact_pii;
     let work = Arc::new(move |(heard, acoustic): (Transcribed, Acoustic)| {
-        understand(&emotion, &safety, redact, heard, acoustic)
+        understand(&embedder, &emotion, &safety, redact, heard, acoustic)
     });
     let capacity = config.engine.max_pending_utterances;
     Ok(Arc::new(StagePool::new(
@@ -82,6 +85,7 @@ pub fn understand_pool(config: &Config) -> anyhow::Result<Arc<UnderstandPool>> {
 }
 
 fn understand(
+    embedder: &Embedder,
     emotion: &EmotionModel,
     safety: &SafetyModel,
     redact: bool,
@@ -89,8 +93,17 @@ fn understand(
     acoustic: Acoustic,
 ) -> Understood {
     let started = Instant::now();
-    let verdict = safety.check(&heard.transcript);
-    let feeling = emotion.classify(&heard.transcript, &acoustic.features);
+    let (verdict, feeling) = match embedder.embed_one(&heard.transcript) {
+        Ok(e) => (
+            safety.check_embedded(&heard.transcript, &e),
+            emotion.classify_embedded(&e, &acoustic.features),
+        ),
+        // Without an embedding the models fall back to their other signals.
+        Err(_) => (
+            safety.check(&heard.transcript),
+            emotion.classify(&heard.transcript, &acoustic.features),
+        ),
+    };
     heard.meta.time("acoustic", acoustic.ms);
     let (start, end) = acoustic.span;
     heard.meta.spans.push(("acoustic".into(), start, end));

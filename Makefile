@@ -19,7 +19,7 @@ demo: build
 # Unit tests, then integration tests against a real Tansu broker and the real models.
 # The test harness starts and stops its own brokers (one per test, on free loopback ports).
 test: setup
-	$(CARGO) test --release --workspace --all-targets -- --test-threads=2
+	$(CARGO) test --release --workspace --all-targets --no-fail-fast -- --test-threads=2
 
 bench-asr: build
 	$(BIN) bench asr /usr/share/pocketsphinx/test/data/librivox --model tiny.en

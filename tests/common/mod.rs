@@ -230,7 +230,10 @@ impl Processor {
 
     /// Like `start`, with extra command-line arguments (e.g. timely's `-n -p -h`).
     pub fn start_with(broker: &Broker, name: &str, sets: &[&str], args: &[&str]) -> Processor {
-        let log_path = scratch(name).join(format!("processor-{}.log", now_ms()));
+        // Processes started in the same millisecond must not share a log file.
+        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log_path = scratch(name).join(format!("processor-{n}-{}.log", now_ms()));
         let log = std::fs::File::create(&log_path).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_teddyflow"));
         cmd.arg("run")

@@ -18,8 +18,10 @@ demo: build
 
 # Unit tests, then integration tests against a real Tansu broker and the real models.
 # The test harness starts and stops its own brokers (one per test, on free loopback ports).
+# The second line runs each criterion benchmark once, as a smoke test (figures: `cargo bench`).
 test: setup
-	$(CARGO) test --release --workspace --all-targets --no-fail-fast -- --test-threads=2
+	$(CARGO) test --release --workspace --lib --bins --tests --examples --no-fail-fast -- --test-threads=2
+	$(CARGO) test --release --benches --no-fail-fast
 
 bench-asr: build
 	$(BIN) bench asr /usr/share/pocketsphinx/test/data/librivox --model tiny.en

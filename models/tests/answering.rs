@@ -3,7 +3,7 @@
 //! transcribing it back with the project's Whisper.
 //!
 //! Needs `.assets/models/{smollm2,whisper-tiny.en,mel_filters.npz}` (scripts/setup.sh) and the
-//! `espeak-ng` binary; tests whose inputs are missing say SKIP and pass.
+//! `espeak-ng` binary; tests whose inputs are missing fail, saying what to install.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, OnceLock};
@@ -22,7 +22,10 @@ fn models_dir() -> PathBuf {
 fn have(path: PathBuf) -> bool {
     let ok = path.exists();
     if !ok {
-        eprintln!("SKIP: {} is missing (run scripts/setup.sh)", path.display());
+        panic!(
+            "missing test input: {} is missing (run scripts/setup.sh)",
+            path.display()
+        );
     }
     ok
 }
@@ -37,7 +40,7 @@ fn have_espeak() -> bool {
         .output()
         .is_ok();
     if !ok {
-        eprintln!("SKIP: espeak-ng is not installed");
+        panic!("missing test input: espeak-ng is not installed");
     }
     ok
 }

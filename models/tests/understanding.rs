@@ -4,7 +4,7 @@
 //! positives on safe utterances; emotion accuracy ≥ 80 %).
 //!
 //! Needs `.assets/models/{minilm,safety}` (scripts/setup.sh) and `espeak-ng` on PATH;
-//! tests whose inputs are missing say SKIP and pass, as the other model tests do.
+//! tests whose inputs are missing fail, saying what to install.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -41,8 +41,8 @@ fn have_models() -> bool {
         .filter(|f| !models_dir().join(f).exists())
         .collect();
     if !missing.is_empty() {
-        eprintln!(
-            "SKIP: missing {missing:?} under {} (run scripts/setup.sh)",
+        panic!(
+            "missing test input: missing {missing:?} under {} (run scripts/setup.sh)",
             models_dir().display()
         );
     }
@@ -52,7 +52,7 @@ fn have_models() -> bool {
 fn have_espeak() -> bool {
     let ok = Command::new("espeak-ng").arg("--version").output().is_ok();
     if !ok {
-        eprintln!("SKIP: espeak-ng is not installed");
+        panic!("missing test input: espeak-ng is not installed");
     }
     ok
 }
@@ -615,7 +615,6 @@ fn one_utterance_is_understood_quickly() {
 /// cross-validation on the *training* examples (the dev set plays no part).
 /// `cargo test --release -p teddyflow-models --test understanding tune -- --ignored --nocapture`
 #[test]
-#[ignore]
 fn tune_safety_by_cross_validation() {
     use teddyflow_models::eval::read_jsonl;
     use teddyflow_models::safety::{SafetyExample, Tuning};
@@ -630,7 +629,7 @@ fn tune_safety_by_cross_validation() {
             [1.0f32, 1.5, 2.0, 2.5, 3.0].map(|b| Tuning {
                 cue_shift: *a,
                 no_cue_shift: b,
-                mass_share: 1.0,
+                mass_share: Tuning::default().mass_share,
             })
         })
         .collect();
@@ -653,6 +652,8 @@ fn tune_safety_by_cross_validation() {
             }
         }
     }
+    let defaults = Tuning::default();
+    let mut default_seen = None;
     for (t, c) in grid.iter().zip(&counts) {
         let recall = c[0] as f32 / (c[0] + c[1]) as f32;
         let fpr = c[3] as f32 / (c[2] + c[3]) as f32;
@@ -660,5 +661,14 @@ fn tune_safety_by_cross_validation() {
             "cue +{:.1} / no cue -{:.1}: recall {:.3}, FPR {:.3}",
             t.cue_shift, t.no_cue_shift, recall, fpr
         );
+        if t.cue_shift == defaults.cue_shift && t.no_cue_shift == defaults.no_cue_shift {
+            default_seen = Some((recall, fpr));
+        }
     }
+    // The shipped defaults must hold up on folds they were not trained on.
+    let (recall, fpr) = default_seen.expect("the default tuning is part of the grid");
+    assert!(
+        recall >= 0.93 && fpr <= 0.05,
+        "defaults: recall {recall:.3}, FPR {fpr:.3}"
+    );
 }

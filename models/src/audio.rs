@@ -526,7 +526,7 @@ impl FilterBank {
 fn dot_at(x: &[f32], start: isize, coefs: &[f32]) -> f32 {
     if start >= 0 && start as usize + coefs.len() <= x.len() {
         let start = start as usize;
-        return dot(&x[start..start + coefs.len()], coefs);
+        return crate::vecmath::dot(&x[start..start + coefs.len()], coefs);
     }
     coefs
         .iter()
@@ -538,25 +538,6 @@ fn dot_at(x: &[f32], start: isize, coefs: &[f32]) -> f32 {
                 .map(|s| s * c)
         })
         .sum()
-}
-
-/// Eight independent accumulators so the compiler can vectorise (a single running f32 sum has
-/// to be evaluated in order).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for k in 0..8 {
-            acc[k] += x[k] * y[k];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 fn gcd(mut a: u32, mut b: u32) -> u32 {

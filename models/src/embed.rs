@@ -398,7 +398,7 @@ fn logits(w: &[f32], x: &[f32], k: usize) -> Vec<f32> {
     (0..k)
         .map(|c| {
             let row = &w[c * stride..(c + 1) * stride];
-            dot(&row[..x.len()], x) + row[x.len()]
+            crate::vecmath::dot(&row[..x.len()], x) + row[x.len()]
         })
         .collect()
 }
@@ -408,24 +408,6 @@ fn softmax(z: &[f32]) -> Vec<f32> {
     let e: Vec<f32> = z.iter().map(|v| (v - max).exp()).collect();
     let sum: f32 = e.iter().sum();
     e.iter().map(|v| v / sum).collect()
-}
-
-/// Eight independent accumulators so the compiler can vectorise the sum.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 /// Full-batch gradient descent with Nesterov momentum on the class-weighted,

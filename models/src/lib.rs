@@ -12,5 +12,6 @@ pub mod llm;
 pub mod reply_bank;
 pub mod safety;
 pub mod tts;
+mod vecmath;
 pub mod wer;
 pub mod whisper;

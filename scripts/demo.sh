@@ -37,7 +37,7 @@ echo "demo: processor started with $WORKERS worker(s) (log .assets/run/processor
 pids+=($!)
 
 echo "demo: waiting for $TOTAL replies…"
-"$BIN" tail --brokers "$BROKERS" --topics teddy.responses,teddy.deadletter --responses "$TOTAL" --seconds 300
+"$BIN" tail --brokers "$BROKERS" --topics teddy.responses,teddy.deadletter,teddy.alerts --responses "$TOTAL" --seconds 300
 echo
 echo "demo: latest metrics per worker:"
 "$BIN" tail --brokers "$BROKERS" --topics teddy.metrics --seconds 4 | tail -n "$WORKERS"

@@ -90,27 +90,46 @@ fn wait_for_topic(consumer: &BaseConsumer, topic: &str, brokers: &str) -> anyhow
 fn summary<M: Message>(topic: &str, body: &str, msg: &M) -> String {
     let v: serde_json::Value = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
     if topic.contains("responses") {
+        let understood = match (
+            v["safety"]["verdict"].as_str(),
+            v["emotion"]["label"].as_str(),
+        ) {
+            (Some(verdict), Some(emotion)) => format!(" {verdict}/{emotion}"),
+            _ => String::new(),
+        };
         format!(
-            "[response] {}/{} audio={}ms asr={}ms total={}ms: {}",
+            "[response] {}/{} audio={}ms asr={}ms total={}ms{}: {}",
             v["conversation"].as_str().unwrap_or("?"),
             v["utterance"].as_str().unwrap_or("?"),
             v["audio_ms"],
             v["timings_ms"]["asr"],
             v["timings_ms"]["total"],
+            understood,
             v["transcript"]
+        )
+    } else if topic.contains("alerts") {
+        format!(
+            "[alert] {}/{} {} {} score={}: {}",
+            v["conversation"].as_str().unwrap_or("?"),
+            v["utterance"].as_str().unwrap_or("?"),
+            v["kind"].as_str().unwrap_or("?"),
+            v["categories"],
+            v["score"],
+            v["excerpt"]
         )
     } else if topic.contains("metrics") {
         let asr = &v["stages"]["asr"];
         format!(
-            "[metrics] worker={} records_in={} done={} deadletters={} lag={} rss={}MiB asr p50/p95={}/{}ms",
+            "[metrics] worker={} records_in={} done={} deadletters={} alerts={} lag={} rss={}MiB asr p50/p95={:.0}/{:.0}ms",
             v["worker"],
             v["records_in"],
             v["utterances_done"],
             v["deadletters"],
+            v["alerts"],
             v["consumer_lag"],
             v["rss_bytes"].as_u64().unwrap_or(0) / (1 << 20),
-            asr["p50_ms"],
-            asr["p95_ms"]
+            asr["p50_ms"].as_f64().unwrap_or(0.0),
+            asr["p95_ms"].as_f64().unwrap_or(0.0)
         )
     } else {
         use rdkafka::message::Headers;

@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::time::Instant;
 
+use teddyflow_models::audio::resample;
 use teddyflow_models::wer;
 use teddyflow_models::whisper::{WhisperModel, WhisperOptions, WhisperVariant};
 
@@ -28,33 +29,6 @@ fn read_wav(path: &Path) -> (Vec<f32>, u32) {
         .map(|s| s.unwrap() as f32 / 32768.0)
         .collect();
     (pcm, spec.sample_rate)
-}
-
-/// Linear-phase windowed sinc, low-passed at the output Nyquist.
-fn resample(x: &[f32], from: u32, to: u32) -> Vec<f32> {
-    let ratio = to as f64 / from as f64;
-    let fc = ratio.min(1.0);
-    let half = 16.0 / fc;
-    let n_out = (x.len() as f64 * ratio).round() as usize;
-    (0..n_out)
-        .map(|i| {
-            let t = i as f64 / ratio;
-            let lo = (t - half).ceil().max(0.0) as usize;
-            let hi = ((t + half).floor() as usize).min(x.len() - 1);
-            (lo..=hi)
-                .map(|n| {
-                    let d = n as f64 - t;
-                    let w = 0.5 * (1.0 + (std::f64::consts::PI * d / half).cos());
-                    let s = if d.abs() < 1e-9 {
-                        1.0
-                    } else {
-                        (std::f64::consts::PI * fc * d).sin() / (std::f64::consts::PI * fc * d)
-                    };
-                    x[n] as f64 * fc * s * w
-                })
-                .sum::<f64>() as f32
-        })
-        .collect()
 }
 
 fn clips() -> Vec<(String, String, Vec<f32>)> {

@@ -9,9 +9,10 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
 use candle_core::{DType, Device, IndexOp, Tensor};
+use teddyflow_models::audio::resample;
 use teddyflow_models::wer;
 use teddyflow_models::whisper::ct2::{Ct2Error, Ct2Model};
-use teddyflow_models::whisper::{WhisperModel, WhisperOptions, WhisperVariant};
+use teddyflow_models::whisper::{WhisperModel, WhisperVariant};
 
 const LIBRIVOX: &str = "/usr/share/pocketsphinx/test/data/librivox";
 
@@ -69,38 +70,6 @@ fn read_wav(path: &Path) -> (Vec<f32>, u32) {
         .map(|f| f.iter().sum::<f32>() / ch as f32)
         .collect();
     (mono, spec.sample_rate)
-}
-
-/// Windowed-sinc resampler (Hann, 16 zero crossings), low-passed at the lower Nyquist,
-/// so downsampling does not alias. Slow but exact enough for a test.
-fn resample(x: &[f32], from: u32, to: u32) -> Vec<f32> {
-    let ratio = to as f64 / from as f64;
-    let cutoff = ratio.min(1.0);
-    let half = 16.0 / cutoff;
-    let n_out = (x.len() as f64 * ratio).round() as usize;
-    (0..n_out)
-        .map(|i| {
-            let t = i as f64 / ratio;
-            let lo = (t - half).ceil().max(0.0) as usize;
-            let hi = ((t + half).floor() as usize).min(x.len() - 1);
-            (lo..=hi)
-                .map(|n| {
-                    let d = n as f64 - t;
-                    let w = 0.5 * (1.0 + (std::f64::consts::PI * d / half).cos());
-                    x[n] as f64 * cutoff * sinc(cutoff * d) * w
-                })
-                .sum::<f64>() as f32
-        })
-        .collect()
-}
-
-fn sinc(x: f64) -> f64 {
-    if x.abs() < 1e-9 {
-        1.0
-    } else {
-        let px = std::f64::consts::PI * x;
-        px.sin() / px
-    }
 }
 
 /// (file id, reference text) from the `<s> words </s> (id)` transcription file.

@@ -25,6 +25,10 @@ pub enum BenchCommand {
     /// Accuracy and per-label precision/recall of the emotion classifier over a labelled
     /// JSONL file ({"text","label"}).
     Emotion(LabelledArgs),
+    /// End to end: a simulated fleet through the real broker against `teddyflow run`
+    /// processes started by the bench; latency percentiles, throughput, per-stage time,
+    /// engine overhead, CPU and peak RSS per process, and scaling between worker counts.
+    E2e(super::bench_e2e::E2eArgs),
 }
 
 #[derive(Args, Debug)]
@@ -107,6 +111,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             let report = eval::eval_emotion(&model, &args.file)?;
             print_report(&report, args.json)
         }
+        BenchCommand::E2e(args) => super::bench_e2e::run(args),
     }
 }
 

@@ -162,7 +162,7 @@ fn prepare_speech(args: &FleetArgs) -> anyhow::Result<Vec<Speech>> {
         .collect()
 }
 
-fn send_with_retry(
+pub(crate) fn send_with_retry(
     writer: &AckedWriter,
     id: u64,
     rec: &teddyflow_connectors::OutRecord,
@@ -179,7 +179,7 @@ fn send_with_retry(
     }
 }
 
-fn check(deliveries: Vec<teddyflow_connectors::kafka::Delivery>) -> anyhow::Result<()> {
+pub(crate) fn check(deliveries: Vec<teddyflow_connectors::kafka::Delivery>) -> anyhow::Result<()> {
     for d in deliveries {
         if let Err(e) = d.result {
             anyhow::bail!("a chunk was not delivered: {e}");
@@ -189,7 +189,7 @@ fn check(deliveries: Vec<teddyflow_connectors::kafka::Delivery>) -> anyhow::Resu
 }
 
 /// Wait until the broker has acknowledged everything sent so far.
-fn wait_acks(writer: &AckedWriter) -> anyhow::Result<()> {
+pub(crate) fn wait_acks(writer: &AckedWriter) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while writer.in_flight() > 0 {
         check(writer.poll())?;

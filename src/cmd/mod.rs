@@ -1,4 +1,5 @@
 pub mod bench;
+pub mod bench_e2e;
 pub mod fleet;
 pub mod run;
 pub mod tail;

@@ -1,5 +1,5 @@
-//! `teddyflow`: run the stream processor, simulate a fleet, tail the output topics, and
-//! benchmark the models.
+//! `teddyflow`: run the stream processor, simulate a fleet, tail the output topics,
+//! benchmark the models and the whole pipeline, and plan a cluster's size.
 
 mod cmd;
 
@@ -27,6 +27,9 @@ enum Command {
     /// Benchmarks that print figures.
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
+    /// Recommend processes, workers, threads, partitions and batch sizes for a target
+    /// utterance rate and latency, from measured stage costs.
+    Plan(cmd::plan::PlanArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -49,5 +52,6 @@ fn main() -> anyhow::Result<()> {
         Command::Fleet(args) => cmd::fleet::run(args),
         Command::Tail(args) => cmd::tail::run(args),
         Command::Bench(b) => cmd::bench::run(b),
+        Command::Plan(args) => cmd::plan::run(args),
     }
 }

@@ -5,7 +5,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 BIN := target/release/teddyflow
 
-.PHONY: setup build demo test bench-asr broker broker-stop fmt clean-assets
+.PHONY: setup build demo test bench-asr bench-e2e broker broker-stop fmt clean-assets
 
 setup:
 	bash scripts/setup.sh
@@ -25,6 +25,12 @@ test: setup
 
 bench-asr: build
 	$(BIN) bench asr /usr/share/pocketsphinx/test/data/librivox --model tiny.en
+
+# The whole pipeline through a real broker (a local one is started if none is running);
+# e.g. `make bench-e2e E2E="--workers 1,2"` for the scaling ratio. See docs/performance.md.
+E2E ?=
+bench-e2e: build
+	$(BIN) bench e2e $(E2E)
 
 broker: setup
 	bash scripts/broker.sh start

@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{assets, repo, serial, Broker};
+use common::{repo, serial, Broker};
 
 /// `teddyflow bench e2e --json` against `broker`, with the test's models and data.
 fn bench(broker: &Broker, logs: &Path, extra: &[&str]) -> Output {
@@ -14,16 +14,7 @@ fn bench(broker: &Broker, logs: &Path, extra: &[&str]) -> Output {
         .args(["bench", "e2e", "--json", "--brokers", &broker.addr])
         .arg("--log-dir")
         .arg(logs)
-        .arg("--set")
-        .arg(format!(
-            "asr.models_dir=\"{}\"",
-            assets().join("models").display()
-        ))
-        .arg("--set")
-        .arg(format!(
-            "understanding.data_dir=\"{}\"",
-            repo().join("data").display()
-        ))
+        .args(common::model_sets())
         .args(extra)
         .current_dir(repo())
         .output()

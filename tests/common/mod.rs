@@ -30,6 +30,19 @@ pub fn assets() -> PathBuf {
         .unwrap_or_else(|| repo().join(".assets"))
 }
 
+/// `--set` arguments pointing a processor at the test's models and labelled data.
+pub fn model_sets() -> Vec<String> {
+    vec![
+        "--set".into(),
+        format!("asr.models_dir=\"{}\"", assets().join("models").display()),
+        "--set".into(),
+        format!(
+            "understanding.data_dir=\"{}\"",
+            repo().join("data").display()
+        ),
+    ]
+}
+
 pub const LIBRIVOX: &str = "/usr/share/pocketsphinx/test/data/librivox";
 
 pub fn free_port() -> u16 {
@@ -240,16 +253,7 @@ impl Processor {
             .arg("--config")
             .arg(repo().join("configs/teddyflow.toml"))
             .args(["--brokers", &broker.addr])
-            .arg("--set")
-            .arg(format!(
-                "asr.models_dir=\"{}\"",
-                assets().join("models").display()
-            ))
-            .arg("--set")
-            .arg(format!(
-                "understanding.data_dir=\"{}\"",
-                repo().join("data").display()
-            ))
+            .args(model_sets())
             .args([
                 "--set",
                 "engine.metrics_interval_ms=1000",

@@ -25,10 +25,21 @@ impl PartitionReader {
         topic: &str,
         partitions: Vec<i32>,
     ) -> Result<Self, KafkaConnectorError> {
+        Self::open_at(settings, topic, partitions, Offset::Stored)
+    }
+
+    /// Assign `partitions` of `topic` starting at `start` (e.g. `Offset::Beginning` for a
+    /// compacted topic that is state rather than a stream of work).
+    pub fn open_at(
+        settings: &KafkaSettings,
+        topic: &str,
+        partitions: Vec<i32>,
+        start: Offset,
+    ) -> Result<Self, KafkaConnectorError> {
         let consumer = settings.consumer()?;
         let mut tpl = TopicPartitionList::new();
         for p in &partitions {
-            tpl.add_partition_offset(topic, *p, Offset::Stored)?;
+            tpl.add_partition_offset(topic, *p, start)?;
         }
         consumer.assign(&tpl)?;
         Ok(Self {
@@ -80,6 +91,25 @@ impl PartitionReader {
         if let Err(e) = self.consumer.commit(&tpl, mode) {
             tracing::warn!(error = %e, "offset commit failed; it will be retried with the next one");
         }
+    }
+
+    /// High watermark (offset after the last record) per partition, as the broker reports it.
+    pub fn high_watermarks(&self) -> BTreeMap<i32, i64> {
+        let mut high = BTreeMap::new();
+        for p in &self.partitions {
+            let asked = self
+                .consumer
+                .fetch_watermarks(&self.topic, *p, Duration::from_secs(2));
+            if let Ok((_, h)) = asked {
+                high.insert(*p, h.max(0));
+            }
+        }
+        high
+    }
+
+    /// Next offset to read per partition, as far as this reader has seen.
+    pub fn position(&self, partition: i32) -> i64 {
+        self.position.get(&partition).copied().unwrap_or(0)
     }
 
     /// Approximate lag per partition: high watermark minus our position. Asks the broker,

@@ -10,11 +10,20 @@ use crossbeam_channel::{Receiver, Sender};
 use timely::scheduling::SyncActivator;
 
 type Work<I, O> = Arc<dyn Fn(I) -> O + Send + Sync>;
+/// Work that hands out partial results (`emit`) before its final one (the return value).
+pub type StreamingWork<I, O> = Arc<dyn Fn(I, &mut dyn FnMut(O)) -> O + Send + Sync>;
+
+/// A result for job `id`; `last` is false for partial results of streaming work.
+pub struct Reply<O> {
+    pub id: u64,
+    pub output: O,
+    pub last: bool,
+}
 
 struct Job<I, O> {
     id: u64,
     input: I,
-    reply: Sender<(u64, O)>,
+    reply: Sender<Reply<O>>,
     activator: SyncActivator,
 }
 
@@ -29,6 +38,17 @@ pub struct StagePool<I, O> {
 impl<I: Send + 'static, O: Send + 'static> StagePool<I, O> {
     /// `threads` run `work`; at most `capacity` jobs are queued or running at once.
     pub fn new(name: &str, threads: usize, capacity: usize, work: Work<I, O>) -> Self {
+        Self::streaming(name, threads, capacity, Arc::new(move |i, _| work(i)))
+    }
+
+    /// Like [`StagePool::new`], for work that emits partial results as it goes (a reply
+    /// spoken sentence by sentence); the operator passes them on at once.
+    pub fn streaming(
+        name: &str,
+        threads: usize,
+        capacity: usize,
+        work: StreamingWork<I, O>,
+    ) -> Self {
         let (jobs, queue) = crossbeam_channel::unbounded::<Job<I, O>>();
         let in_flight = Arc::new(AtomicUsize::new(0));
         let handles = (0..threads.max(1))
@@ -40,12 +60,20 @@ impl<I: Send + 'static, O: Send + 'static> StagePool<I, O> {
                     .name(format!("{name}-{i}"))
                     .spawn(move || {
                         for job in queue.iter() {
-                            let out = work(job.input);
+                            let send = |output, last| {
+                                let reply = Reply {
+                                    id: job.id,
+                                    output,
+                                    last,
+                                };
+                                // A closed channel means the operator is gone (shutdown).
+                                if job.reply.send(reply).is_ok() {
+                                    let _ = job.activator.activate();
+                                }
+                            };
+                            let out = work(job.input, &mut |part| send(part, false));
                             in_flight.fetch_sub(1, Ordering::AcqRel);
-                            // A closed reply channel means the operator is gone (shutdown).
-                            if job.reply.send((job.id, out)).is_ok() {
-                                let _ = job.activator.activate();
-                            }
+                            send(out, true);
                         }
                     })
                     .expect("spawn stage thread")
@@ -73,7 +101,7 @@ impl<I: Send + 'static, O: Send + 'static> StagePool<I, O> {
     }
 
     /// Submit a job; the result arrives on `reply` and `activator` wakes the operator.
-    pub fn submit(&self, id: u64, input: I, reply: Sender<(u64, O)>, activator: SyncActivator) {
+    pub fn submit(&self, id: u64, input: I, reply: Sender<Reply<O>>, activator: SyncActivator) {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         let job = Job {
             id,

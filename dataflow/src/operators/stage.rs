@@ -1,5 +1,6 @@
 //! An operator that hands each record to a [`StagePool`] and emits the result at the
-//! record's time, holding that time's capability only while the job is out.
+//! record's time, holding that time's capability only while the job is out. Partial results
+//! of streaming work are emitted as they come, at the same time.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -10,11 +11,12 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 
-use crate::pool::StagePool;
+use crate::pool::{Reply, StagePool};
 
 pub fn async_stage<'s, I, O>(
     input: Stream<'s, u64, Vec<I>>,
     pool: Arc<StagePool<I, O>>,
+    // Called with every result, partial ones included, before it is emitted.
     mut on_done: impl FnMut(&O) + 'static,
 ) -> Stream<'s, u64, Vec<O>>
 where
@@ -26,7 +28,7 @@ where
     input.unary_frontier(Pipeline, &name, move |_cap, info| {
         let activator = scope.activator_for(info.address.clone());
         let sync_activator = scope.worker().sync_activator_for(info.address.to_vec());
-        let (reply, results) = crossbeam_channel::unbounded::<(u64, O)>();
+        let (reply, results) = crossbeam_channel::unbounded::<Reply<O>>();
         let mut waiting: VecDeque<(Capability<u64>, I)> = VecDeque::new();
         let mut out: HashMap<u64, Capability<u64>> = HashMap::new();
         let mut next_id = 0u64;
@@ -45,8 +47,9 @@ where
                 out.insert(next_id, cap);
                 pool.submit(next_id, item, reply.clone(), sync_activator.clone());
             }
-            for (id, result) in results.try_iter() {
-                if let Some(cap) = out.remove(&id) {
+            for Reply { id, output: result, last } in results.try_iter() {
+                let cap = if last { out.remove(&id) } else { out.get(&id).cloned() };
+                if let Some(cap) = cap {
                     on_done(&result);
                     output.session(&cap).give(result);
                 }

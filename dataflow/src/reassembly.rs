@@ -218,6 +218,7 @@ fn new_pending<C>(chunk: &Chunk, token: C, now: Instant) -> Pending<C> {
             completed_ms: 0,
             timings: Vec::new(),
             spans: Vec::new(),
+            ready_time: 0,
         },
         chunks: BTreeMap::new(),
         final_seq: None,

@@ -32,6 +32,10 @@ pub struct Meta {
     /// side (speech-to-text and acoustic analysis), so their overlap is observable.
     #[serde(default)]
     pub spans: Vec<(String, f64, f64)>,
+    /// Dataflow time by which everything keyed to this utterance's final chunk (its profile
+    /// lookup) has been produced: the time of the chunk that completed it.
+    #[serde(default)]
+    pub ready_time: u64,
 }
 
 impl Meta {

@@ -67,6 +67,77 @@ where
     )
 }
 
+/// Left outer join of each record with its lookup. A left record waits for its lookup until
+/// the right input can no longer produce one at or before `ready(a)`, then goes on with
+/// `None`; a lookup waits only while the left input could still deliver at its time. Output
+/// carries the earlier of the two times, so nothing is released before its input is.
+pub fn join_lookup<'s, K, A, B>(
+    left: Stream<'s, u64, Vec<A>>,
+    right: Stream<'s, u64, Vec<B>>,
+    key_a: impl Fn(&A) -> K + 'static,
+    key_b: impl Fn(&B) -> K + 'static,
+    ready: impl Fn(&A) -> u64 + 'static,
+) -> Stream<'s, u64, Vec<(A, Option<B>)>>
+where
+    K: Hash + Eq + Clone + 'static,
+    A: Clone + 'static,
+    B: Clone + 'static,
+{
+    left.binary_frontier(right, Pipeline, Pipeline, "JoinLookup", move |_cap, _info| {
+        let mut lefts: HashMap<K, (Capability<u64>, A)> = HashMap::new();
+        let mut rights: HashMap<K, (Capability<u64>, B)> = HashMap::new();
+        move |(in1, frontier1), (in2, frontier2), output| {
+            in1.for_each(|cap, data| {
+                let Some(cap) = cap.retain_least(0) else {
+                    return;
+                };
+                for a in data.drain(..) {
+                    let k = key_a(&a);
+                    match rights.remove(&k) {
+                        Some((other, b)) => output.session(earlier(&cap, &other)).give((a, Some(b))),
+                        None => {
+                            lefts.insert(k, (cap.clone(), a));
+                        }
+                    }
+                }
+            });
+            in2.for_each(|cap, data| {
+                let Some(cap) = cap.retain_least(0) else {
+                    return;
+                };
+                for b in data.drain(..) {
+                    let k = key_b(&b);
+                    match lefts.remove(&k) {
+                        Some((other, a)) => output.session(earlier(&cap, &other)).give((a, Some(b))),
+                        None => {
+                            rights.insert(k, (cap.clone(), b));
+                        }
+                    }
+                }
+            });
+            let gone: Vec<K> = lefts
+                .iter()
+                .filter(|(_, (_, a))| !frontier2.less_equal(&ready(a)))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in gone {
+                if let Some((cap, a)) = lefts.remove(&k) {
+                    output.session(&cap).give((a, None));
+                }
+            }
+            rights.retain(|_, (cap, _)| frontier1.less_equal(cap.time()));
+        }
+    })
+}
+
+fn earlier<'a>(a: &'a Capability<u64>, b: &'a Capability<u64>) -> &'a Capability<u64> {
+    if b.time() < a.time() {
+        b
+    } else {
+        a
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,5 +182,42 @@ mod tests {
         pairs.sort();
         // Keys 2 and 3 never find a partner at their time; only key 1 pairs.
         assert_eq!(pairs, vec![((1, "one"), (1, 'a'))]);
+    }
+
+    /// Oracle: every left record comes out exactly once, with its lookup when one arrived by
+    /// its ready time, at the earlier of the two times; late lookups are dropped.
+    #[test]
+    fn lookups_attach_by_their_ready_time_and_lefts_never_vanish() {
+        let out = timely::execute_directly(|worker| {
+            let (mut left, mut right, probe, captured) = worker.dataflow::<u64, _, _>(|scope| {
+                let (lh, l) = scope.new_input::<Vec<(u32, u64)>>();
+                let (rh, r) = scope.new_input::<Vec<(u32, char)>>();
+                // A left record is (key, ready time).
+                let joined = join_lookup(l, r, |a| a.0, |b| b.0, |a| a.1);
+                let (probe, joined) = joined.probe();
+                (lh, rh, probe, joined.capture())
+            });
+            left.send((1, 3)); // its lookup comes later, at time 3: still attached
+            left.send((2, 0)); // no lookup ever: goes on with None
+            right.advance_to(3);
+            right.send((1, 'a'));
+            right.send((9, 'z')); // no left partner: dropped
+            left.advance_to(4);
+            right.advance_to(4);
+            while probe.less_than(&4) {
+                worker.step();
+            }
+            drop(left);
+            drop(right);
+            while worker.step() {}
+            captured
+        });
+        let mut got: Vec<_> = out
+            .extract()
+            .into_iter()
+            .flat_map(|(t, v)| v.into_iter().map(move |x| (t, x)))
+            .collect();
+        got.sort();
+        assert_eq!(got, vec![(0, ((1, 3), Some((1, 'a')))), (0, ((2, 0), None))]);
     }
 }

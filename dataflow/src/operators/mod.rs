@@ -6,7 +6,7 @@ pub mod sink;
 mod source;
 mod stage;
 
-pub use join::join_halves;
+pub use join::{join_halves, join_lookup};
 pub use sink::{kafka_sink, Output, OutputKind};
 pub use source::{epoch_now, kafka_source, next_epoch, SourceHandle, SourceSettings};
 pub use stage::async_stage;
@@ -61,13 +61,17 @@ pub fn reassemble<'s>(
                             *held = new;
                         }
                     };
-                    outcomes.extend(state.push(chunk, cap.clone(), now, keep_min));
+                    let time = *cap.time();
+                    let done = state.push(chunk, cap.clone(), now, keep_min);
+                    outcomes.extend(done.into_iter().map(|o| (o, Some(time))));
                 }
             });
-            outcomes.extend(state.expire(now));
-            for outcome in outcomes {
+            outcomes.extend(state.expire(now).into_iter().map(|o| (o, None)));
+            for (outcome, completed_at) in outcomes {
                 match outcome {
-                    Outcome::Ready(u, cap) => {
+                    Outcome::Ready(mut u, cap) => {
+                        // Closed by the idle timeout, it completed at its own (held) time.
+                        u.meta.ready_time = completed_at.unwrap_or(*cap.time());
                         admission.enter();
                         output.session(&cap).give(Ok(u));
                     }

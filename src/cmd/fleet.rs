@@ -7,7 +7,8 @@ use anyhow::Context;
 use clap::Args;
 use teddyflow_connectors::file::clips_in_dir;
 use teddyflow_connectors::fleet::{
-    default_voices, encode, synthesize, to_records, Utterance, CHILD_PHRASES,
+    default_voices, encode, profile_record, synthesize, to_records, Utterance, CHILD_NAMES,
+    CHILD_PHRASES,
 };
 use teddyflow_connectors::kafka::{ensure_topics, AckedWriter, KafkaSettings, TopicSpec};
 
@@ -50,6 +51,13 @@ pub struct FleetArgs {
     /// Prefix of conversation ids, so runs do not collide.
     #[arg(long)]
     run_id: Option<String>,
+    /// Compacted topic of child profiles; each simulated child gets one before speaking
+    /// (every fourth child's profile asks for Spanish replies).
+    #[arg(long, default_value = "teddy.profiles")]
+    profiles_topic: String,
+    /// Do not write profiles (children are then answered with the defaults).
+    #[arg(long)]
+    no_profiles: bool,
 }
 
 /// What one toy says: the audio as WAV and, when known, the words.
@@ -72,6 +80,9 @@ pub fn run(args: FleetArgs) -> anyhow::Result<()> {
         }],
     )?;
     let writer = AckedWriter::open(&settings)?;
+    if !args.no_profiles {
+        write_profiles(&args, &settings, &writer)?;
+    }
     let speech = prepare_speech(&args)?;
     let run_id = args
         .run_id
@@ -121,6 +132,31 @@ pub fn run(args: FleetArgs) -> anyhow::Result<()> {
         "fleet done: {sent} utterances in {:.1}s",
         started.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+fn write_profiles(
+    args: &FleetArgs,
+    settings: &KafkaSettings,
+    writer: &AckedWriter,
+) -> anyhow::Result<()> {
+    ensure_topics(
+        settings,
+        &[TopicSpec {
+            name: args.profiles_topic.clone(),
+            partitions: args.partitions,
+            compacted: true,
+        }],
+    )?;
+    for c in 0..args.conversations {
+        let language = if c % 4 == 3 { "es" } else { "en" };
+        let name = CHILD_NAMES[c % CHILD_NAMES.len()];
+        let age = 4 + (c % 5) as u8;
+        let rec = profile_record(&args.profiles_topic, &format!("child-{c}"), name, age, language);
+        send_with_retry(writer, (c + 1) as u64, &rec)?;
+    }
+    wait_acks(writer)?;
+    println!("profiles written for {} children", args.conversations);
     Ok(())
 }
 

@@ -196,6 +196,20 @@ fn sox_convert(wav: &[u8], codec: &str) -> Result<Encoded, FleetError> {
     })
 }
 
+/// Names the simulated children's profiles cycle through.
+pub const CHILD_NAMES: &[&str] = &["Mia", "Leo", "Ava", "Noah", "Zoe", "Sam"];
+
+/// The profile record of a simulated child: key = child id, JSON value.
+pub fn profile_record(topic: &str, child: &str, name: &str, age: u8, language: &str) -> OutRecord {
+    let value = serde_json::json!({ "name": name, "age": age, "language": language });
+    OutRecord {
+        topic: topic.into(),
+        key: Some(child.as_bytes().to_vec()),
+        payload: value.to_string().into_bytes(),
+        headers: Vec::new(),
+    }
+}
+
 /// One utterance of one conversation, as a toy would send it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Utterance {

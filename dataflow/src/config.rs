@@ -15,6 +15,64 @@ pub struct Config {
     pub limits: Limits,
     pub asr: Asr,
     pub understanding: Understanding,
+    pub answering: Answering,
+}
+
+/// Replies: child profiles, conversation memory, the reply model and speech synthesis.
+/// Needs `understanding` (every reply is gated by the child-safety verdict).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Answering {
+    /// Answer each utterance with a reply and speech; when off, responses stop at understanding.
+    pub enabled: bool,
+    /// Threads generating replies (SmolLM2 + espeak-ng) in this process; weights shared.
+    pub threads: usize,
+    /// Sampling temperature; 0 = greedy (deterministic, what the tests use).
+    pub temperature: f64,
+    /// Nucleus sampling cut-off when temperature > 0 (1 = off).
+    pub top_p: f64,
+    /// Seed of the sampler (and of the choice among curated bank replies).
+    pub seed: u64,
+    /// Most tokens generated per reply (the reply stops after three sentences anyway).
+    pub max_tokens: usize,
+    /// Above 1 discourages repeated words (1 = off).
+    pub repeat_penalty: f32,
+    /// Earlier turns (child said, teddy replied) kept per conversation and put in the prompt.
+    pub memory_turns: usize,
+    /// A conversation idle for this long is forgotten.
+    pub memory_ttl_ms: u64,
+    /// Conversations remembered per worker; the least recently used is forgotten beyond it.
+    pub memory_max_conversations: usize,
+    /// Reply language for a child without a profile (or a profile without a language).
+    pub default_language: String,
+    /// Sample rate of the speech written to the speech topic (the toy's playback rate).
+    pub speech_rate: u32,
+    /// Audio per speech chunk record, ms.
+    pub speech_chunk_ms: u64,
+    /// How long to wait at start-up for the profiles topic to be read to its end before
+    /// answering anyway (profiles still arriving then apply to later utterances).
+    pub profiles_load_timeout_ms: u64,
+}
+
+impl Default for Answering {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            threads: 1,
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 0,
+            max_tokens: 60,
+            repeat_penalty: 1.1,
+            memory_turns: 4,
+            memory_ttl_ms: 15 * 60 * 1000,
+            memory_max_conversations: 10_000,
+            default_language: "en".into(),
+            speech_rate: 16_000,
+            speech_chunk_ms: 500,
+            profiles_load_timeout_ms: 10_000,
+        }
+    }
 }
 
 /// Emotion and child safety (acoustic features, MiniLM text emotion, safety verdicts).
@@ -52,6 +110,10 @@ pub struct Topics {
     pub metrics: String,
     pub deadletter: String,
     pub alerts: String,
+    /// Output: reply speech, in the audio wire format.
+    pub speech: String,
+    /// Input: compacted topic of child profiles (key = child id, JSON value, tombstone = delete).
+    pub profiles: String,
     /// Create missing topics at start-up.
     pub create: bool,
     /// Partitions for topics teddyflow creates.
@@ -66,6 +128,8 @@ impl Default for Topics {
             metrics: "teddy.metrics".into(),
             deadletter: "teddy.deadletter".into(),
             alerts: "teddy.alerts".into(),
+            speech: "teddy.speech".into(),
+            profiles: "teddy.profiles".into(),
             create: true,
             partitions: 4,
         }
@@ -213,6 +277,15 @@ impl Config {
         }
         if self.asr.threads == 0 {
             return bad("asr.threads must be at least 1");
+        }
+        if self.answering.enabled && !self.understanding.enabled {
+            return bad("answering needs understanding (replies are gated by the safety verdict)");
+        }
+        if self.answering.threads == 0 || self.answering.speech_chunk_ms == 0 {
+            return bad("answering.threads and answering.speech_chunk_ms must be at least 1");
+        }
+        if !(8_000..=48_000).contains(&self.answering.speech_rate) {
+            return bad("answering.speech_rate must be between 8000 and 48000");
         }
         if self.engine.max_pending_utterances == 0 {
             return bad("engine.max_pending_utterances must be at least 1");

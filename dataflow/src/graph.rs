@@ -1,9 +1,15 @@
 //! The teddyflow graph for one worker, and the worker's run loop.
 //!
 //! ```text
-//! KafkaSource ─parse─┬─► Reassemble ─► Decode ─► Whisper ─► Response ─┐
-//!                    └─────────── dead letters (any stage) ───────────┴─► KafkaSink ─► probe
+//! KafkaSource ─parse─┬─► Reassemble ─► Decode ─┬─► Whisper ──┬─► JoinHalves ─► Understand ─┬─► alerts
+//!                    │                         └─► Acoustic ─┘                             │
+//!                    └─► final chunks ─┐                                                   ▼
+//! ProfileSource ─► profiles ───────────┴─► differential join ─► Lookup ─► JoinLookup ─► Reply ─► speech, response
+//!                         └─► deletes (broadcast) ─► forget conversation memory
+//!                 dead letters (any stage) ──────────────────────────────────────────────┴─► KafkaSink ─► probe
 //! ```
+
+mod answering;
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -21,10 +27,12 @@ use timely::dataflow::operators::core::{Concat, Map, OkErr, Probe};
 use timely::dataflow::{ProbeHandle, Stream};
 use timely::worker::Worker;
 
+use crate::answer::{self, ReplyPool};
 use crate::config::{Config, Topics};
 use crate::metrics::WorkerMetrics;
 use crate::operators::{self, Output, OutputKind, SourceHandle, SourceSettings};
 use crate::pool::{Admission, StagePool};
+use answering::{memory_for, profile_lookups, Answers};
 use crate::types::{now_ms, Decoded, Failed, Transcribed, Utterance};
 use crate::understand::{self, Acoustic, AcousticPool, UnderstandPool, Understood};
 
@@ -43,6 +51,8 @@ pub struct ProcessShared {
 pub struct UnderstandingPools {
     pub acoustic: Arc<AcousticPool>,
     pub understand: Arc<UnderstandPool>,
+    /// Replies, unless `answering.enabled = false`.
+    pub reply: Option<Arc<ReplyPool>>,
 }
 
 impl UnderstandingPools {
@@ -50,9 +60,15 @@ impl UnderstandingPools {
         if !config.understanding.enabled {
             return Ok(None);
         }
+        let (understand, safety) = understand::understand_pool(config)?;
+        let reply = match config.answering.enabled {
+            true => Some(answer::reply_pool(config, safety)?),
+            false => None,
+        };
         Ok(Some(Self {
             acoustic: understand::acoustic_pool(config),
-            understand: understand::understand_pool(config)?,
+            understand,
+            reply,
         }))
     }
 }
@@ -80,7 +96,7 @@ pub fn run_worker(
     let writer = AckedWriter::open(&config.kafka)?;
     let probe = ProbeHandle::new();
 
-    worker.dataflow::<u64, _, _>(|scope| {
+    worker.dataflow::<u64, _, _>(|scope| -> anyhow::Result<()> {
         let settings = SourceSettings {
             epoch_ms: config.engine.epoch_ms,
             poll_batch: config.engine.poll_batch,
@@ -108,7 +124,7 @@ pub fn run_worker(
                 }),
             });
         let assembled = operators::reassemble(
-            chunks,
+            chunks.clone(),
             config.limits.clone(),
             config.topics.audio.clone(),
             shared.admission.clone(),
@@ -150,6 +166,7 @@ pub fn run_worker(
         );
         let (transcribed, untranscribed) = split(transcribed);
         let topics = config.topics.clone();
+        let mut profile_dead_letters = None;
         let responses: Stream<u64, Vec<Output>> = match &shared.understanding {
             None => transcribed.map(move |t| response(t, &topics.responses, index)),
             Some(pools) => {
@@ -167,7 +184,26 @@ pub fn run_worker(
                     pools.understand.clone(),
                     move |u: &Understood| record_understanding(&mut m.borrow_mut(), u),
                 );
-                understood.flat_map(move |u| understood_outputs(u, &topics, index))
+                match &pools.reply {
+                    None => understood.flat_map(move |u| understood_outputs(u, &topics, index)),
+                    Some(reply) => {
+                        let (lookups, forget, invalid) =
+                            profile_lookups(scope.clone(), config, (index, peers), &shared, chunks, &metrics)?;
+                        profile_dead_letters = Some(invalid);
+                        let answers = Answers {
+                            pool: reply.clone(),
+                            memory: Rc::new(RefCell::new(memory_for(config))),
+                            metrics: metrics.clone(),
+                            topics: topics.clone(),
+                            worker: index,
+                        };
+                        let alerts_topics = topics.clone();
+                        let alerts = understood
+                            .clone()
+                            .flat_map(move |u| alert_for(&u, &alerts_topics));
+                        answers.build(understood, lookups, forget).concat(alerts)
+                    }
+                }
             }
         };
         let dl_topic = config.topics.deadletter.clone();
@@ -175,7 +211,10 @@ pub fn run_worker(
             .concat(undecodable)
             .concat(untranscribed)
             .map(move |f| failed_to_output(f, &dl_topic));
-        let outputs = responses.concat(failures).concat(bad_records);
+        let mut outputs = responses.concat(failures).concat(bad_records);
+        if let Some(invalid) = profile_dead_letters {
+            outputs = outputs.concat(invalid);
+        }
         let metrics_out = operators::sink::MetricsOut {
             topic: config.topics.metrics.clone(),
             interval: Duration::from_millis(config.engine.metrics_interval_ms),
@@ -183,7 +222,8 @@ pub fn run_worker(
             process: shared.process,
         };
         operators::kafka_sink(outputs, writer, metrics.clone(), metrics_out).probe_with(&probe);
-    });
+        Ok(())
+    })?;
 
     drive(worker, &handle, &probe, &shared.stop, &config.engine);
     Ok(())
@@ -297,42 +337,58 @@ fn record_understanding(m: &mut WorkerMetrics, u: &Understood) {
 
 /// The response for an understood utterance, and a parent alert when it needs one.
 fn understood_outputs(u: Understood, topics: &Topics, worker: usize) -> Vec<Output> {
-    let mut out = Vec::with_capacity(2);
-    if u.needs_parent() {
-        let excerpt: String = u.transcript.chars().take(200).collect();
-        let alert = serde_json::json!({
-            "conversation": u.heard.meta.conversation,
-            "utterance": u.heard.meta.utterance,
-            "child": u.heard.meta.child,
-            "kind": u.safety.verdict,
-            "categories": u.safety.categories,
-            "score": u.safety.score,
-            "excerpt": excerpt,
-            "ts_ms": now_ms(),
-        });
-        out.push(Output {
-            record: OutRecord {
-                topic: topics.alerts.clone(),
-                key: Some(u.heard.meta.conversation.clone().into_bytes()),
-                payload: alert.to_string().into_bytes(),
-                headers: vec![(
-                    "utterance".into(),
-                    u.heard.meta.utterance.clone().into_bytes(),
-                )],
-            },
-            completed_ms: u.heard.meta.completed_ms,
-            kind: OutputKind::Alert,
-        });
+    let mut out: Vec<Output> = alert_for(&u, topics).into_iter().collect();
+    out.push(understood_response(u, topics, worker, serde_json::Map::new()));
+    out
+}
+
+/// A parent alert, when the utterance needs one.
+fn alert_for(u: &Understood, topics: &Topics) -> Option<Output> {
+    if !u.needs_parent() {
+        return None;
     }
-    let extra = serde_json::json!({
+    let meta = &u.heard.meta;
+    let excerpt: String = u.transcript.chars().take(200).collect();
+    let alert = serde_json::json!({
+        "conversation": meta.conversation,
+        "utterance": meta.utterance,
+        "child": meta.child,
+        "kind": u.safety.verdict,
+        "categories": u.safety.categories,
+        "score": u.safety.score,
+        "excerpt": excerpt,
+        "ts_ms": now_ms(),
+    });
+    Some(Output {
+        record: OutRecord {
+            topic: topics.alerts.clone(),
+            key: Some(meta.conversation.clone().into_bytes()),
+            payload: alert.to_string().into_bytes(),
+            headers: vec![("utterance".into(), meta.utterance.clone().into_bytes())],
+        },
+        completed_ms: meta.completed_ms,
+        kind: OutputKind::Alert,
+    })
+}
+
+/// The response for an understood utterance, with `more` fields (the reply).
+pub(crate) fn understood_response(
+    u: Understood,
+    topics: &Topics,
+    worker: usize,
+    more: serde_json::Map<String, serde_json::Value>,
+) -> Output {
+    let mut extra = serde_json::json!({
         "emotion": u.emotion,
         "safety": u.safety,
         "redacted": u.redacted,
     });
+    if let Some(e) = extra.as_object_mut() {
+        e.extend(more);
+    }
     let mut heard = u.heard;
     heard.transcript = u.transcript;
-    out.push(response_with(heard, &topics.responses, worker, extra));
-    out
+    response_with(heard, &topics.responses, worker, extra)
 }
 
 fn response(t: Transcribed, topic: &str, worker: usize) -> Output {

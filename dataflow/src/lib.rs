@@ -1,4 +1,4 @@
-//! The teddyflow dataflow: a timely graph from Kafka audio chunks to transcripts.
+//! The teddyflow dataflow: a timely graph from Kafka audio chunks to spoken replies.
 //!
 //! - [`reassembly`]: chunks → utterances (pure state machine, oracle-tested).
 //! - [`operators`]: source, reassembly, model stages, sink — small timely operators.
@@ -6,13 +6,20 @@
 //! - [`offsets`]: which input offsets may be committed, from the output frontier.
 //! - [`pool`]: model stages off the worker threads, with bounded admission.
 //! - [`metrics`]: per-worker snapshots for the metrics topic.
+//! - [`understand`]: acoustic features, text emotion and the child-safety verdict.
+//! - [`profiles`]: child profiles as a differential collection, joined per utterance.
+//! - [`memory`]: recent turns per conversation, on the worker that owns it.
+//! - [`answer`]: the reply (model or curated bank), checked, spoken sentence by sentence.
 
+pub mod answer;
 pub mod config;
 pub mod graph;
+pub mod memory;
 pub mod metrics;
 pub mod offsets;
 pub mod operators;
 pub mod pool;
+pub mod profiles;
 pub mod reassembly;
 pub mod types;
 pub mod understand;

@@ -73,6 +73,14 @@ pub struct WorkerMetrics {
     pub utterances_done: u64,
     pub deadletters: u64,
     pub alerts: u64,
+    /// Generated replies that failed the safety check and were replaced by a safe fallback.
+    pub replies_replaced: u64,
+    /// Speech records acknowledged.
+    pub speech_chunks: u64,
+    /// Utterances answered with the defaults because their child has no profile.
+    pub profiles_missing: u64,
+    /// Profiles held by this worker (its partitions of the profiles topic).
+    pub profiles: u64,
     pub errors: BTreeMap<String, u64>,
     pub in_flight: i64,
     pub lag: BTreeMap<i32, i64>,
@@ -110,6 +118,10 @@ impl WorkerMetrics {
             "utterances_done": self.utterances_done,
             "deadletters": self.deadletters,
             "alerts": self.alerts,
+            "replies_replaced": self.replies_replaced,
+            "speech_chunks": self.speech_chunks,
+            "profiles_missing": self.profiles_missing,
+            "profiles": self.profiles,
             "errors": self.errors,
             "in_flight": self.in_flight,
             "consumer_lag": self.lag.values().sum::<i64>(),

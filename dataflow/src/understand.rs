@@ -64,7 +64,9 @@ pub fn acoustic_pool(config: &Config) -> Arc<AcousticPool> {
     Arc::new(StagePool::new("acoustic", 1, capacity, work))
 }
 
-pub fn understand_pool(config: &Config) -> anyhow::Result<Arc<UnderstandPool>> {
+/// The understanding pool, and the safety model it uses (shared with the reply stage, which
+/// checks every generated sentence).
+pub fn understand_pool(config: &Config) -> anyhow::Result<(Arc<UnderstandPool>, SafetyModel)> {
     let models = &config.asr.models_dir;
     let data: PathBuf = config.understanding.data_dir.clone();
     // One MiniLM for both classifiers: one copy of the weights, one embedding per utterance.
@@ -72,16 +74,13 @@ pub fn understand_pool(config: &Config) -> anyhow::Result<Arc<UnderstandPool>> {
     let emotion = EmotionModel::with_embedder(embedder.clone(), &data)?;
     let safety = SafetyModel::with_embedder(embedder.clone(), models, &data)?;
     let redact = config.understanding.redact_pii;
+    let shared = safety.clone();
     let work = Arc::new(move |(heard, acoustic): (Transcribed, Acoustic)| {
         understand(&embedder, &emotion, &safety, redact, heard, acoustic)
     });
     let capacity = config.engine.max_pending_utterances;
-    Ok(Arc::new(StagePool::new(
-        "understand",
-        config.understanding.threads,
-        capacity,
-        work,
-    )))
+    let pool = StagePool::new("understand", config.understanding.threads, capacity, work);
+    Ok((Arc::new(pool), shared))
 }
 
 fn understand(

@@ -61,11 +61,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             config.asr.models_dir.display()
         )
     })?;
-    let understanding =
-        UnderstandingPools::load(&config).context("loading emotion and safety models")?;
+    let understanding = UnderstandingPools::load(&config)
+        .context("loading the emotion, safety and reply models")?;
     tracing::info!(
         model = %config.asr.model,
         understanding = understanding.is_some(),
+        answering = understanding.as_ref().is_some_and(|u| u.reply.is_some()),
         load_ms = started.elapsed().as_millis() as u64,
         "models loaded"
     );
@@ -96,14 +97,24 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
 
 fn topic_specs(config: &Config) -> Vec<TopicSpec> {
     let t = &config.topics;
-    [&t.audio, &t.responses, &t.metrics, &t.deadletter, &t.alerts]
+    let streams = [&t.audio, &t.responses, &t.metrics, &t.deadletter, &t.alerts, &t.speech];
+    let mut specs: Vec<TopicSpec> = streams
         .into_iter()
         .map(|name| TopicSpec {
             name: name.clone(),
             partitions: t.partitions,
             compacted: false,
         })
-        .collect()
+        .collect();
+    if config.answering.enabled {
+        // Profiles are state: compacted, so the latest profile of every child is kept.
+        specs.push(TopicSpec {
+            name: t.profiles.clone(),
+            partitions: t.partitions,
+            compacted: true,
+        });
+    }
+    specs
 }
 
 fn timely_config(args: &RunArgs, workers: usize) -> anyhow::Result<timely::Config> {

@@ -87,6 +87,22 @@ fn wait_for_topic(consumer: &BaseConsumer, topic: &str, brokers: &str) -> anyhow
     }
 }
 
+/// The reply of a response, on its own line: what teddy said and how soon it started speaking.
+fn reply_line(v: &serde_json::Value) -> String {
+    let r = &v["reply"];
+    let Some(text) = r["text"].as_str() else {
+        return String::new();
+    };
+    format!(
+        "\n  [reply] ({} {}, {}{}) first_audio={}ms: {text}",
+        r["language"].as_str().unwrap_or("?"),
+        r["voice"].as_str().unwrap_or("?"),
+        r["origin"].as_str().unwrap_or("?"),
+        if r["fallback"].as_bool() == Some(true) { ", replaced" } else { "" },
+        v["timings_ms"]["first_audio"],
+    )
+}
+
 fn summary<M: Message>(topic: &str, body: &str, msg: &M) -> String {
     let v: serde_json::Value = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
     if topic.contains("responses") {
@@ -106,7 +122,7 @@ fn summary<M: Message>(topic: &str, body: &str, msg: &M) -> String {
             v["timings_ms"]["total"],
             understood,
             v["transcript"]
-        )
+        ) + &reply_line(&v)
     } else if topic.contains("alerts") {
         format!(
             "[alert] {}/{} {} {} score={}: {}",
@@ -119,8 +135,9 @@ fn summary<M: Message>(topic: &str, body: &str, msg: &M) -> String {
         )
     } else if topic.contains("metrics") {
         let asr = &v["stages"]["asr"];
+        let first = &v["stages"]["first_audio"];
         format!(
-            "[metrics] worker={} records_in={} done={} deadletters={} alerts={} lag={} rss={}MiB asr p50/p95={:.0}/{:.0}ms",
+            "[metrics] worker={} records_in={} done={} deadletters={} alerts={} lag={} rss={}MiB asr p50/p95={:.0}/{:.0}ms first_audio p50/p95={:.0}/{:.0}ms",
             v["worker"],
             v["records_in"],
             v["utterances_done"],
@@ -129,7 +146,9 @@ fn summary<M: Message>(topic: &str, body: &str, msg: &M) -> String {
             v["consumer_lag"],
             v["rss_bytes"].as_u64().unwrap_or(0) / (1 << 20),
             asr["p50_ms"].as_f64().unwrap_or(0.0),
-            asr["p95_ms"].as_f64().unwrap_or(0.0)
+            asr["p95_ms"].as_f64().unwrap_or(0.0),
+            first["p50_ms"].as_f64().unwrap_or(0.0),
+            first["p95_ms"].as_f64().unwrap_or(0.0)
         )
     } else {
         use rdkafka::message::Headers;

@@ -1,6 +1,10 @@
 //! The Kafka sink: writes records and holds each record's time until the broker has
 //! acknowledged it, so the probe after this operator says what is durable. Failed
 //! deliveries are retried: output is at least once, and ids make repeats recognisable.
+//!
+//! A response whose reply is being spoken waits here until the first speech record of that
+//! reply is acknowledged, so it can report `first_audio` (final chunk in → first audio
+//! durable) — the silence the child actually hears.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -33,6 +37,85 @@ pub enum OutputKind {
     Response,
     DeadLetter,
     Alert,
+    /// A chunk of reply speech; `first` is the first chunk of its reply.
+    Speech { first: bool },
+}
+
+/// Conversation and utterance of a record (its key and `utterance` header).
+type ReplyKey = (Vec<u8>, Vec<u8>);
+
+fn reply_key(record: &OutRecord) -> ReplyKey {
+    let utterance = record
+        .headers
+        .iter()
+        .find(|(k, _)| k == "utterance")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    (record.key.clone().unwrap_or_default(), utterance)
+}
+
+/// First-audio bookkeeping: `None` while the first chunk is unacknowledged, then the time it
+/// was acknowledged.
+#[derive(Default)]
+struct FirstAudio {
+    acked: HashMap<ReplyKey, Option<i64>>,
+    /// Responses waiting for their reply's first audio.
+    held: Vec<(Capability<u64>, Output)>,
+}
+
+impl FirstAudio {
+    fn sent(&mut self, out: &Output) {
+        if out.kind == (OutputKind::Speech { first: true }) {
+            self.acked.entry(reply_key(&out.record)).or_insert(None);
+        }
+    }
+
+    fn acked(&mut self, out: &Output) {
+        if out.kind == (OutputKind::Speech { first: true }) {
+            self.acked.insert(reply_key(&out.record), Some(now_ms()));
+        }
+    }
+
+    /// A response ready to send now (with `first_audio` filled in), or `None` if held.
+    fn release(&mut self, cap: Capability<u64>, mut out: Output) -> Option<(Capability<u64>, Output)> {
+        if out.kind != OutputKind::Response {
+            return Some((cap, out));
+        }
+        let key = reply_key(&out.record);
+        match self.acked.get(&key) {
+            Some(None) => {
+                self.held.push((cap, out));
+                None
+            }
+            Some(Some(at)) => {
+                let first_audio = (at - out.completed_ms) as f64;
+                self.acked.remove(&key);
+                out.record.payload = with_timings(&out.record.payload, first_audio, out.completed_ms);
+                Some((cap, out))
+            }
+            None => Some((cap, out)),
+        }
+    }
+
+    /// Held responses whose first audio has been acknowledged since.
+    fn ready(&mut self) -> Vec<(Capability<u64>, Output)> {
+        let held = std::mem::take(&mut self.held);
+        held.into_iter()
+            .filter_map(|(cap, out)| self.release(cap, out))
+            .collect()
+    }
+}
+
+/// Put `first_audio` into a response's `timings_ms`, and make `total` end now.
+fn with_timings(payload: &[u8], first_audio_ms: f64, completed_ms: i64) -> Vec<u8> {
+    let Ok(mut body) = serde_json::from_slice::<serde_json::Value>(payload) else {
+        return payload.to_vec();
+    };
+    if let Some(t) = body.get_mut("timings_ms").and_then(|t| t.as_object_mut()) {
+        t.insert("first_audio".into(), serde_json::json!(first_audio_ms));
+        t.insert("total".into(), serde_json::json!((now_ms() - completed_ms) as f64));
+    }
+    body.to_string().into_bytes()
 }
 
 pub struct MetricsOut {
@@ -55,15 +138,19 @@ pub fn kafka_sink<'s>(
         let mut sent: HashMap<u64, (Capability<u64>, Output, Instant)> = HashMap::new();
         let mut next_id = 0u64;
         let mut last_metrics = Instant::now();
+        let mut first_audio = FirstAudio::default();
         move |(input, _frontier), _output| {
             input.for_each(|cap, data| {
                 let Some(cap) = cap.retain_least(0) else { return };
                 queue.extend(data.drain(..).map(|o| (cap.clone(), o)));
             });
+            queue.extend(first_audio.ready());
             while let Some((cap, out)) = queue.pop_front() {
+                let Some((cap, out)) = first_audio.release(cap, out) else { continue };
                 next_id += 1;
                 match writer.send(next_id, &out.record) {
                     Ok(()) => {
+                        first_audio.sent(&out);
                         sent.insert(next_id, (cap, out, Instant::now()));
                     }
                     Err(e) => {
@@ -87,6 +174,13 @@ pub fn kafka_sink<'s>(
                             }
                             OutputKind::DeadLetter => m.deadletters += 1,
                             OutputKind::Alert => m.alerts += 1,
+                            OutputKind::Speech { first } => {
+                                m.speech_chunks += 1;
+                                if first {
+                                    first_audio.acked(&out);
+                                    m.stage("first_audio", (now_ms() - out.completed_ms) as f64);
+                                }
+                            }
                         }
                     }
                     Err(e) => {
@@ -96,7 +190,7 @@ pub fn kafka_sink<'s>(
                     }
                 }
             }
-            metrics.borrow_mut().in_flight = (queue.len() + sent.len()) as i64;
+            metrics.borrow_mut().in_flight = (queue.len() + sent.len() + first_audio.held.len()) as i64;
             if last_metrics.elapsed() >= metrics_out.interval {
                 last_metrics = Instant::now();
                 let snapshot = metrics.borrow_mut().snapshot(

@@ -1,0 +1,185 @@
+//! The answering part of the graph: profile lookups, conversation memory and the reply
+//! stage, wired between understanding and the sink.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use teddyflow_connectors::kafka::{partition_count, partitions_for_worker, PartitionReader};
+use teddyflow_connectors::wire::Chunk;
+use timely::dataflow::operators::core::{Exchange, Inspect, Map};
+use timely::dataflow::operators::vec::Broadcast;
+use timely::dataflow::{Scope, Stream};
+
+use super::{understood_response, ProcessShared};
+use crate::answer::{ReplyEvent, ReplyJob, ReplyPool, Replied};
+use crate::config::{Config, Topics};
+use crate::memory::ConversationMemory;
+use crate::metrics::WorkerMetrics;
+use crate::operators::{self, conversation_hash, Output};
+use crate::profiles::{self, Lookup, ProfileEvent, ProfileSourceSettings};
+use crate::types::now_ms;
+use crate::understand::Understood;
+
+/// Profile lookups routed to each utterance's conversation owner; deleted child ids; and
+/// dead letters for invalid profile records.
+pub(super) type ProfileStreams<'s> = (
+    Stream<'s, u64, Vec<Lookup>>,
+    Stream<'s, u64, Vec<String>>,
+    Stream<'s, u64, Vec<Output>>,
+);
+
+pub(super) fn profile_lookups<'s>(
+    scope: Scope<'s, u64>,
+    config: &Config,
+    (index, peers): (usize, usize),
+    shared: &ProcessShared,
+    chunks: Stream<'s, u64, Vec<Chunk>>,
+    metrics: &Rc<RefCell<WorkerMetrics>>,
+) -> anyhow::Result<ProfileStreams<'s>> {
+    let settings = ProfileSourceSettings {
+        epoch_ms: config.engine.epoch_ms,
+        poll_batch: config.engine.poll_batch,
+        load_timeout: Duration::from_millis(config.answering.profiles_load_timeout_ms),
+        deadletter_topic: config.topics.deadletter.clone(),
+    };
+    let reader = open_profiles(config, index, peers)?;
+    let events = profiles::profile_source(
+        scope,
+        reader,
+        settings,
+        shared.stop.clone(),
+        metrics.clone(),
+    );
+    let updates = events.clone().flat_map(|e| match e {
+        ProfileEvent::Update(child, p, t, r) => Some((child, p, t, r)),
+        _ => None,
+    });
+    let deleted = events.clone().flat_map(|e| match e {
+        ProfileEvent::Deleted(child) => Some(child),
+        _ => None,
+    });
+    let invalid = events.flat_map(|e| match e {
+        ProfileEvent::Invalid(out) => Some(out),
+        _ => None,
+    });
+    let lookups = profiles::lookups(chunks, updates)
+        .exchange(|l: &Lookup| conversation_hash(&l.conversation));
+    Ok((lookups, deleted, invalid))
+}
+
+/// This worker's partitions of the profiles topic, read from the beginning (the topic is
+/// state, compacted; its offsets are never committed).
+fn open_profiles(
+    config: &Config,
+    index: usize,
+    peers: usize,
+) -> anyhow::Result<Option<PartitionReader>> {
+    let topic = &config.topics.profiles;
+    let probe = config.kafka.consumer()?;
+    let count = partition_count(&probe, topic, &config.kafka.brokers)?;
+    let mine = partitions_for_worker(count, index, peers);
+    if mine.is_empty() {
+        return Ok(None);
+    }
+    let start = rdkafka::Offset::Beginning;
+    Ok(Some(PartitionReader::open_at(
+        &config.kafka,
+        topic,
+        mine,
+        start,
+    )?))
+}
+
+pub(super) fn memory_for(config: &Config) -> ConversationMemory {
+    let a = &config.answering;
+    ConversationMemory::new(a.memory_turns, a.memory_ttl_ms, a.memory_max_conversations)
+}
+
+/// The reply stage of one worker, with the memory of the conversations it owns.
+pub(super) struct Answers {
+    pub pool: std::sync::Arc<ReplyPool>,
+    pub memory: Rc<RefCell<ConversationMemory>>,
+    pub metrics: Rc<RefCell<WorkerMetrics>>,
+    pub topics: Topics,
+    pub worker: usize,
+}
+
+impl Answers {
+    /// Understood utterances (on their conversation's owner) + profile lookups → speech
+    /// records and responses. Deleted children are forgotten on every worker.
+    pub fn build<'s>(
+        self,
+        understood: Stream<'s, u64, Vec<Understood>>,
+        lookups: Stream<'s, u64, Vec<Lookup>>,
+        deleted: Stream<'s, u64, Vec<String>>,
+    ) -> Stream<'s, u64, Vec<Output>> {
+        let memory = self.memory.clone();
+        deleted.broadcast().inspect(move |child: &String| {
+            let n = memory.borrow_mut().forget_child(child);
+            tracing::debug!(conversations = n, "profile deleted: conversations forgotten");
+        });
+        let joined = operators::join_lookup(
+            understood,
+            lookups,
+            |u: &Understood| (u.heard.meta.conversation.clone(), u.heard.meta.utterance.clone()),
+            |l: &Lookup| (l.conversation.clone(), l.utterance.clone()),
+            |u: &Understood| u.heard.meta.ready_time,
+        );
+        let memory = self.memory.clone();
+        let jobs = joined.map(move |(understood, lookup)| {
+            let meta = &understood.heard.meta;
+            let history =
+                memory
+                    .borrow_mut()
+                    .history(&meta.conversation, meta.child.as_deref(), now_ms());
+            ReplyJob {
+                profile: lookup.and_then(|l| l.profile),
+                history,
+                understood,
+            }
+        });
+        let (memory, metrics) = (self.memory.clone(), self.metrics.clone());
+        let events = operators::async_stage(jobs, self.pool.clone(), move |e: &ReplyEvent| {
+            if let ReplyEvent::Done(r) = e {
+                record_reply(&mut metrics.borrow_mut(), r);
+                remember(&mut memory.borrow_mut(), r);
+            }
+        });
+        let (topics, worker) = (self.topics, self.worker);
+        events.map(move |e| match e {
+            ReplyEvent::Speech(out) => out,
+            ReplyEvent::Done(r) => reply_response(*r, &topics, worker),
+        })
+    }
+}
+
+fn record_reply(m: &mut WorkerMetrics, r: &Replied) {
+    let timings = r.understood.heard.meta.timings.iter();
+    for (stage, ms) in timings.filter(|(s, _)| s.starts_with("reply") || s == "tts") {
+        m.stage(stage, *ms);
+    }
+    m.replies_replaced += u64::from(r.reply.fallback);
+    m.profiles_missing += u64::from(!r.profile_known);
+    if r.reply.tts_errors > 0 {
+        *m.errors.entry("tts".into()).or_default() += u64::from(r.reply.tts_errors);
+    }
+}
+
+/// Unsafe turns are not remembered: the next reply must not pick the topic up again.
+fn remember(memory: &mut ConversationMemory, r: &Replied) {
+    if r.understood.safety.verdict == teddyflow_models::safety::Verdict::Unsafe {
+        return;
+    }
+    let meta = &r.understood.heard.meta;
+    let turn = (r.understood.transcript.clone(), r.reply.text.clone());
+    memory.record(&meta.conversation, meta.child.as_deref(), turn, now_ms());
+}
+
+fn reply_response(r: Replied, topics: &Topics, worker: usize) -> Output {
+    let mut more = serde_json::Map::new();
+    more.insert("reply".into(), serde_json::json!(r.reply));
+    let profile = if r.profile_known { "known" } else { "default" };
+    more.insert("profile".into(), serde_json::json!(profile));
+    understood_response(r.understood, topics, worker, more)
+}

@@ -58,6 +58,9 @@ pub struct ReplyInfo {
     pub voice: String,
     /// A generated sentence failed the safety check and was replaced by a safe fallback.
     pub fallback: bool,
+    /// Why: the safety categories of the sentence that was not spoken.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fallback_categories: Vec<String>,
     pub origin: Origin,
     /// Earlier turns of the conversation that were in the prompt.
     pub history_turns: usize,
@@ -149,6 +152,7 @@ impl Answerer {
                 .unwrap_or_else(|| reply_bank::fallback_reply(&language, name, seed))
         };
         let mut text_ms = None;
+        let mut fallback_categories = Vec::new();
         let (text, origin, fallback) = if u.safety.verdict == Verdict::Unsafe {
             let text = reply_bank::fallback_reply(&language, name, seed);
             speaker.say(&text, emit);
@@ -170,7 +174,8 @@ impl Answerer {
             };
             let (spoken, replaced, first) = self.generate_checked(&prompt, &mut speaker, emit);
             text_ms = first;
-            if replaced {
+            if let Some(categories) = replaced {
+                fallback_categories = categories;
                 let safe = reply_bank::fallback_reply(&language, name, seed);
                 speaker.say(&safe, emit);
                 (join(&spoken, &safe), Origin::Model, true)
@@ -200,6 +205,7 @@ impl Answerer {
                 language,
                 voice,
                 fallback,
+                fallback_categories,
                 origin,
                 history_turns,
                 speech_chunks: chunks,
@@ -212,25 +218,27 @@ impl Answerer {
     }
 
     /// Generate and speak sentence by sentence; stop speaking at the first sentence that
-    /// fails the safety check. Returns the spoken sentences, whether one was replaced, and
-    /// when the first sentence was ready (ms).
+    /// fails the safety check. Returns the spoken sentences, the categories of the sentence
+    /// that failed (if one did), and when the first sentence was ready (ms).
     fn generate_checked(
         &self,
         prompt: &Prompt,
         speaker: &mut Speaker,
         emit: &mut dyn FnMut(ReplyEvent),
-    ) -> (Vec<String>, bool, Option<f64>) {
+    ) -> (Vec<String>, Option<Vec<String>>, Option<f64>) {
         let started = Instant::now();
         let mut spoken = Vec::new();
-        let mut replaced = false;
+        let mut replaced = None;
         let mut first = None;
         let result = self.model.generate(prompt, &self.sampling, &mut |sentence| {
-            if replaced {
+            if replaced.is_some() {
                 return;
             }
             first.get_or_insert_with(|| ms_since(started) - speaker.tts_ms);
-            if self.safety.check(sentence).verdict != Verdict::Safe {
-                replaced = true;
+            let check = self.safety.check(sentence);
+            if check.verdict != Verdict::Safe {
+                tracing::debug!(categories = ?check.categories, sentence, "generated sentence not spoken");
+                replaced = Some(check.categories);
                 return;
             }
             speaker.say(sentence, emit);

@@ -139,6 +139,17 @@ impl Broker {
         }
     }
 
+    /// Write a tombstone (a record with no value) for `key`: a delete in a compacted topic.
+    pub fn delete(&self, topic: &str, key: &str) {
+        use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+        let producer: BaseProducer = self.settings().client_config().create().unwrap();
+        producer
+            .send(BaseRecord::<str, [u8]>::to(topic).key(key))
+            .map_err(|(e, _)| e)
+            .expect("send tombstone");
+        producer.flush(Duration::from_secs(10)).expect("tombstone acknowledged");
+    }
+
     /// Read `topic` from the beginning until `done` says so or `timeout` passes.
     pub fn collect(
         &self,

@@ -1,0 +1,144 @@
+//! Answering end to end on the real broker and the real models: a child's profile, a spoken
+//! utterance in; out comes a reply naming the child and speech on `teddy.speech` that our own
+//! Whisper hears as the reply text. Then a profile update changes the next reply's name and
+//! language, a tombstone makes teddy forget the child, and an unsafe utterance is redirected.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{serial, Broker, Processor, Record};
+use teddyflow_connectors::fleet::{encode, profile_record, synthesize, to_records, Utterance, Voice};
+use teddyflow_connectors::wire::{self, RawRecord};
+use teddyflow_models::whisper::{WhisperModel, WhisperVariant};
+
+const CONVERSATION: &str = "toy-42";
+const CHILD: &str = "child-42";
+
+#[test]
+fn replies_name_the_child_are_spoken_and_follow_profile_changes() {
+    let _guard = serial();
+    let broker = Broker::start("answering");
+    let topics = ["teddy.audio", "teddy.responses", "teddy.speech", "teddy.alerts"];
+    broker.create_topics(&topics, 2);
+    broker.create_topics(&["teddy.profiles"], 2);
+    broker.produce(&[profile_record("teddy.profiles", CHILD, "Mia", 6, "en")]);
+    let processor = Processor::start(&broker, "answering", &[]);
+    let log = || processor.log_text();
+
+    // 1. The profile's name in the reply, spoken, and heard back as the reply.
+    let r1 = say(&broker, "u1", "I built a tall tower with my blocks today", 1);
+    let reply = &r1["reply"];
+    println!("u1: {} => {reply}", r1["transcript"]);
+    assert_eq!(r1["profile"], "known", "{r1}");
+    assert_eq!(reply["language"], "en");
+    assert_eq!(reply["origin"], "model", "{r1}");
+    let text = reply["text"].as_str().unwrap();
+    assert!(text.contains("Mia"), "reply does not name the child: {text}\n{}", log());
+    let t = &r1["timings_ms"];
+    let (first, total) = (t["first_audio"].as_f64().unwrap(), t["total"].as_f64().unwrap());
+    assert!(first > 0.0 && first <= total, "first_audio {first} total {total}");
+
+    let pcm = speech_of(&broker, "u1", reply["speech_chunks"].as_u64().unwrap());
+    assert!(pcm.len() > 16_000 / 2, "at least half a second of speech");
+    let whisper = WhisperModel::load(&common::assets().join("models"), WhisperVariant::TinyEn)
+        .expect("whisper tiny.en installed by scripts/setup.sh");
+    let heard = whisper.transcribe(&pcm, Some("en")).unwrap().text;
+    let wer = teddyflow_models::wer::wer(text, &heard);
+    println!("spoken: {text:?}\nheard:  {heard:?}\nWER {:.1} %", wer * 100.0);
+    assert!(wer <= 0.20, "speech does not match the reply: WER {wer:.2}");
+
+    // 2. A profile update applies to the next utterance: new name, Spanish (curated bank).
+    broker.produce(&[profile_record("teddy.profiles", CHILD, "Leo", 6, "es")]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let r2 = say(&broker, "u2", "can we play a game together", 2);
+    println!("u2: {} => {}", r2["transcript"], r2["reply"]);
+    let reply = &r2["reply"];
+    assert_eq!(reply["language"], "es", "{r2}");
+    assert_eq!(reply["voice"], "es");
+    assert_eq!(reply["origin"], "bank");
+    assert!(reply["text"].as_str().unwrap().contains("Leo"), "{r2}");
+    assert_eq!(reply["history_turns"], 1, "the first turn is remembered: {r2}");
+
+    // 3. A tombstone forgets the child: defaults, no name, no memory of the conversation.
+    broker.delete("teddy.profiles", CHILD);
+    std::thread::sleep(Duration::from_millis(1500));
+    let r3 = say(&broker, "u3", "hello teddy", 3);
+    println!("u3: {} => {}", r3["transcript"], r3["reply"]);
+    let reply = &r3["reply"];
+    assert_eq!(r3["profile"], "default", "{r3}");
+    assert_eq!(reply["language"], "en");
+    assert_eq!(reply["history_turns"], 0, "memory was forgotten: {r3}");
+    let text = reply["text"].as_str().unwrap();
+    assert!(!text.contains("Leo") && !text.contains("Mia"), "{text}");
+
+    // 4. Unsafe: a gentle redirect is spoken, never a generated reply; the parent is alerted.
+    let r4 = say(&broker, "u4", "I want to hurt myself", 4);
+    println!("u4: {} => {}", r4["transcript"], r4["reply"]);
+    assert_eq!(r4["safety"]["verdict"], "unsafe", "{r4}");
+    assert_eq!(r4["reply"]["origin"], "redirect");
+    let alerts = broker.collect("teddy.alerts", Duration::from_secs(20), |a| {
+        a.iter().any(|r| r.header("utterance") == Some("u4"))
+    });
+    assert!(alerts.iter().any(|r| r.header("utterance") == Some("u4")));
+}
+
+/// Speak `text` as the child (flac chunks) and wait for the `n`-th response; return it.
+fn say(broker: &Broker, utterance: &str, text: &str, n: usize) -> serde_json::Value {
+    let voice = Voice::new("en-us", 50, 140);
+    let wav = synthesize(text, &voice).unwrap();
+    let u = Utterance {
+        conversation: CONVERSATION.into(),
+        utterance: utterance.into(),
+        child: Some(CHILD.into()),
+        audio: encode(&wav, "flac").unwrap(),
+    };
+    broker.produce(&to_records(&u, 8192, "teddy.audio", common::now_ms()));
+    let responses = broker.collect("teddy.responses", Duration::from_secs(180), |r| r.len() >= n);
+    let found = responses
+        .iter()
+        .map(Record::json)
+        .find(|v| v["utterance"] == utterance);
+    found.unwrap_or_else(|| panic!("no response for {utterance}"))
+}
+
+/// The reply speech of `utterance`: every chunk parses as the audio wire format; PCM16 at
+/// 16 kHz, concatenated in `seq` order up to the final (empty) chunk.
+fn speech_of(broker: &Broker, utterance: &str, chunks: u64) -> Vec<f32> {
+    let mine = |r: &Record| r.header("utterance") == Some(utterance);
+    let records = broker.collect("teddy.speech", Duration::from_secs(30), |rs| {
+        rs.iter().filter(|r| mine(r)).count() as u64 >= chunks
+    });
+    let mut parsed: Vec<_> = records
+        .iter()
+        .filter(|r| mine(r))
+        .map(|r| wire::parse_chunk(&raw(r), 1 << 20).expect("speech in the audio wire format"))
+        .collect();
+    assert_eq!(parsed.len() as u64, chunks);
+    parsed.sort_by_key(|c| c.headers.seq);
+    assert!(parsed.iter().all(|c| c.conversation == CONVERSATION));
+    assert!(parsed.iter().all(|c| c.headers.codec == "pcm_s16le" && c.headers.rate == Some(16_000)));
+    let last = parsed.last().unwrap();
+    assert!(last.headers.is_final && last.bytes.is_empty(), "ends with an empty final chunk");
+    assert_eq!(parsed.iter().filter(|c| c.headers.is_final).count(), 1);
+    parsed
+        .iter()
+        .flat_map(|c| c.bytes.chunks_exact(2))
+        .map(|b| i16::from_le_bytes([b[0], b[1]]) as f32 / 32768.0)
+        .collect()
+}
+
+fn raw(r: &Record) -> RawRecord {
+    RawRecord {
+        topic: "teddy.speech".into(),
+        partition: 0,
+        offset: 0,
+        key: Some(r.key.clone().into_bytes()),
+        value: Some(r.payload.clone()),
+        headers: r
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
+            .collect(),
+    }
+}

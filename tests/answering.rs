@@ -8,7 +8,9 @@ mod common;
 use std::time::Duration;
 
 use common::{serial, Broker, Processor, Record};
-use teddyflow_connectors::fleet::{encode, profile_record, synthesize, to_records, Utterance, Voice};
+use teddyflow_connectors::fleet::{
+    encode, profile_record, synthesize, to_records, Utterance, Voice,
+};
 use teddyflow_connectors::wire::{self, RawRecord};
 use teddyflow_models::whisper::{WhisperModel, WhisperVariant};
 
@@ -19,7 +21,12 @@ const CHILD: &str = "child-42";
 fn replies_name_the_child_are_spoken_and_follow_profile_changes() {
     let _guard = serial();
     let broker = Broker::start("answering");
-    let topics = ["teddy.audio", "teddy.responses", "teddy.speech", "teddy.alerts"];
+    let topics = [
+        "teddy.audio",
+        "teddy.responses",
+        "teddy.speech",
+        "teddy.alerts",
+    ];
     broker.create_topics(&topics, 2);
     broker.create_topics(&["teddy.profiles"], 2);
     broker.produce(&[profile_record("teddy.profiles", CHILD, "Mia", 6, "en")]);
@@ -27,17 +34,32 @@ fn replies_name_the_child_are_spoken_and_follow_profile_changes() {
     let log = || processor.log_text();
 
     // 1. The profile's name in the reply, spoken, and heard back as the reply.
-    let r1 = say(&broker, "u1", "I built a tall tower with my blocks today", 1);
+    let r1 = say(
+        &broker,
+        "u1",
+        "I built a tall tower with my blocks today",
+        1,
+    );
     let reply = &r1["reply"];
     println!("u1: {} => {reply}", r1["transcript"]);
     assert_eq!(r1["profile"], "known", "{r1}");
     assert_eq!(reply["language"], "en");
     assert_eq!(reply["origin"], "model", "{r1}");
     let text = reply["text"].as_str().unwrap();
-    assert!(text.contains("Mia"), "reply does not name the child: {text}\n{}", log());
+    assert!(
+        text.contains("Mia"),
+        "reply does not name the child: {text}\n{}",
+        log()
+    );
     let t = &r1["timings_ms"];
-    let (first, total) = (t["first_audio"].as_f64().unwrap(), t["total"].as_f64().unwrap());
-    assert!(first > 0.0 && first <= total, "first_audio {first} total {total}");
+    let (first, total) = (
+        t["first_audio"].as_f64().unwrap(),
+        t["total"].as_f64().unwrap(),
+    );
+    assert!(
+        first > 0.0 && first <= total,
+        "first_audio {first} total {total}"
+    );
 
     let pcm = speech_of(&broker, "u1", reply["speech_chunks"].as_u64().unwrap());
     assert!(pcm.len() > 16_000 / 2, "at least half a second of speech");
@@ -45,7 +67,10 @@ fn replies_name_the_child_are_spoken_and_follow_profile_changes() {
         .expect("whisper tiny.en installed by scripts/setup.sh");
     let heard = whisper.transcribe(&pcm, Some("en")).unwrap().text;
     let wer = teddyflow_models::wer::wer(text, &heard);
-    println!("spoken: {text:?}\nheard:  {heard:?}\nWER {:.1} %", wer * 100.0);
+    println!(
+        "spoken: {text:?}\nheard:  {heard:?}\nWER {:.1} %",
+        wer * 100.0
+    );
     assert!(wer <= 0.20, "speech does not match the reply: WER {wer:.2}");
 
     // 2. A profile update applies to the next utterance: new name, Spanish (curated bank).
@@ -58,7 +83,10 @@ fn replies_name_the_child_are_spoken_and_follow_profile_changes() {
     assert_eq!(reply["voice"], "es");
     assert_eq!(reply["origin"], "bank");
     assert!(reply["text"].as_str().unwrap().contains("Leo"), "{r2}");
-    assert_eq!(reply["history_turns"], 1, "the first turn is remembered: {r2}");
+    assert_eq!(
+        reply["history_turns"], 1,
+        "the first turn is remembered: {r2}"
+    );
 
     // 3. A tombstone forgets the child: defaults, no name, no memory of the conversation.
     broker.delete("teddy.profiles", CHILD);
@@ -94,7 +122,9 @@ fn say(broker: &Broker, utterance: &str, text: &str, n: usize) -> serde_json::Va
         audio: encode(&wav, "flac").unwrap(),
     };
     broker.produce(&to_records(&u, 8192, "teddy.audio", common::now_ms()));
-    let responses = broker.collect("teddy.responses", Duration::from_secs(180), |r| r.len() >= n);
+    let responses = broker.collect("teddy.responses", Duration::from_secs(180), |r| {
+        r.len() >= n
+    });
     let found = responses
         .iter()
         .map(Record::json)
@@ -117,9 +147,14 @@ fn speech_of(broker: &Broker, utterance: &str, chunks: u64) -> Vec<f32> {
     assert_eq!(parsed.len() as u64, chunks);
     parsed.sort_by_key(|c| c.headers.seq);
     assert!(parsed.iter().all(|c| c.conversation == CONVERSATION));
-    assert!(parsed.iter().all(|c| c.headers.codec == "pcm_s16le" && c.headers.rate == Some(16_000)));
+    assert!(parsed
+        .iter()
+        .all(|c| c.headers.codec == "pcm_s16le" && c.headers.rate == Some(16_000)));
     let last = parsed.last().unwrap();
-    assert!(last.headers.is_final && last.bytes.is_empty(), "ends with an empty final chunk");
+    assert!(
+        last.headers.is_final && last.bytes.is_empty(),
+        "ends with an empty final chunk"
+    );
     assert_eq!(parsed.iter().filter(|c| c.headers.is_final).count(), 1);
     parsed
         .iter()

@@ -158,7 +158,11 @@ impl Answerer {
             speaker.say(&text, emit);
             (text, Origin::Redirect, false)
         } else if !reply_bank::model_serves(&language) || !has_words(&u.transcript) {
-            let text = bank(reply_bank::kind_for(Some(emotion), Some(verdict), first_turn));
+            let text = bank(reply_bank::kind_for(
+                Some(emotion),
+                Some(verdict),
+                first_turn,
+            ));
             speaker.say(&text, emit);
             (text, Origin::Bank, false)
         } else {
@@ -172,7 +176,14 @@ impl Answerer {
                 // Redacted: the model never sees a phone number it could repeat.
                 utterance: u.transcript.clone(),
             };
-            let (spoken, replaced, first) = self.generate_checked(&prompt, &mut speaker, emit);
+            // The reply is made to start with the child's name (see `reply_opening`): say it
+            // now, while the model works on the rest of the sentence.
+            let opening = teddyflow_models::llm::prompt::reply_opening(&prompt);
+            if let Some(o) = &opening {
+                speaker.say(o.trim_end_matches(','), emit);
+            }
+            let (spoken, replaced, first) =
+                self.generate_checked(&prompt, opening, &mut speaker, emit);
             text_ms = first;
             if let Some(categories) = replaced {
                 fallback_categories = categories;
@@ -180,7 +191,11 @@ impl Answerer {
                 speaker.say(&safe, emit);
                 (join(&spoken, &safe), Origin::Model, true)
             } else if spoken.is_empty() {
-                let text = bank(reply_bank::kind_for(Some(emotion), Some(verdict), first_turn));
+                let text = bank(reply_bank::kind_for(
+                    Some(emotion),
+                    Some(verdict),
+                    first_turn,
+                ));
                 speaker.say(&text, emit);
                 (text, Origin::Bank, false)
             } else {
@@ -218,11 +233,12 @@ impl Answerer {
     }
 
     /// Generate and speak sentence by sentence; stop speaking at the first sentence that
-    /// fails the safety check. Returns the spoken sentences, the categories of the sentence
+    /// fails the safety check. `already_said` (the opening) is not spoken again. Returns the spoken sentences, the categories of the sentence
     /// that failed (if one did), and when the first sentence was ready (ms).
     fn generate_checked(
         &self,
         prompt: &Prompt,
+        mut already_said: Option<String>,
         speaker: &mut Speaker,
         emit: &mut dyn FnMut(ReplyEvent),
     ) -> (Vec<String>, Option<Vec<String>>, Option<f64>) {
@@ -241,7 +257,13 @@ impl Answerer {
                 replaced = Some(check.categories);
                 return;
             }
-            speaker.say(sentence, emit);
+            let rest = match already_said.take() {
+                Some(o) => sentence.strip_prefix(o.as_str()).unwrap_or(sentence).trim(),
+                None => sentence,
+            };
+            if has_words(rest) {
+                speaker.say(rest, emit);
+            }
             spoken.push(sentence.to_string());
         });
         match result {

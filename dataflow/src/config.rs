@@ -64,7 +64,7 @@ impl Default for Answering {
             seed: 0,
             max_tokens: 60,
             repeat_penalty: 1.1,
-            memory_turns: 4,
+            memory_turns: 2,
             memory_ttl_ms: 15 * 60 * 1000,
             memory_max_conversations: 10_000,
             default_language: "en".into(),

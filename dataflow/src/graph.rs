@@ -32,9 +32,9 @@ use crate::config::{Config, Topics};
 use crate::metrics::WorkerMetrics;
 use crate::operators::{self, Output, OutputKind, SourceHandle, SourceSettings};
 use crate::pool::{Admission, StagePool};
-use answering::{memory_for, profile_lookups, Answers};
 use crate::types::{now_ms, Decoded, Failed, Transcribed, Utterance};
 use crate::understand::{self, Acoustic, AcousticPool, UnderstandPool, Understood};
+use answering::{memory_for, profile_lookups, Answers};
 
 /// Shared by all workers of a process: the model pool and admission control.
 #[derive(Clone)]
@@ -187,8 +187,14 @@ pub fn run_worker(
                 match &pools.reply {
                     None => understood.flat_map(move |u| understood_outputs(u, &topics, index)),
                     Some(reply) => {
-                        let (lookups, forget, invalid) =
-                            profile_lookups(scope.clone(), config, (index, peers), &shared, chunks, &metrics)?;
+                        let (lookups, forget, invalid) = profile_lookups(
+                            scope.clone(),
+                            config,
+                            (index, peers),
+                            &shared,
+                            chunks,
+                            &metrics,
+                        )?;
                         profile_dead_letters = Some(invalid);
                         let answers = Answers {
                             pool: reply.clone(),
@@ -338,7 +344,12 @@ fn record_understanding(m: &mut WorkerMetrics, u: &Understood) {
 /// The response for an understood utterance, and a parent alert when it needs one.
 fn understood_outputs(u: Understood, topics: &Topics, worker: usize) -> Vec<Output> {
     let mut out: Vec<Output> = alert_for(&u, topics).into_iter().collect();
-    out.push(understood_response(u, topics, worker, serde_json::Map::new()));
+    out.push(understood_response(
+        u,
+        topics,
+        worker,
+        serde_json::Map::new(),
+    ));
     out
 }
 

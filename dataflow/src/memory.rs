@@ -56,13 +56,7 @@ impl ConversationMemory {
     }
 
     /// Remember a finished turn.
-    pub fn record(
-        &mut self,
-        conversation: &str,
-        child: Option<&str>,
-        turn: Turn,
-        now_ms: i64,
-    ) {
+    pub fn record(&mut self, conversation: &str, child: Option<&str>, turn: Turn, now_ms: i64) {
         if self.max_turns == 0 {
             return;
         }
@@ -92,7 +86,8 @@ impl ConversationMemory {
     /// Forget every conversation of `child` (their profile was deleted).
     pub fn forget_child(&mut self, child: &str) -> usize {
         let before = self.entries.len();
-        self.entries.retain(|_, e| e.child.as_deref() != Some(child));
+        self.entries
+            .retain(|_, e| e.child.as_deref() != Some(child));
         before - self.entries.len()
     }
 
@@ -144,7 +139,10 @@ mod tests {
     fn expires_forgets_children_and_stays_bounded() {
         let mut m = ConversationMemory::new(4, 1000, 2);
         m.record("a", Some("c1"), turn(0), 0);
-        assert!(m.history("a", Some("c1"), 1001).is_empty(), "idle past the TTL");
+        assert!(
+            m.history("a", Some("c1"), 1001).is_empty(),
+            "idle past the TTL"
+        );
         m.record("a", Some("c1"), turn(1), 2000);
         assert!(m.history("a", Some("c2"), 2001).is_empty(), "another child");
         m.record("a", Some("c1"), turn(1), 2000);

@@ -75,8 +75,14 @@ pub fn parse_profile(value: &[u8]) -> Result<Profile, ProfileError> {
         serde_json::from_slice(value).map_err(|e| ProfileError::NotJson(e.to_string()))?;
     let text = |v: Option<String>| v.map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
     let name = text(raw.name);
-    if name.as_ref().is_some_and(|n| n.chars().count() > MAX_NAME_CHARS) {
-        return Err(ProfileError::Field("name", "longer than 60 characters".into()));
+    if name
+        .as_ref()
+        .is_some_and(|n| n.chars().count() > MAX_NAME_CHARS)
+    {
+        return Err(ProfileError::Field(
+            "name",
+            "longer than 60 characters".into(),
+        ));
     }
     let age = match raw.age {
         None | Some(serde_json::Value::Null) => None,
@@ -114,12 +120,7 @@ pub struct ProfileTable {
 impl ProfileTable {
     /// Apply one record: `Some(value)` upserts, `None` (tombstone) deletes. Returns the
     /// updates to emit at `time`.
-    pub fn apply(
-        &mut self,
-        child: &str,
-        value: Option<Profile>,
-        time: u64,
-    ) -> Vec<ProfileEvent> {
+    pub fn apply(&mut self, child: &str, value: Option<Profile>, time: u64) -> Vec<ProfileEvent> {
         let old = match &value {
             Some(p) => self.current.insert(child.to_string(), p.clone()),
             None => self.current.remove(child),
@@ -196,7 +197,9 @@ pub fn profile_source<'s>(
             if let Some(high) = &loading {
                 if caught_up(r, high) || started.elapsed() >= settings.load_timeout {
                     if !caught_up(r, high) {
-                        tracing::warn!("profiles topic not read to its end in time; answering anyway");
+                        tracing::warn!(
+                            "profiles topic not read to its end in time; answering anyway"
+                        );
                     }
                     tracing::info!(profiles = table.len(), "profiles loaded");
                     loading = None;
@@ -278,9 +281,9 @@ pub fn lookups<'s>(
         })
         .as_collection();
     let events = utterance_events(chunks).as_collection();
-    let known = events.clone().join_map(profiles.clone(), |_, key, p| {
-        (key.clone(), Some(p.clone()))
-    });
+    let known = events
+        .clone()
+        .join_map(profiles.clone(), |_, key, p| (key.clone(), Some(p.clone())));
     let unknown = events
         .antijoin(profiles.map(|(child, _)| child).distinct())
         .map(|(_, key)| (key, None));
@@ -375,12 +378,13 @@ mod tests {
     #[test]
     fn each_utterance_meets_the_profile_of_its_moment_once() {
         let out = timely::execute_directly(|worker| {
-            let (mut chunks, mut updates, probe, captured) = worker.dataflow::<u64, _, _>(|scope| {
-                let (ch, c) = scope.new_input::<Vec<Chunk>>();
-                let (uh, u) = scope.new_input::<Vec<(String, Profile, u64, isize)>>();
-                let (probe, out) = lookups(c, u).probe();
-                (ch, uh, probe, out.capture())
-            });
+            let (mut chunks, mut updates, probe, captured) =
+                worker.dataflow::<u64, _, _>(|scope| {
+                    let (ch, c) = scope.new_input::<Vec<Chunk>>();
+                    let (uh, u) = scope.new_input::<Vec<(String, Profile, u64, isize)>>();
+                    let (probe, out) = lookups(c, u).probe();
+                    (ch, uh, probe, out.capture())
+                });
             updates.send(("c1".into(), named("Mia"), 0, 1));
             updates.advance_to(1);
             chunks.advance_to(1);
@@ -422,8 +426,14 @@ mod tests {
         assert_eq!(p.name.as_deref(), Some("Mia"));
         assert_eq!(p.age, Some(5));
         assert_eq!(p.voice, None);
-        assert_eq!(parse_profile(br#"{"name":""}"#).unwrap(), Profile::default());
-        assert!(matches!(parse_profile(b"not json"), Err(ProfileError::NotJson(_))));
+        assert_eq!(
+            parse_profile(br#"{"name":""}"#).unwrap(),
+            Profile::default()
+        );
+        assert!(matches!(
+            parse_profile(b"not json"),
+            Err(ProfileError::NotJson(_))
+        ));
         assert!(matches!(
             parse_profile(br#"{"age":42}"#),
             Err(ProfileError::Field("age", _))
@@ -443,14 +453,26 @@ mod tests {
             name: Some("Leo".into()),
             ..Default::default()
         };
-        assert!(matches!(&t.apply("c1", Some(mia.clone()), 1)[..], [ProfileEvent::Update(_, p, 1, 1)] if *p == mia));
-        assert!(t.apply("c1", Some(mia.clone()), 2).is_empty(), "repeat is no change");
+        assert!(
+            matches!(&t.apply("c1", Some(mia.clone()), 1)[..], [ProfileEvent::Update(_, p, 1, 1)] if *p == mia)
+        );
+        assert!(
+            t.apply("c1", Some(mia.clone()), 2).is_empty(),
+            "repeat is no change"
+        );
         let ev = t.apply("c1", Some(leo.clone()), 3);
-        assert!(matches!(&ev[..], [ProfileEvent::Update(_, a, 3, -1), ProfileEvent::Update(_, b, 3, 1)] if *a == mia && *b == leo));
+        assert!(
+            matches!(&ev[..], [ProfileEvent::Update(_, a, 3, -1), ProfileEvent::Update(_, b, 3, 1)] if *a == mia && *b == leo)
+        );
         let ev = t.apply("c1", None, 4);
-        assert!(matches!(&ev[..], [ProfileEvent::Update(_, a, 4, -1), ProfileEvent::Deleted(c)] if *a == leo && c == "c1"));
+        assert!(
+            matches!(&ev[..], [ProfileEvent::Update(_, a, 4, -1), ProfileEvent::Deleted(c)] if *a == leo && c == "c1")
+        );
         assert!(t.is_empty());
         let ev = t.apply("c2", None, 5);
-        assert!(matches!(&ev[..], [ProfileEvent::Deleted(c)] if c == "c2"), "a delete always forgets");
+        assert!(
+            matches!(&ev[..], [ProfileEvent::Deleted(c)] if c == "c2"),
+            "a delete always forgets"
+        );
     }
 }

@@ -21,9 +21,8 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use serde::{Deserialize, Serialize};
-use teddyflow_connectors::fleet::{default_voices, Voice};
-use teddyflow_connectors::kafka::{ensure_topics, KafkaSettings, TopicSpec};
-use teddyflow_dataflow::config::Config;
+use teddyflow_connectors::fleet::{default_voices, profile_record, Voice, CHILD_NAMES};
+use teddyflow_connectors::kafka::{ensure_topics, AckedWriter, KafkaSettings, TopicSpec};
 
 use collect::{Collector, OutputTopics};
 use load::{Arrival, LoadSpec, Planned};
@@ -170,9 +169,10 @@ struct Bench {
     warm: Vec<Planned>,
     stop: Arc<AtomicBool>,
     log_dir: PathBuf,
-    speech_topic: bool,
-    thread_keys: Vec<String>,
 }
+
+/// Stage thread pools, all set to `--stage-threads` (default: the worker count).
+const THREAD_KEYS: [&str; 3] = ["asr.threads", "understanding.threads", "answering.threads"];
 
 pub fn run(args: E2eArgs) -> anyhow::Result<()> {
     validate(&args)?;
@@ -274,19 +274,7 @@ fn prepare(
         warm,
         stop,
         log_dir,
-        speech_topic: accepted("topics.speech=\"x\""),
-        thread_keys: ["asr.threads", "understanding.threads", "answering.threads"]
-            .into_iter()
-            .filter(|k| accepted(&format!("{k}=1")))
-            .map(String::from)
-            .collect(),
     })
-}
-
-/// Whether this build's config knows a key (it rejects unknown ones): answering adds
-/// `topics.speech` and its thread pool, and the bench passes them only once they exist.
-fn accepted(key_value: &str) -> bool {
-    Config::load(None, &[key_value.to_string()]).is_ok()
 }
 
 fn voices(names: &[String]) -> Vec<Voice> {
@@ -317,11 +305,16 @@ struct RunTopics {
 }
 
 impl RunTopics {
-    fn new(prefix: &str, speech: bool) -> RunTopics {
-        let mut kinds = vec!["audio", "responses", "metrics", "deadletter", "alerts"];
-        if speech {
-            kinds.push("speech");
-        }
+    fn new(prefix: &str) -> RunTopics {
+        let kinds = [
+            "audio",
+            "responses",
+            "metrics",
+            "deadletter",
+            "alerts",
+            "speech",
+            "profiles",
+        ];
         RunTopics {
             prefix: prefix.into(),
             names: kinds
@@ -349,10 +342,10 @@ impl RunTopics {
     fn specs(&self, partitions: i32) -> Vec<TopicSpec> {
         self.names
             .iter()
-            .map(|(_, name)| TopicSpec {
+            .map(|(kind, name)| TopicSpec {
                 name: name.clone(),
                 partitions,
-                compacted: false,
+                compacted: *kind == "profiles",
             })
             .collect()
     }
@@ -368,7 +361,7 @@ fn proc_spec(bench: &Bench, args: &E2eArgs, workers: usize, topics: &RunTopics) 
     sets.push(format!("kafka.group_id=\"{}\"", topics.prefix));
     sets.push("engine.metrics_interval_ms=1000".into());
     let threads = args.stage_threads.unwrap_or(workers);
-    sets.extend(bench.thread_keys.iter().map(|k| format!("{k}={threads}")));
+    sets.extend(THREAD_KEYS.iter().map(|k| format!("{k}={threads}")));
     sets.extend(args.set.iter().cloned());
     ProcSpec {
         brokers: bench.settings.brokers.clone(),
@@ -381,8 +374,9 @@ fn proc_spec(bench: &Bench, args: &E2eArgs, workers: usize, topics: &RunTopics) 
 }
 
 fn one_run(bench: &Bench, args: &E2eArgs, workers: usize) -> anyhow::Result<RunReport> {
-    let topics = RunTopics::new(&format!("{}-w{workers}", bench.run_id), bench.speech_topic);
+    let topics = RunTopics::new(&format!("{}-w{workers}", bench.run_id));
     ensure_topics(&bench.settings, &topics.specs(args.partitions))?;
+    write_profiles(bench, args, &topics)?;
     let mut collector = Collector::open(&bench.settings, &topics.outputs())?;
     let spec = proc_spec(bench, args, workers, &topics);
     tracing::info!(workers, processes = args.processes, logs = %spec.log_dir.display(), "starting processors");
@@ -414,6 +408,19 @@ fn one_run(bench: &Bench, args: &E2eArgs, workers: usize) -> anyhow::Result<RunR
         cpu_window_s,
     };
     Ok(run_report(&ctx, &collector, &finals, usage))
+}
+
+/// Every simulated child has a profile, as in a real fleet: replies carry a name and the
+/// profile join does real work.
+fn write_profiles(bench: &Bench, args: &E2eArgs, topics: &RunTopics) -> anyhow::Result<()> {
+    let writer = AckedWriter::open(&bench.settings)?;
+    for c in 0..args.conversations {
+        let child = format!("{}-child-{c}", topics.prefix);
+        let name = CHILD_NAMES[c % CHILD_NAMES.len()];
+        let rec = profile_record(topics.name("profiles"), &child, name, 6, "en");
+        crate::cmd::fleet::send_with_retry(&writer, c as u64 + 1, &rec)?;
+    }
+    crate::cmd::fleet::wait_acks(&writer)
 }
 
 fn warm_up(
@@ -544,7 +551,7 @@ fn run_report(
         workers: ctx.workers,
         processes: ctx.args.processes,
         stage_threads: ctx.args.stage_threads.unwrap_or(ctx.workers),
-        stage_thread_keys: ctx.bench.thread_keys.clone(),
+        stage_thread_keys: THREAD_KEYS.iter().map(|k| k.to_string()).collect(),
         topic_prefix: ctx.prefix.to_string(),
         sent: ctx.bench.load.len(),
         matched,

@@ -152,7 +152,13 @@ fn write_profiles(
         let language = if c % 4 == 3 { "es" } else { "en" };
         let name = CHILD_NAMES[c % CHILD_NAMES.len()];
         let age = 4 + (c % 5) as u8;
-        let rec = profile_record(&args.profiles_topic, &format!("child-{c}"), name, age, language);
+        let rec = profile_record(
+            &args.profiles_topic,
+            &format!("child-{c}"),
+            name,
+            age,
+            language,
+        );
         send_with_retry(writer, (c + 1) as u64, &rec)?;
     }
     wait_acks(writer)?;

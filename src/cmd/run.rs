@@ -97,7 +97,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
 
 fn topic_specs(config: &Config) -> Vec<TopicSpec> {
     let t = &config.topics;
-    let streams = [&t.audio, &t.responses, &t.metrics, &t.deadletter, &t.alerts, &t.speech];
+    let streams = [
+        &t.audio,
+        &t.responses,
+        &t.metrics,
+        &t.deadletter,
+        &t.alerts,
+        &t.speech,
+    ];
     let mut specs: Vec<TopicSpec> = streams
         .into_iter()
         .map(|name| TopicSpec {

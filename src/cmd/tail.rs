@@ -98,7 +98,11 @@ fn reply_line(v: &serde_json::Value) -> String {
         r["language"].as_str().unwrap_or("?"),
         r["voice"].as_str().unwrap_or("?"),
         r["origin"].as_str().unwrap_or("?"),
-        if r["fallback"].as_bool() == Some(true) { ", replaced" } else { "" },
+        if r["fallback"].as_bool() == Some(true) {
+            ", replaced"
+        } else {
+            ""
+        },
         v["timings_ms"]["first_audio"],
     )
 }

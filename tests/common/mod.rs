@@ -147,7 +147,9 @@ impl Broker {
             .send(BaseRecord::<str, [u8]>::to(topic).key(key))
             .map_err(|(e, _)| e)
             .expect("send tombstone");
-        producer.flush(Duration::from_secs(10)).expect("tombstone acknowledged");
+        producer
+            .flush(Duration::from_secs(10))
+            .expect("tombstone acknowledged");
     }
 
     /// Read `topic` from the beginning until `done` says so or `timeout` passes.

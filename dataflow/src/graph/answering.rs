@@ -12,7 +12,7 @@ use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::{Scope, Stream};
 
 use super::{understood_response, ProcessShared};
-use crate::answer::{ReplyEvent, ReplyJob, ReplyPool, Replied};
+use crate::answer::{Replied, ReplyEvent, ReplyJob, ReplyPool};
 use crate::config::{Config, Topics};
 use crate::memory::ConversationMemory;
 use crate::metrics::WorkerMetrics;
@@ -117,12 +117,20 @@ impl Answers {
         let memory = self.memory.clone();
         deleted.broadcast().inspect(move |child: &String| {
             let n = memory.borrow_mut().forget_child(child);
-            tracing::debug!(conversations = n, "profile deleted: conversations forgotten");
+            tracing::debug!(
+                conversations = n,
+                "profile deleted: conversations forgotten"
+            );
         });
         let joined = operators::join_lookup(
             understood,
             lookups,
-            |u: &Understood| (u.heard.meta.conversation.clone(), u.heard.meta.utterance.clone()),
+            |u: &Understood| {
+                (
+                    u.heard.meta.conversation.clone(),
+                    u.heard.meta.utterance.clone(),
+                )
+            },
             |l: &Lookup| (l.conversation.clone(), l.utterance.clone()),
             |u: &Understood| u.heard.meta.ready_time,
         );

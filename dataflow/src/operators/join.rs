@@ -83,51 +83,61 @@ where
     A: Clone + 'static,
     B: Clone + 'static,
 {
-    left.binary_frontier(right, Pipeline, Pipeline, "JoinLookup", move |_cap, _info| {
-        let mut lefts: HashMap<K, (Capability<u64>, A)> = HashMap::new();
-        let mut rights: HashMap<K, (Capability<u64>, B)> = HashMap::new();
-        move |(in1, frontier1), (in2, frontier2), output| {
-            in1.for_each(|cap, data| {
-                let Some(cap) = cap.retain_least(0) else {
-                    return;
-                };
-                for a in data.drain(..) {
-                    let k = key_a(&a);
-                    match rights.remove(&k) {
-                        Some((other, b)) => output.session(earlier(&cap, &other)).give((a, Some(b))),
-                        None => {
-                            lefts.insert(k, (cap.clone(), a));
+    left.binary_frontier(
+        right,
+        Pipeline,
+        Pipeline,
+        "JoinLookup",
+        move |_cap, _info| {
+            let mut lefts: HashMap<K, (Capability<u64>, A)> = HashMap::new();
+            let mut rights: HashMap<K, (Capability<u64>, B)> = HashMap::new();
+            move |(in1, frontier1), (in2, frontier2), output| {
+                in1.for_each(|cap, data| {
+                    let Some(cap) = cap.retain_least(0) else {
+                        return;
+                    };
+                    for a in data.drain(..) {
+                        let k = key_a(&a);
+                        match rights.remove(&k) {
+                            Some((other, b)) => {
+                                output.session(earlier(&cap, &other)).give((a, Some(b)))
+                            }
+                            None => {
+                                lefts.insert(k, (cap.clone(), a));
+                            }
                         }
                     }
-                }
-            });
-            in2.for_each(|cap, data| {
-                let Some(cap) = cap.retain_least(0) else {
-                    return;
-                };
-                for b in data.drain(..) {
-                    let k = key_b(&b);
-                    match lefts.remove(&k) {
-                        Some((other, a)) => output.session(earlier(&cap, &other)).give((a, Some(b))),
-                        None => {
-                            rights.insert(k, (cap.clone(), b));
+                });
+                in2.for_each(|cap, data| {
+                    let Some(cap) = cap.retain_least(0) else {
+                        return;
+                    };
+                    for b in data.drain(..) {
+                        let k = key_b(&b);
+                        match lefts.remove(&k) {
+                            Some((other, a)) => {
+                                output.session(earlier(&cap, &other)).give((a, Some(b)))
+                            }
+                            None => {
+                                rights.insert(k, (cap.clone(), b));
+                            }
                         }
                     }
+                });
+                let gone: Vec<K> = lefts
+                    .iter()
+                    .filter(|(_, (_, a))| !frontier2.less_equal(&ready(a)))
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for k in gone {
+                    if let Some((cap, a)) = lefts.remove(&k) {
+                        output.session(&cap).give((a, None));
+                    }
                 }
-            });
-            let gone: Vec<K> = lefts
-                .iter()
-                .filter(|(_, (_, a))| !frontier2.less_equal(&ready(a)))
-                .map(|(k, _)| k.clone())
-                .collect();
-            for k in gone {
-                if let Some((cap, a)) = lefts.remove(&k) {
-                    output.session(&cap).give((a, None));
-                }
+                rights.retain(|_, (cap, _)| frontier1.less_equal(cap.time()));
             }
-            rights.retain(|_, (cap, _)| frontier1.less_equal(cap.time()));
-        }
-    })
+        },
+    )
 }
 
 fn earlier<'a>(a: &'a Capability<u64>, b: &'a Capability<u64>) -> &'a Capability<u64> {
@@ -218,6 +228,9 @@ mod tests {
             .flat_map(|(t, v)| v.into_iter().map(move |x| (t, x)))
             .collect();
         got.sort();
-        assert_eq!(got, vec![(0, ((1, 3), Some((1, 'a')))), (0, ((2, 0), None))]);
+        assert_eq!(
+            got,
+            vec![(0, ((1, 3), Some((1, 'a')))), (0, ((2, 0), None))]
+        );
     }
 }

@@ -38,7 +38,9 @@ pub enum OutputKind {
     DeadLetter,
     Alert,
     /// A chunk of reply speech; `first` is the first chunk of its reply.
-    Speech { first: bool },
+    Speech {
+        first: bool,
+    },
 }
 
 /// Conversation and utterance of a record (its key and `utterance` header).
@@ -77,7 +79,11 @@ impl FirstAudio {
     }
 
     /// A response ready to send now (with `first_audio` filled in), or `None` if held.
-    fn release(&mut self, cap: Capability<u64>, mut out: Output) -> Option<(Capability<u64>, Output)> {
+    fn release(
+        &mut self,
+        cap: Capability<u64>,
+        mut out: Output,
+    ) -> Option<(Capability<u64>, Output)> {
         if out.kind != OutputKind::Response {
             return Some((cap, out));
         }
@@ -90,7 +96,8 @@ impl FirstAudio {
             Some(Some(at)) => {
                 let first_audio = (at - out.completed_ms) as f64;
                 self.acked.remove(&key);
-                out.record.payload = with_timings(&out.record.payload, first_audio, out.completed_ms);
+                out.record.payload =
+                    with_timings(&out.record.payload, first_audio, out.completed_ms);
                 Some((cap, out))
             }
             None => Some((cap, out)),
@@ -113,7 +120,10 @@ fn with_timings(payload: &[u8], first_audio_ms: f64, completed_ms: i64) -> Vec<u
     };
     if let Some(t) = body.get_mut("timings_ms").and_then(|t| t.as_object_mut()) {
         t.insert("first_audio".into(), serde_json::json!(first_audio_ms));
-        t.insert("total".into(), serde_json::json!((now_ms() - completed_ms) as f64));
+        t.insert(
+            "total".into(),
+            serde_json::json!((now_ms() - completed_ms) as f64),
+        );
     }
     body.to_string().into_bytes()
 }

@@ -47,8 +47,17 @@ where
                 out.insert(next_id, cap);
                 pool.submit(next_id, item, reply.clone(), sync_activator.clone());
             }
-            for Reply { id, output: result, last } in results.try_iter() {
-                let cap = if last { out.remove(&id) } else { out.get(&id).cloned() };
+            for Reply {
+                id,
+                output: result,
+                last,
+            } in results.try_iter()
+            {
+                let cap = if last {
+                    out.remove(&id)
+                } else {
+                    out.get(&id).cloned()
+                };
                 if let Some(cap) = cap {
                     on_done(&result);
                     output.session(&cap).give(result);

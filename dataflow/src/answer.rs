@@ -36,6 +36,8 @@ pub struct ReplyJob {
     /// `None`: the child has no profile; the defaults in `[answering]` apply.
     pub profile: Option<Profile>,
     pub history: Vec<Turn>,
+    /// When the job was handed to the pool: the wait for a reply thread is `reply_wait`.
+    pub queued_at: Instant,
 }
 
 /// Where the reply text came from.
@@ -132,6 +134,7 @@ pub fn reply_pool(config: &Config, safety: SafetyModel) -> anyhow::Result<Arc<Re
 impl Answerer {
     fn answer(&self, job: ReplyJob, emit: &mut dyn FnMut(ReplyEvent)) -> Replied {
         let started = Instant::now();
+        let waited = started.duration_since(job.queued_at).as_secs_f64() * 1e3;
         let u = &job.understood;
         let profile = job.profile.clone().unwrap_or_default();
         let language = profile
@@ -209,6 +212,7 @@ impl Answerer {
         let profile_known = job.profile.is_some();
         let mut understood = job.understood;
         let meta = &mut understood.heard.meta;
+        meta.time("reply_wait", waited);
         if let Some(ms) = text_ms {
             meta.time("reply_first_sentence", ms);
         }

@@ -145,6 +145,7 @@ impl Answers {
                 profile: lookup.and_then(|l| l.profile),
                 history,
                 understood,
+                queued_at: std::time::Instant::now(),
             }
         });
         let (memory, metrics) = (self.memory.clone(), self.metrics.clone());

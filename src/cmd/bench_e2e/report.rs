@@ -29,8 +29,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use teddyflow_dataflow::metrics::percentile;
 
-/// Timing keys in `timings_ms` that are whole-path figures, not stages.
-const NOT_STAGES: [&str; 2] = ["total", "first_audio"];
+/// Timing keys in `timings_ms` that are whole-path figures or points inside a stage
+/// (`reply_first_sentence` is part of `reply`), not stages of their own.
+const NOT_STAGES: [&str; 3] = ["total", "first_audio", "reply_first_sentence"];
 
 /// A stage that is time spent queued, not compute.
 pub fn is_wait(stage: &str) -> bool {

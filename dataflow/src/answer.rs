@@ -150,10 +150,10 @@ impl Answerer {
         let mut speaker = Speaker::new(self, meta, &voice, style);
         let seed = self.seed ^ stable_hash(&meta.utterance);
         let first_turn = job.history.is_empty();
-        let bank = |kind| {
-            reply_bank::bank_reply(&language, kind, name, seed)
-                .unwrap_or_else(|| reply_bank::fallback_reply(&language, name, seed))
-        };
+        // The curated reply for this turn: spoken when the model is not used or says nothing.
+        let kind = reply_bank::kind_for(Some(emotion), Some(verdict), first_turn);
+        let curated = reply_bank::bank_reply(&language, kind, name, seed)
+            .unwrap_or_else(|| reply_bank::fallback_reply(&language, name, seed));
         let mut text_ms = None;
         let mut fallback_categories = Vec::new();
         let (text, origin, fallback) = if u.safety.verdict == Verdict::Unsafe {
@@ -161,13 +161,8 @@ impl Answerer {
             speaker.say(&text, emit);
             (text, Origin::Redirect, false)
         } else if !reply_bank::model_serves(&language) || !has_words(&u.transcript) {
-            let text = bank(reply_bank::kind_for(
-                Some(emotion),
-                Some(verdict),
-                first_turn,
-            ));
-            speaker.say(&text, emit);
-            (text, Origin::Bank, false)
+            speaker.say(&curated, emit);
+            (curated, Origin::Bank, false)
         } else {
             let prompt = Prompt {
                 child_name: profile.name.clone(),
@@ -194,13 +189,8 @@ impl Answerer {
                 speaker.say(&safe, emit);
                 (join(&spoken, &safe), Origin::Model, true)
             } else if spoken.is_empty() {
-                let text = bank(reply_bank::kind_for(
-                    Some(emotion),
-                    Some(verdict),
-                    first_turn,
-                ));
-                speaker.say(&text, emit);
-                (text, Origin::Bank, false)
+                speaker.say(&curated, emit);
+                (curated, Origin::Bank, false)
             } else {
                 (spoken.join(" "), Origin::Model, false)
             }

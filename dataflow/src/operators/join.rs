@@ -1,5 +1,5 @@
-//! Join two streams of per-utterance halves by key. Both halves of an utterance carry the
-//! same timestamp (they fork from one decoded utterance). A half whose partner can no
+//! Join two streams of per-utterance records by key. `join_halves`: both halves of an
+//! utterance carry the same timestamp (they fork from one decoded utterance). A half whose partner can no
 //! longer arrive — the other input's frontier has passed its time, e.g. speech-to-text
 //! failed and went to the dead-letter topic — is dropped, so no capability is held forever.
 
@@ -28,36 +28,22 @@ where
         Pipeline,
         "JoinHalves",
         move |_cap, _info| {
-            let mut lefts: HashMap<K, (Capability<u64>, A)> = HashMap::new();
-            let mut rights: HashMap<K, (Capability<u64>, B)> = HashMap::new();
+            let mut lefts: Waiting<K, A> = HashMap::new();
+            let mut rights: Waiting<K, B> = HashMap::new();
             move |(in1, frontier1), (in2, frontier2), output| {
                 in1.for_each(|cap, data| {
                     let Some(cap) = cap.retain_least(0) else {
                         return;
                     };
-                    for a in data.drain(..) {
-                        let k = key_a(&a);
-                        match rights.remove(&k) {
-                            Some((_, b)) => output.session(&cap).give((a, b)),
-                            None => {
-                                lefts.insert(k, (cap.clone(), a));
-                            }
-                        }
-                    }
+                    let emit = |at: &Capability<u64>, a, b| output.session(at).give((a, b));
+                    pair_or_wait(&cap, data.drain(..), &key_a, &mut rights, &mut lefts, emit);
                 });
                 in2.for_each(|cap, data| {
                     let Some(cap) = cap.retain_least(0) else {
                         return;
                     };
-                    for b in data.drain(..) {
-                        let k = key_b(&b);
-                        match lefts.remove(&k) {
-                            Some((_, a)) => output.session(&cap).give((a, b)),
-                            None => {
-                                rights.insert(k, (cap.clone(), b));
-                            }
-                        }
-                    }
+                    let emit = |at: &Capability<u64>, b, a| output.session(at).give((a, b));
+                    pair_or_wait(&cap, data.drain(..), &key_b, &mut lefts, &mut rights, emit);
                 });
                 // A half waits only while its partner's input could still deliver at its time.
                 lefts.retain(|_, (cap, _)| frontier2.less_equal(cap.time()));
@@ -89,40 +75,22 @@ where
         Pipeline,
         "JoinLookup",
         move |_cap, _info| {
-            let mut lefts: HashMap<K, (Capability<u64>, A)> = HashMap::new();
-            let mut rights: HashMap<K, (Capability<u64>, B)> = HashMap::new();
+            let mut lefts: Waiting<K, A> = HashMap::new();
+            let mut rights: Waiting<K, B> = HashMap::new();
             move |(in1, frontier1), (in2, frontier2), output| {
                 in1.for_each(|cap, data| {
                     let Some(cap) = cap.retain_least(0) else {
                         return;
                     };
-                    for a in data.drain(..) {
-                        let k = key_a(&a);
-                        match rights.remove(&k) {
-                            Some((other, b)) => {
-                                output.session(earlier(&cap, &other)).give((a, Some(b)))
-                            }
-                            None => {
-                                lefts.insert(k, (cap.clone(), a));
-                            }
-                        }
-                    }
+                    let emit = |at: &Capability<u64>, a, b| output.session(at).give((a, Some(b)));
+                    pair_or_wait(&cap, data.drain(..), &key_a, &mut rights, &mut lefts, emit);
                 });
                 in2.for_each(|cap, data| {
                     let Some(cap) = cap.retain_least(0) else {
                         return;
                     };
-                    for b in data.drain(..) {
-                        let k = key_b(&b);
-                        match lefts.remove(&k) {
-                            Some((other, a)) => {
-                                output.session(earlier(&cap, &other)).give((a, Some(b)))
-                            }
-                            None => {
-                                rights.insert(k, (cap.clone(), b));
-                            }
-                        }
-                    }
+                    let emit = |at: &Capability<u64>, b, a| output.session(at).give((a, Some(b)));
+                    pair_or_wait(&cap, data.drain(..), &key_b, &mut lefts, &mut rights, emit);
                 });
                 let gone: Vec<K> = lefts
                     .iter()
@@ -138,6 +106,30 @@ where
             }
         },
     )
+}
+
+/// Records waiting for their partner, by key, with the capability of their time.
+type Waiting<K, X> = HashMap<K, (Capability<u64>, X)>;
+
+/// Pair each arriving record with its waiting partner (emitted at the earlier of the two
+/// capabilities), or make it wait.
+fn pair_or_wait<K: Hash + Eq, X, Y>(
+    cap: &Capability<u64>,
+    arriving: impl Iterator<Item = X>,
+    key: &impl Fn(&X) -> K,
+    partners: &mut Waiting<K, Y>,
+    waiting: &mut Waiting<K, X>,
+    mut emit: impl FnMut(&Capability<u64>, X, Y),
+) {
+    for x in arriving {
+        let k = key(&x);
+        match partners.remove(&k) {
+            Some((other, y)) => emit(earlier(cap, &other), x, y),
+            None => {
+                waiting.insert(k, (cap.clone(), x));
+            }
+        }
+    }
 }
 
 fn earlier<'a>(a: &'a Capability<u64>, b: &'a Capability<u64>) -> &'a Capability<u64> {

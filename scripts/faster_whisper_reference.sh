@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The reference the ASR target is measured against: faster-whisper 1.2.1 (CTranslate2, int8,
+# 2 threads, greedy) on the same CTranslate2 tiny.en files teddyflow loads, over the five
+# LibriVox utterances of pocketsphinx-testdata. Prints RTF and WER (same normalization as
+# models/src/wer.rs). Run it on a quiet machine, beside `make bench-asr`.
+#   bash scripts/faster_whisper_reference.sh
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.assets/venv-faster-whisper"
+MODEL="$ROOT/.assets/models/whisper-tiny.en"
+DATA=/usr/share/pocketsphinx/test/data/librivox
+[ -d "$MODEL" ] || { echo "run scripts/setup.sh first ($MODEL missing)" >&2; exit 1; }
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet faster-whisper==1.2.1
+fi
+"$VENV/bin/python" - "$MODEL" "$DATA" <<'PY'
+import re, sys, time, wave
+from faster_whisper import WhisperModel
+
+model_dir, data = sys.argv[1], sys.argv[2]
+refs = {}
+for line in open(f"{data}/transcription"):
+    m = re.match(r"\s*(?:<s>)?(.*?)(?:</s>)?\s*\((\S+)\)\s*$", line)
+    if m:
+        refs[m.group(2)] = m.group(1)
+
+def norm(t):
+    t = "".join(c if c.isalnum() or c == "'" else " " for c in t).lower()
+    return [w.strip("'") for w in t.split() if w.strip("'")]
+
+def errors(ref, hyp):
+    r, h = norm(ref), norm(hyp)
+    d = list(range(len(h) + 1))
+    for i in range(1, len(r) + 1):
+        prev, d[0] = d[0], i
+        for j in range(1, len(h) + 1):
+            cur = min(d[j] + 1, d[j - 1] + 1, prev + (r[i - 1] != h[j - 1]))
+            prev, d[j] = d[j], cur
+    return d[len(h)], len(r)
+
+model = WhisperModel(model_dir, device="cpu", compute_type="int8", cpu_threads=2)
+def run(path):
+    segments, _ = model.transcribe(path, language="en", beam_size=1, vad_filter=False)
+    return " ".join(s.text.strip() for s in segments)
+
+ids = sorted(refs)
+run(f"{data}/{ids[0]}.wav")  # warm-up, untimed
+audio_s = compute_s = 0.0
+errs = words = 0
+for i in ids:
+    path = f"{data}/{i}.wav"
+    with wave.open(path) as w:
+        audio_s += w.getnframes() / w.getframerate()
+    t = time.perf_counter()
+    hyp = run(path)
+    compute_s += time.perf_counter() - t
+    e, n = errors(refs[i], hyp)
+    errs, words = errs + e, words + n
+print(f"faster-whisper tiny.en int8, 2 threads, beam 1: {len(ids)} clips, {audio_s:.1f} s audio, "
+      f"{compute_s:.2f} s compute, RTF {compute_s / audio_s:.3f}, WER {100 * errs / words:.2f} %")
+PY

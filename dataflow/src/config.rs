@@ -152,7 +152,8 @@ pub struct Engine {
     pub drain_timeout_ms: u64,
     /// How often each worker writes a metrics snapshot.
     pub metrics_interval_ms: u64,
-    /// Utterances assembled but not yet transcribed, per process, before sources pause reading.
+    /// Utterances assembled but not yet through their last model stage, per process, before
+    /// sources pause reading (bounds every stage's queue under a burst).
     pub max_pending_utterances: usize,
 }
 

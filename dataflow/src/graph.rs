@@ -145,12 +145,17 @@ pub fn run_worker(
             result
         });
         let (decoded, undecodable) = split(decoded);
+        // An utterance counts against admission until its last model stage is done, so a
+        // slow reply stage pauses reading instead of growing a queue.
+        let asr_is_last = shared.understanding.is_none();
         let (admission, m) = (shared.admission.clone(), metrics.clone());
         let transcribed = operators::async_stage(
             decoded.clone(),
             shared.asr.clone(),
             move |r: &Result<Transcribed, Failed>| {
-                admission.leave();
+                if r.is_err() || asr_is_last {
+                    admission.leave();
+                }
                 let mut m = m.borrow_mut();
                 match r {
                     Ok(t) => {
@@ -178,11 +183,17 @@ pub fn run_worker(
                     |t: &Transcribed| (t.meta.conversation.clone(), t.meta.utterance.clone()),
                     |a: &Acoustic| (a.conversation.clone(), a.utterance.clone()),
                 );
-                let m = metrics.clone();
+                let (m, admission) = (metrics.clone(), shared.admission.clone());
+                let understand_is_last = pools.reply.is_none();
                 let understood = operators::async_stage(
                     heard,
                     pools.understand.clone(),
-                    move |u: &Understood| record_understanding(&mut m.borrow_mut(), u),
+                    move |u: &Understood| {
+                        record_understanding(&mut m.borrow_mut(), u);
+                        if understand_is_last {
+                            admission.leave();
+                        }
+                    },
                 );
                 match &pools.reply {
                     None => understood.flat_map(move |u| understood_outputs(u, &topics, index)),
@@ -200,6 +211,7 @@ pub fn run_worker(
                             pool: reply.clone(),
                             memory: Rc::new(RefCell::new(memory_for(config))),
                             metrics: metrics.clone(),
+                            admission: shared.admission.clone(),
                             topics: topics.clone(),
                             worker: index,
                         };

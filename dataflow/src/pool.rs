@@ -115,7 +115,8 @@ impl<I: Send + 'static, O: Send + 'static> StagePool<I, O> {
     }
 }
 
-/// Shared count of utterances admitted to the graph but not yet through the model stages;
+/// Shared count of utterances admitted to the graph but not yet through their last model
+/// stage (speech-to-text, understanding or the reply, whichever is last);
 /// sources stop reading while it is at its limit (back-pressure that cannot deadlock,
 /// because partially received utterances are never counted).
 #[derive(Debug, Clone, Default)]

@@ -17,6 +17,7 @@ use crate::config::{Config, Topics};
 use crate::memory::ConversationMemory;
 use crate::metrics::WorkerMetrics;
 use crate::operators::{self, conversation_hash, Output};
+use crate::pool::Admission;
 use crate::profiles::{self, Lookup, ProfileEvent, ProfileSourceSettings};
 use crate::types::now_ms;
 use crate::understand::Understood;
@@ -101,6 +102,8 @@ pub(super) struct Answers {
     pub pool: std::sync::Arc<ReplyPool>,
     pub memory: Rc<RefCell<ConversationMemory>>,
     pub metrics: Rc<RefCell<WorkerMetrics>>,
+    /// Left when the reply is done: the utterance has passed its last model stage.
+    pub admission: Admission,
     pub topics: Topics,
     pub worker: usize,
 }
@@ -149,8 +152,10 @@ impl Answers {
             }
         });
         let (memory, metrics) = (self.memory.clone(), self.metrics.clone());
+        let admission = self.admission.clone();
         let events = operators::async_stage(jobs, self.pool.clone(), move |e: &ReplyEvent| {
             if let ReplyEvent::Done(r) = e {
+                admission.leave();
                 record_reply(&mut metrics.borrow_mut(), r);
                 remember(&mut memory.borrow_mut(), r);
             }

@@ -33,12 +33,7 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    // candle asks rayon for its thread count on every matrix product; without the variable
-    // that means re-reading /proc/cpuinfo each time. Set it once, before any thread starts.
-    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
-        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-    }
+    teddyflow_models::pin_rayon_threads();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -3,6 +3,8 @@
 //! cargo run --release -p teddyflow-models --example transcribe -- MODELS_DIR [--variant tiny.en|base]
 //!     [--language CODE] [--pad FRAMES] [--min-frames N] WAV...
 
+mod common;
+
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -71,30 +73,8 @@ fn read_wav(path: &PathBuf) -> anyhow::Result<Vec<f32>> {
         .collect())
 }
 
-/// candle 0.11 re-reads /proc/cpuinfo on every matmul unless RAYON_NUM_THREADS is set;
-/// setting it here, before any other thread exists, avoids that cost.
-fn pin_thread_count() {
-    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
-        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-    }
-}
-
-/// CPU seconds used by this process so far (all threads), from /proc on Linux, else 0:
-/// unlike wall time it hardly changes when other processes compete for the cores.
-fn cpu_s() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let after_name = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<f64> = after_name
-        .split_whitespace()
-        .map(|x| x.parse().unwrap_or(0.0))
-        .collect();
-    // utime and stime (fields 14, 15 of stat) in clock ticks of 1/100 s.
-    (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / 100.0
-}
-
 fn main() -> anyhow::Result<()> {
-    pin_thread_count();
+    teddyflow_models::pin_rayon_threads();
     let args = parse_args()?;
     let t = Instant::now();
     let model = WhisperModel::load(&args.models_dir, args.variant)?.with_options(args.options);
@@ -106,7 +86,7 @@ fn main() -> anyhow::Result<()> {
     );
     // Warm-up (excluded from timings): first-touch page faults, thread pool start.
     model.transcribe(&vec![0.0; 16_000], None)?;
-    let (mut audio_s, mut compute_s, cpu0) = (0.0, 0.0, cpu_s());
+    let (mut audio_s, mut compute_s, cpu0) = (0.0, 0.0, common::cpu_s());
     for wav in &args.wavs {
         let pcm = read_wav(wav)?;
         let t = Instant::now();
@@ -129,7 +109,7 @@ fn main() -> anyhow::Result<()> {
             tr.fallback_temperature
         );
     }
-    let cpu = cpu_s() - cpu0;
+    let cpu = common::cpu_s() - cpu0;
     println!(
         "total: {audio_s:.2} s audio, {compute_s:.2} s compute, RTF {:.3}; {cpu:.2} CPU-s ({:.3} CPU-s per audio-s)",
         compute_s / audio_s,

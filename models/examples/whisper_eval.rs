@@ -73,17 +73,8 @@ fn clips() -> Vec<(String, String, Vec<f32>)> {
     out
 }
 
-/// candle 0.11 re-reads /proc/cpuinfo on every matmul unless RAYON_NUM_THREADS is set;
-/// setting it here, before any other thread exists, avoids that cost.
-fn pin_thread_count() {
-    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
-        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-    }
-}
-
 fn main() -> anyhow::Result<()> {
-    pin_thread_count();
+    teddyflow_models::pin_rayon_threads();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let model = WhisperModel::load(Path::new(&args[0]), WhisperVariant::TinyEn)?;
     let clips = clips();

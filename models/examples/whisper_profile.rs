@@ -1,6 +1,8 @@
 //! Timings of Whisper's encoder at several lengths and of the candle ops it spends time in.
 //!
 //! cargo run --release -p teddyflow-models --example whisper_profile -- MODELS_DIR
+
+mod common;
 use std::path::Path;
 use std::time::Instant;
 
@@ -8,23 +10,10 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::Module;
 use teddyflow_models::whisper::{WhisperModel, WhisperOptions, WhisperVariant};
 
-/// CPU time of this process (all threads) in ms, from /proc: unlike wall time it barely
-/// moves when other processes compete for the 2 cores.
-fn cpu_ms() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let after_name = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<f64> = after_name
-        .split_whitespace()
-        .map(|x| x.parse().unwrap_or(0.0))
-        .collect();
-    // Fields 14 and 15 (utime, stime) are the 12th and 13th after the command name; 100 ticks/s.
-    (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) * 10.0
-}
-
 /// Best-of-`reps` wall time (least disturbed by other processes) and mean CPU time.
 fn time<T>(name: &str, reps: usize, mut f: impl FnMut() -> T) -> f64 {
     f();
-    let cpu0 = cpu_ms();
+    let cpu0 = common::cpu_s() * 1e3;
     let ms = (0..reps)
         .map(|_| {
             let t = Instant::now();
@@ -32,22 +21,13 @@ fn time<T>(name: &str, reps: usize, mut f: impl FnMut() -> T) -> f64 {
             t.elapsed().as_secs_f64() * 1e3
         })
         .fold(f64::INFINITY, f64::min);
-    let cpu = (cpu_ms() - cpu0) / reps as f64;
+    let cpu = (common::cpu_s() * 1e3 - cpu0) / reps as f64;
     println!("{name:45} {ms:9.3} ms wall (best), {cpu:7.1} ms cpu (mean)");
     ms
 }
 
-/// candle 0.11 re-reads /proc/cpuinfo on every matmul unless RAYON_NUM_THREADS is set;
-/// setting it here, before any other thread exists, avoids that cost.
-fn pin_thread_count() {
-    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
-        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-    }
-}
-
 fn main() -> anyhow::Result<()> {
-    pin_thread_count();
+    teddyflow_models::pin_rayon_threads();
     let dir = std::env::args()
         .nth(1)
         .unwrap_or_else(|| ".assets/models".into());
@@ -100,7 +80,7 @@ fn main() -> anyhow::Result<()> {
         time("logits (f16 matvec)", 20, || dec.logits(&h, 0));
         if std::env::var_os("PROFILE_DECODE").is_some() {
             // Decoder steps only, for `perf record`.
-            let (t, cpu) = (Instant::now(), cpu_ms());
+            let (t, cpu) = (Instant::now(), common::cpu_s() * 1e3);
             for _ in 0..200 {
                 st.reset();
                 dec.step(&mut st, &prompt)?;
@@ -112,7 +92,7 @@ fn main() -> anyhow::Result<()> {
             println!(
                 "decoder step (no logits): {:.3} ms wall, {:.3} ms cpu",
                 t.elapsed().as_secs_f64() * 1e3 / steps,
-                (cpu_ms() - cpu) / steps
+                (common::cpu_s() * 1e3 - cpu) / steps
             );
             return Ok(());
         }

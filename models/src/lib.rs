@@ -15,3 +15,13 @@ pub mod tts;
 mod vecmath;
 pub mod wer;
 pub mod whisper;
+
+/// candle asks rayon for its thread count on every matrix product; without
+/// `RAYON_NUM_THREADS` that means re-reading /proc/cpuinfo each time. Call this once, before
+/// any other thread starts.
+pub fn pin_rayon_threads() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+}

@@ -282,17 +282,22 @@ fn spoken_utterances(n: usize) -> Vec<(Utterance, String)> {
         .collect()
 }
 
+/// Every utterance as 8 KiB chunk records, in order, acknowledged by the broker.
+fn produce_utterances(broker: &Broker, utterances: &[(Utterance, String)]) {
+    let records: Vec<OutRecord> = utterances
+        .iter()
+        .flat_map(|(u, _)| to_records(u, 8192, AUDIO, common::now_ms()))
+        .collect();
+    broker.produce(&records);
+}
+
 #[test]
 fn kill_dash_nine_mid_stream_and_restart_leaves_no_utterance_unanswered() {
     let _guard = serial();
     let broker = Broker::start("kill9");
     topics(&broker);
     let utterances = spoken_utterances(10);
-    let records: Vec<OutRecord> = utterances
-        .iter()
-        .flat_map(|(u, _)| to_records(u, 8192, AUDIO, common::now_ms()))
-        .collect();
-    broker.produce(&records);
+    produce_utterances(&broker, &utterances);
     let expected: BTreeSet<(String, String)> = utterances
         .iter()
         .map(|(u, _)| (u.conversation.clone(), u.utterance.clone()))
@@ -344,11 +349,7 @@ fn sigterm_drains_in_flight_work_and_commits_before_exit() {
     let broker = Broker::start("sigterm");
     topics(&broker);
     let utterances = spoken_utterances(6);
-    let records: Vec<OutRecord> = utterances
-        .iter()
-        .flat_map(|(u, _)| to_records(u, 8192, AUDIO, common::now_ms()))
-        .collect();
-    broker.produce(&records);
+    produce_utterances(&broker, &utterances);
 
     let mut first = Processor::start(&broker, "sigterm", &[]);
     broker.collect(RESPONSES, Duration::from_secs(120), |r| !r.is_empty());

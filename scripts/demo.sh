@@ -33,7 +33,7 @@ pids+=($!)
 echo "demo: processor started with $WORKERS worker(s) (log .assets/run/processor.log)"
 
 "$BIN" fleet --brokers "$BROKERS" --conversations "$CONVERSATIONS" --utterances "$UTTERANCES" --rate "$RATE" \
-  | sed 's/^/fleet: /' &
+  | sed -u 's/^/fleet: /' &
 pids+=($!)
 
 echo "demo: waiting for $TOTAL replies…"

@@ -209,6 +209,33 @@ fn sampling_with_a_seed_is_repeatable() {
 }
 
 #[test]
+fn a_sentence_cut_off_by_max_tokens_is_never_handed_out() {
+    if !have_llm() {
+        return;
+    }
+    let _g = exclusive();
+    let model = llm();
+    let prompt = mia_prompt("Can you tell me a long story about a dragon?");
+    let full = model
+        .generate(&prompt, &Sampling::default(), &mut |_| {})
+        .unwrap();
+    // Greedy: a shorter budget generates a prefix of the same tokens, ending mid-sentence.
+    let settings = Sampling {
+        max_tokens: full.tokens.min(60) * 2 / 3,
+        ..Sampling::default()
+    };
+    let cut = model.generate(&prompt, &settings, &mut |_| {}).unwrap();
+    eprintln!("full: {:?}\ncut:  {:?}", full.text, cut.text);
+    assert!(cut.sentences.len() < full.sentences.len() || full.sentences.len() == 1);
+    for s in &cut.sentences {
+        assert!(
+            full.sentences.contains(s),
+            "{s:?} is not a whole sentence of {full:?}"
+        );
+    }
+}
+
+#[test]
 fn bank_answers_arabic_with_the_name() {
     assert!(!reply_bank::model_serves("ar"));
     assert!(reply_bank::model_serves("en"));

@@ -150,7 +150,8 @@ impl ReplyModel {
     }
 
     /// Generate a reply, calling `on_sentence` with each sentence as soon as it is complete
-    /// (at most three; emojis, markdown and role markup removed). Sentences asking for
+    /// (at most three; emojis, markdown and role markup removed; a sentence cut off by
+    /// `max_tokens` is dropped). Sentences asking for
     /// personal details or claiming the child's name are dropped, so `text` can be empty:
     /// speak `reply_bank::fallback_reply` then. English only (see `reply_bank::model_serves`).
     pub fn generate(
@@ -174,14 +175,21 @@ impl ReplyModel {
             self.inner.preamble_tokens,
         )?;
         state.prefill_ms = ms_since(start);
+        // Running out of tokens leaves a sentence unfinished: it is dropped, never spoken.
+        let mut end = End::CutOff;
         for step in 0..max_tokens {
             let next = self.sample(&mut state, &logits, settings)?;
             if self.inner.stop_ids.contains(&next) {
+                end = End::Finished;
                 break;
             }
             state.generated.push(next);
-            self.emit(&mut state, false, on_sentence)?;
-            if state.stream.done() || step + 1 == max_tokens {
+            self.emit(&mut state, End::Running, on_sentence)?;
+            if state.stream.done() {
+                end = End::Finished;
+                break;
+            }
+            if step + 1 == max_tokens {
                 break;
             }
             logits = forward(
@@ -191,7 +199,7 @@ impl ReplyModel {
                 prompt_tokens + step,
             )?;
         }
-        self.emit(&mut state, true, on_sentence)?;
+        self.emit(&mut state, end, on_sentence)?;
         Ok(state.finish(prompt_tokens))
     }
 
@@ -228,11 +236,12 @@ impl ReplyModel {
         Ok(state.sampler.sample(&logits)?)
     }
 
-    /// Decode what has been generated and pass on newly completed sentences.
+    /// Decode what has been generated and pass on newly completed sentences (and, once the
+    /// model has finished, its last unterminated one).
     fn emit(
         &self,
         state: &mut Decoding,
-        last: bool,
+        end: End,
         on_sentence: &mut dyn FnMut(&str),
     ) -> anyhow::Result<()> {
         let raw = self
@@ -242,10 +251,9 @@ impl ReplyModel {
             .map_err(|e| anyhow::anyhow!("detokenizing: {e}"))?;
         // The opening was part of the prompt, but it is the start of the reply.
         let raw = format!("{}{raw}", state.opening);
-        let new = if last {
-            state.stream.finish(&raw)
-        } else {
-            state.stream.push(&raw)
+        let new = match end {
+            End::Finished => state.stream.finish(&raw),
+            End::Running | End::CutOff => state.stream.push(&raw),
         };
         for sentence in new {
             if state.first_sentence_ms.is_none() {
@@ -256,6 +264,16 @@ impl ReplyModel {
         }
         Ok(())
     }
+}
+
+/// Where generation stands when text is handed out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    Running,
+    /// The model ended its turn (or gave enough sentences): its last words are a sentence.
+    Finished,
+    /// `max_tokens` ran out mid-sentence.
+    CutOff,
 }
 
 /// Per-call decoding state.

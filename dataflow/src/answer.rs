@@ -154,15 +154,13 @@ impl Answerer {
         let kind = reply_bank::kind_for(Some(emotion), Some(verdict), first_turn);
         let curated = reply_bank::bank_reply(&language, kind, name, seed)
             .unwrap_or_else(|| reply_bank::fallback_reply(&language, name, seed));
-        let mut text_ms = None;
-        let mut fallback_categories = Vec::new();
-        let (text, origin, fallback) = if u.safety.verdict == Verdict::Unsafe {
+        let said = if u.safety.verdict == Verdict::Unsafe {
             let text = reply_bank::fallback_reply(&language, name, seed);
             speaker.say(&text, emit);
-            (text, Origin::Redirect, false)
+            Said::curated(text, Origin::Redirect)
         } else if !reply_bank::model_serves(&language) || !has_words(&u.transcript) {
             speaker.say(&curated, emit);
-            (curated, Origin::Bank, false)
+            Said::curated(curated, Origin::Bank)
         } else {
             let prompt = Prompt {
                 child_name: profile.name.clone(),
@@ -174,26 +172,8 @@ impl Answerer {
                 // Redacted: the model never sees a phone number it could repeat.
                 utterance: u.transcript.clone(),
             };
-            // The reply is made to start with the child's name (see `reply_opening`): say it
-            // now, while the model works on the rest of the sentence.
-            let opening = teddyflow_models::llm::prompt::reply_opening(&prompt);
-            if let Some(o) = &opening {
-                speaker.say(o.trim_end_matches(','), emit);
-            }
-            let (spoken, replaced, first) =
-                self.generate_checked(&prompt, opening, &mut speaker, emit);
-            text_ms = first;
-            if let Some(categories) = replaced {
-                fallback_categories = categories;
-                let safe = reply_bank::fallback_reply(&language, name, seed);
-                speaker.say(&safe, emit);
-                (join(&spoken, &safe), Origin::Model, true)
-            } else if spoken.is_empty() {
-                speaker.say(&curated, emit);
-                (curated, Origin::Bank, false)
-            } else {
-                (spoken.join(" "), Origin::Model, false)
-            }
+            let redirect = reply_bank::fallback_reply(&language, name, seed);
+            self.model_reply(&prompt, curated, redirect, &mut speaker, emit)
         };
         speaker.finish(emit);
         let (chunks, samples, errors, tts_ms) =
@@ -203,19 +183,19 @@ impl Answerer {
         let mut understood = job.understood;
         let meta = &mut understood.heard.meta;
         meta.time("reply_wait", waited);
-        if let Some(ms) = text_ms {
+        if let Some(ms) = said.first_sentence_ms {
             meta.time("reply_first_sentence", ms);
         }
         meta.time("reply", ms_since(started) - tts_ms);
         meta.time("tts", tts_ms);
         Replied {
             reply: ReplyInfo {
-                text,
+                text: said.text,
                 language,
                 voice,
-                fallback,
-                fallback_categories,
-                origin,
+                fallback: said.fallback.is_some(),
+                fallback_categories: said.fallback.unwrap_or_default(),
+                origin: said.origin,
                 history_turns,
                 speech_chunks: chunks,
                 speech_ms: samples as u64 * 1000 / self.speech_rate as u64,
@@ -223,6 +203,51 @@ impl Answerer {
             },
             understood,
             profile_known,
+        }
+    }
+
+    /// The model's reply, spoken as it is generated. The reply is made to start with the
+    /// child's name (see `reply_opening`), so the name is said at once, while the model works
+    /// on the rest. A sentence that fails the safety check is replaced by `redirect`; a model
+    /// that says nothing usable is replaced by `curated`.
+    fn model_reply(
+        &self,
+        prompt: &Prompt,
+        curated: String,
+        redirect: String,
+        speaker: &mut Speaker,
+        emit: &mut dyn FnMut(ReplyEvent),
+    ) -> Said {
+        let opening = teddyflow_models::llm::prompt::reply_opening(prompt);
+        if let Some(o) = &opening {
+            speaker.say(o.trim_end_matches(','), emit);
+        }
+        let (spoken, replaced, first) =
+            self.generate_checked(prompt, opening.clone(), speaker, emit);
+        // The text says what was spoken: the opening too, when no sentence carried it.
+        let nothing_spoken = spoken.is_empty();
+        let mut said: Vec<String> = match &opening {
+            Some(o) if nothing_spoken => vec![o.clone()],
+            _ => spoken,
+        };
+        let origin = match &replaced {
+            Some(_) => {
+                speaker.say(&redirect, emit);
+                said.push(redirect);
+                Origin::Model
+            }
+            None if nothing_spoken => {
+                speaker.say(&curated, emit);
+                said.push(curated);
+                Origin::Bank
+            }
+            None => Origin::Model,
+        };
+        Said {
+            text: said.join(" "),
+            origin,
+            fallback: replaced,
+            first_sentence_ms: first,
         }
     }
 
@@ -272,6 +297,26 @@ impl Answerer {
             Err(e) => tracing::warn!(error = %e, "reply model failed; answering from the bank"),
         }
         (spoken, replaced, first)
+    }
+}
+
+/// What a reply said and where it came from.
+struct Said {
+    text: String,
+    origin: Origin,
+    /// A generated sentence failed the safety check and was replaced; its categories.
+    fallback: Option<Vec<String>>,
+    first_sentence_ms: Option<f64>,
+}
+
+impl Said {
+    fn curated(text: String, origin: Origin) -> Self {
+        Self {
+            text,
+            origin,
+            fallback: None,
+            first_sentence_ms: None,
+        }
     }
 }
 
@@ -366,12 +411,6 @@ fn pcm16(samples: &[f32]) -> Vec<u8> {
 
 fn has_words(text: &str) -> bool {
     text.chars().any(char::is_alphanumeric)
-}
-
-fn join(spoken: &[String], tail: &str) -> String {
-    let mut all = spoken.to_vec();
-    all.push(tail.to_string());
-    all.join(" ")
 }
 
 /// Same value in every process and run, so a replay picks the same bank reply.

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::CommitMode;
+use rdkafka::Offset;
 use teddyflow_connectors::kafka::{
     partition_count, partitions_for_worker, AckedWriter, PartitionReader,
 };
@@ -81,7 +82,8 @@ pub fn run_worker(
 ) -> anyhow::Result<()> {
     let index = worker.index();
     let peers = worker.peers();
-    let reader = open_reader(config, index, peers)?;
+    // Audio resumes from the group's committed offsets.
+    let reader = open_partitions(config, &config.topics.audio, (index, peers), Offset::Stored)?;
     let partitions = reader
         .as_ref()
         .map(|r| r.partitions().to_vec())
@@ -254,21 +256,25 @@ fn split<'s, T: 'static, E: 'static>(
     stream.ok_err(|r| r)
 }
 
-fn open_reader(
+/// This worker's share of `topic` (partitions `p % peers == index`), read from `start`;
+/// `None` when the topic has fewer partitions than there are workers.
+pub(crate) fn open_partitions(
     config: &Config,
-    index: usize,
-    peers: usize,
+    topic: &str,
+    (index, peers): (usize, usize),
+    start: Offset,
 ) -> anyhow::Result<Option<PartitionReader>> {
     let probe_consumer = config.kafka.consumer()?;
-    let count = partition_count(&probe_consumer, &config.topics.audio, &config.kafka.brokers)?;
+    let count = partition_count(&probe_consumer, topic, &config.kafka.brokers)?;
     let mine = partitions_for_worker(count, index, peers);
     if mine.is_empty() {
         return Ok(None);
     }
     Ok(Some(PartitionReader::open(
         &config.kafka,
-        &config.topics.audio,
+        topic,
         mine,
+        start,
     )?))
 }
 

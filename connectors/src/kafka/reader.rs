@@ -19,18 +19,9 @@ pub struct PartitionReader {
 }
 
 impl PartitionReader {
-    /// Assign `partitions` of `topic`, resuming each from the group's committed offset.
+    /// Assign `partitions` of `topic` starting at `start`: `Offset::Stored` resumes from the
+    /// group's committed offsets (work), `Offset::Beginning` re-reads a compacted topic (state).
     pub fn open(
-        settings: &KafkaSettings,
-        topic: &str,
-        partitions: Vec<i32>,
-    ) -> Result<Self, KafkaConnectorError> {
-        Self::open_at(settings, topic, partitions, Offset::Stored)
-    }
-
-    /// Assign `partitions` of `topic` starting at `start` (e.g. `Offset::Beginning` for a
-    /// compacted topic that is state rather than a stream of work).
-    pub fn open_at(
         settings: &KafkaSettings,
         topic: &str,
         partitions: Vec<i32>,

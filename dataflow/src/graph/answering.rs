@@ -5,18 +5,17 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
-use teddyflow_connectors::kafka::{partition_count, partitions_for_worker, PartitionReader};
 use teddyflow_connectors::wire::Chunk;
 use timely::dataflow::operators::core::{Exchange, Inspect, Map};
 use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::{Scope, Stream};
 
-use super::{understood_response, ProcessShared};
+use super::{open_partitions, understood_response, ProcessShared};
 use crate::answer::{Replied, ReplyEvent, ReplyJob, ReplyPool};
 use crate::config::{Config, Topics};
 use crate::memory::ConversationMemory;
 use crate::metrics::WorkerMetrics;
-use crate::operators::{self, conversation_hash, Output};
+use crate::operators::{self, stable_hash, Output};
 use crate::pool::Admission;
 use crate::profiles::{self, Lookup, ProfileEvent, ProfileSourceSettings};
 use crate::types::now_ms;
@@ -44,7 +43,9 @@ pub(super) fn profile_lookups<'s>(
         load_timeout: Duration::from_millis(config.answering.profiles_load_timeout_ms),
         deadletter_topic: config.topics.deadletter.clone(),
     };
-    let reader = open_profiles(config, index, peers)?;
+    // Profiles are state, compacted: read from the beginning, offsets never committed.
+    let start = rdkafka::Offset::Beginning;
+    let reader = open_partitions(config, &config.topics.profiles, (index, peers), start)?;
     let events = profiles::profile_source(
         scope,
         reader,
@@ -64,32 +65,9 @@ pub(super) fn profile_lookups<'s>(
         ProfileEvent::Invalid(out) => Some(out),
         _ => None,
     });
-    let lookups = profiles::lookups(chunks, updates)
-        .exchange(|l: &Lookup| conversation_hash(&l.conversation));
+    let lookups =
+        profiles::lookups(chunks, updates).exchange(|l: &Lookup| stable_hash(&l.conversation));
     Ok((lookups, deleted, invalid))
-}
-
-/// This worker's partitions of the profiles topic, read from the beginning (the topic is
-/// state, compacted; its offsets are never committed).
-fn open_profiles(
-    config: &Config,
-    index: usize,
-    peers: usize,
-) -> anyhow::Result<Option<PartitionReader>> {
-    let topic = &config.topics.profiles;
-    let probe = config.kafka.consumer()?;
-    let count = partition_count(&probe, topic, &config.kafka.brokers)?;
-    let mine = partitions_for_worker(count, index, peers);
-    if mine.is_empty() {
-        return Ok(None);
-    }
-    let start = rdkafka::Offset::Beginning;
-    Ok(Some(PartitionReader::open_at(
-        &config.kafka,
-        topic,
-        mine,
-        start,
-    )?))
 }
 
 pub(super) fn memory_for(config: &Config) -> ConversationMemory {

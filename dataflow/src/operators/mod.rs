@@ -28,10 +28,11 @@ use crate::pool::Admission;
 use crate::reassembly::{Outcome, Reassembler};
 use crate::types::{Failed, Utterance};
 
-/// A hash every process computes the same way, so one worker owns a conversation.
-pub fn conversation_hash(conversation: &str) -> u64 {
+/// A hash every process computes the same way: routing by it makes one worker own a
+/// conversation, and a replay picks the same curated reply.
+pub fn stable_hash(text: &str) -> u64 {
     let mut h = std::hash::DefaultHasher::new();
-    conversation.hash(&mut h);
+    text.hash(&mut h);
     h.finish()
 }
 
@@ -44,7 +45,7 @@ pub fn reassemble<'s>(
     metrics: Rc<RefCell<WorkerMetrics>>,
 ) -> Stream<'s, u64, Vec<Result<Utterance, Failed>>> {
     let scope = chunks.scope();
-    let route = Exchange::new(|c: &Chunk| conversation_hash(&c.conversation));
+    let route = Exchange::new(|c: &Chunk| stable_hash(&c.conversation));
     chunks.unary_frontier(route, "Reassemble", move |_cap, info| {
         let activator = scope.activator_for(info.address);
         let mut state = Reassembler::<Capability<u64>>::new(limits, &topic);

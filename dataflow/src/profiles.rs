@@ -195,8 +195,9 @@ pub fn profile_source<'s>(
             drop(session);
             metrics.borrow_mut().profiles = table.len() as u64;
             if let Some(high) = &loading {
-                if caught_up(r, high) || started.elapsed() >= settings.load_timeout {
-                    if !caught_up(r, high) {
+                let read_all = caught_up(r, high);
+                if read_all || started.elapsed() >= settings.load_timeout {
+                    if !read_all {
                         tracing::warn!(
                             "profiles topic not read to its end in time; answering anyway"
                         );
@@ -230,16 +231,12 @@ fn apply_record(
 ) -> Vec<ProfileEvent> {
     let parsed = match (&rec.key, &rec.value) {
         (None, _) => Err(ProfileError::NoKey),
-        (Some(_), None) => Ok(None),
-        (Some(_), Some(v)) => parse_profile(v).map(Some),
+        (Some(key), None) => Ok((key, None)),
+        (Some(key), Some(v)) => parse_profile(v).map(|p| (key, Some(p))),
     };
-    let child = rec
-        .key
-        .as_deref()
-        .map(|k| String::from_utf8_lossy(k).into_owned());
-    match (child, parsed) {
-        (Some(child), Ok(value)) => table.apply(&child, value, time),
-        (_, Err(e)) => {
+    match parsed {
+        Ok((key, value)) => table.apply(&String::from_utf8_lossy(key), value, time),
+        Err(e) => {
             // The previous profile (if any) stays in force.
             tracing::warn!(partition = rec.partition, offset = rec.offset, error = %e, "invalid profile");
             vec![ProfileEvent::Invalid(Output {
@@ -248,7 +245,6 @@ fn apply_record(
                 kind: OutputKind::DeadLetter,
             })]
         }
-        (None, Ok(_)) => unreachable!("a record without a key fails to parse"),
     }
 }
 

@@ -12,6 +12,7 @@ use teddyflow_connectors::fleet::{
     encode, profile_record, synthesize, to_records, Utterance, Voice,
 };
 use teddyflow_connectors::wire::{self, RawRecord};
+use teddyflow_models::audio;
 use teddyflow_models::whisper::{WhisperModel, WhisperVariant};
 
 const CONVERSATION: &str = "toy-42";
@@ -156,11 +157,13 @@ fn speech_of(broker: &Broker, utterance: &str, chunks: u64) -> Vec<f32> {
         "ends with an empty final chunk"
     );
     assert_eq!(parsed.iter().filter(|c| c.headers.is_final).count(), 1);
-    parsed
-        .iter()
-        .flat_map(|c| c.bytes.chunks_exact(2))
-        .map(|b| i16::from_le_bytes([b[0], b[1]]) as f32 / 32768.0)
-        .collect()
+    // Decoded by the pipeline's own decoder, as if a toy had sent it.
+    let bytes: Vec<u8> = parsed.iter().flat_map(|c| c.bytes.clone()).collect();
+    let mut opts = audio::DecodeOptions::new(audio::Codec::PcmS16le);
+    opts.rate = Some(16_000);
+    audio::decode(&bytes, &opts)
+        .expect("speech decodes")
+        .samples
 }
 
 fn raw(r: &Record) -> RawRecord {

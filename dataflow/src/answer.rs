@@ -10,12 +10,12 @@
 //! reply are replaced by a gentle redirect, and the reply is marked `fallback`. The work runs
 //! on a streaming [`StagePool`]: speech chunks leave while the model is still generating.
 
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
 use teddyflow_connectors::wire::{self, ChunkHeaders, OutRecord};
+use teddyflow_models::audio;
 use teddyflow_models::llm::{Prompt, ReplyModel, Sampling};
 use teddyflow_models::reply_bank;
 use teddyflow_models::safety::{SafetyModel, Verdict};
@@ -23,7 +23,7 @@ use teddyflow_models::tts::{self, SpeechStyle};
 
 use crate::config::Config;
 use crate::memory::Turn;
-use crate::operators::{Output, OutputKind};
+use crate::operators::{stable_hash, Output, OutputKind};
 use crate::pool::StagePool;
 use crate::profiles::Profile;
 use crate::types::{now_ms, Meta};
@@ -365,7 +365,9 @@ impl<'a> Speaker<'a> {
         };
         self.samples += samples.len();
         for chunk in samples.chunks(self.answerer.chunk_samples) {
-            emit(ReplyEvent::Speech(self.record(pcm16(chunk), false)));
+            emit(ReplyEvent::Speech(
+                self.record(audio::encode_pcm_s16le(chunk), false),
+            ));
         }
     }
 
@@ -401,35 +403,10 @@ impl<'a> Speaker<'a> {
     }
 }
 
-/// Little-endian signed 16-bit PCM.
-fn pcm16(samples: &[f32]) -> Vec<u8> {
-    samples
-        .iter()
-        .flat_map(|s| ((s.clamp(-1.0, 1.0) * 32767.0).round() as i16).to_le_bytes())
-        .collect()
-}
-
 fn has_words(text: &str) -> bool {
     text.chars().any(char::is_alphanumeric)
 }
 
-/// Same value in every process and run, so a replay picks the same bank reply.
-fn stable_hash(s: &str) -> u64 {
-    let mut h = std::hash::DefaultHasher::new();
-    s.hash(&mut h);
-    h.finish()
-}
-
 fn ms_since(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pcm16_is_little_endian_and_clamped() {
-        assert_eq!(pcm16(&[0.0, 1.0, -2.0]), vec![0, 0, 0xff, 0x7f, 0x01, 0x80]);
-    }
 }

@@ -614,6 +614,22 @@ fn bessel_i0(x: f64) -> f64 {
     sum
 }
 
+/// Raw little-endian signed 16-bit PCM (the `pcm_s16le` codec): clamped to [-1, 1],
+/// non-finite samples as silence.
+pub fn encode_pcm_s16le(samples: &[f32]) -> Vec<u8> {
+    samples
+        .iter()
+        .map(|&s| {
+            if s.is_finite() {
+                s.clamp(-1.0, 1.0)
+            } else {
+                0.0
+            }
+        })
+        .flat_map(|s| ((s * 32767.0).round() as i16).to_le_bytes())
+        .collect()
+}
+
 /// Helper for producers/tests: encode mono f32 samples as a 16-bit PCM WAV file in memory.
 pub fn encode_wav_s16(samples: &[f32], rate: u32) -> Vec<u8> {
     let data_len = (samples.len() * 2) as u32;
@@ -630,13 +646,6 @@ pub fn encode_wav_s16(samples: &[f32], rate: u32) -> Vec<u8> {
     out.extend_from_slice(&16u16.to_le_bytes()); // bits per sample
     out.extend_from_slice(b"data");
     out.extend_from_slice(&data_len.to_le_bytes());
-    for &s in samples {
-        let s = if s.is_finite() {
-            s.clamp(-1.0, 1.0)
-        } else {
-            0.0
-        };
-        out.extend_from_slice(&((s * 32767.0).round() as i16).to_le_bytes());
-    }
+    out.extend_from_slice(&encode_pcm_s16le(samples));
     out
 }

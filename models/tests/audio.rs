@@ -868,3 +868,9 @@ fn error_messages_are_readable() {
         assert!(msg.len() > 10 && !msg.contains("{"), "{msg}");
     }
 }
+
+#[test]
+fn pcm_s16le_is_little_endian_clamped_and_silent_for_nan() {
+    let bytes = teddyflow_models::audio::encode_pcm_s16le(&[0.0, 1.0, -2.0, f32::NAN]);
+    assert_eq!(bytes, vec![0, 0, 0xff, 0x7f, 0x01, 0x80, 0, 0]);
+}

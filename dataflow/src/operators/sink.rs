@@ -56,61 +56,77 @@ fn reply_key(record: &OutRecord) -> ReplyKey {
     (record.key.clone().unwrap_or_default(), utterance)
 }
 
-/// First-audio bookkeeping: `None` while the first chunk is unacknowledged, then the time it
-/// was acknowledged.
+/// Where a reply's first speech chunk stands.
+enum FirstChunk {
+    /// Sent, not yet acknowledged; the reply's response waits here if it has arrived.
+    Unacked(Option<(Capability<u64>, Output)>),
+    /// Acknowledged at this wall-clock ms; the response has not arrived yet.
+    Acked(i64),
+}
+
+/// First-audio bookkeeping per reply (conversation + utterance).
 #[derive(Default)]
 struct FirstAudio {
-    acked: HashMap<ReplyKey, Option<i64>>,
-    /// Responses waiting for their reply's first audio.
-    held: Vec<(Capability<u64>, Output)>,
+    replies: HashMap<ReplyKey, FirstChunk>,
+    held: usize,
 }
 
 impl FirstAudio {
     fn sent(&mut self, out: &Output) {
         if out.kind == (OutputKind::Speech { first: true }) {
-            self.acked.entry(reply_key(&out.record)).or_insert(None);
+            self.replies
+                .entry(reply_key(&out.record))
+                .or_insert(FirstChunk::Unacked(None));
         }
     }
 
-    fn acked(&mut self, out: &Output) {
-        if out.kind == (OutputKind::Speech { first: true }) {
-            self.acked.insert(reply_key(&out.record), Some(now_ms()));
+    /// The first chunk of a reply was acknowledged: its response, if it was waiting.
+    fn acked(&mut self, out: &Output) -> Option<(Capability<u64>, Output)> {
+        if out.kind != (OutputKind::Speech { first: true }) {
+            return None;
+        }
+        let key = reply_key(&out.record);
+        match self.replies.remove(&key) {
+            Some(FirstChunk::Unacked(Some((cap, response)))) => {
+                self.held -= 1;
+                Some((cap, with_first_audio(response, now_ms())))
+            }
+            _ => {
+                self.replies.insert(key, FirstChunk::Acked(now_ms()));
+                None
+            }
         }
     }
 
-    /// A response ready to send now (with `first_audio` filled in), or `None` if held.
-    fn release(
-        &mut self,
-        cap: Capability<u64>,
-        mut out: Output,
-    ) -> Option<(Capability<u64>, Output)> {
+    /// A response ready to send now (with `first_audio` filled in), or `None` if it waits
+    /// for its reply's first chunk to be acknowledged.
+    fn release(&mut self, cap: Capability<u64>, out: Output) -> Option<(Capability<u64>, Output)> {
         if out.kind != OutputKind::Response {
             return Some((cap, out));
         }
         let key = reply_key(&out.record);
-        match self.acked.get(&key) {
-            Some(None) => {
-                self.held.push((cap, out));
+        match self.replies.get_mut(&key) {
+            Some(FirstChunk::Unacked(waiting @ None)) => {
+                *waiting = Some((cap, out));
+                self.held += 1;
                 None
             }
-            Some(Some(at)) => {
-                let first_audio = (at - out.completed_ms) as f64;
-                self.acked.remove(&key);
-                out.record.payload =
-                    with_timings(&out.record.payload, first_audio, out.completed_ms);
-                Some((cap, out))
+            Some(FirstChunk::Acked(at)) => {
+                let at = *at;
+                self.replies.remove(&key);
+                Some((cap, with_first_audio(out, at)))
             }
-            None => Some((cap, out)),
+            _ => Some((cap, out)),
         }
     }
+}
 
-    /// Held responses whose first audio has been acknowledged since.
-    fn ready(&mut self) -> Vec<(Capability<u64>, Output)> {
-        let held = std::mem::take(&mut self.held);
-        held.into_iter()
-            .filter_map(|(cap, out)| self.release(cap, out))
-            .collect()
-    }
+/// Put `first_audio` (from the utterance's completion to `acked_ms`) into a response's
+/// `timings_ms`, and make `total` end now.
+fn with_first_audio(mut out: Output, acked_ms: i64) -> Output {
+    let first_audio = (acked_ms - out.completed_ms) as f64;
+    out.record.payload = with_timings(&out.record.payload, first_audio, out.completed_ms);
+    out
 }
 
 /// Put `first_audio` into a response's `timings_ms`, and make `total` end now.
@@ -154,7 +170,6 @@ pub fn kafka_sink<'s>(
                 let Some(cap) = cap.retain_least(0) else { return };
                 queue.extend(data.drain(..).map(|o| (cap.clone(), o)));
             });
-            queue.extend(first_audio.ready());
             while let Some((cap, out)) = queue.pop_front() {
                 let Some((cap, out)) = first_audio.release(cap, out) else { continue };
                 next_id += 1;
@@ -187,7 +202,7 @@ pub fn kafka_sink<'s>(
                             OutputKind::Speech { first } => {
                                 m.speech_chunks += 1;
                                 if first {
-                                    first_audio.acked(&out);
+                                    queue.extend(first_audio.acked(&out));
                                     m.stage("first_audio", (now_ms() - out.completed_ms) as f64);
                                 }
                             }
@@ -200,7 +215,7 @@ pub fn kafka_sink<'s>(
                     }
                 }
             }
-            metrics.borrow_mut().in_flight = (queue.len() + sent.len() + first_audio.held.len()) as i64;
+            metrics.borrow_mut().in_flight = (queue.len() + sent.len() + first_audio.held) as i64;
             if last_metrics.elapsed() >= metrics_out.interval {
                 last_metrics = Instant::now();
                 let snapshot = metrics.borrow_mut().snapshot(

@@ -304,30 +304,27 @@ mod tests {
         assert!(fast_exp(f32::NEG_INFINITY) < 1e-37);
     }
 
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
     #[test]
     fn kernels_match_candle() {
         let x = Tensor::randn(0f32, 3.0, (7, 133), &Device::Cpu).unwrap();
         let want = candle_nn::ops::softmax_last_dim(&x).unwrap();
         let got = softmax_last_dim_(x.copy().unwrap()).unwrap();
-        let err: f32 = (want - got)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let err = max_abs_diff(&want, &got);
         assert!(err < 1e-6, "softmax error {err}");
         let want = x.gelu_erf().unwrap();
         let got = gelu_erf_(x.copy().unwrap()).unwrap();
-        let err: f32 = (want - got)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let err = max_abs_diff(&want, &got);
         assert!(err < 2e-6, "gelu error {err}");
     }
 

@@ -300,23 +300,68 @@ fn ct2_real_file_truncated_is_a_clear_error() {
     assert!(err.to_string().contains("truncated"));
 }
 
-#[test]
-fn espeak_hello_teddy() {
-    let reference = "hello teddy how are you today";
-    let wav = std::env::temp_dir().join(format!("teddyflow-espeak-{}.wav", std::process::id()));
+/// `text` spoken by espeak-ng, as (samples at the voice's rate, that rate).
+fn espeak(text: &str) -> (Vec<f32>, u32) {
+    let wav = std::env::temp_dir().join(format!(
+        "teddyflow-espeak-{}-{}.wav",
+        std::process::id(),
+        text.len()
+    ));
     let status = std::process::Command::new("espeak-ng")
         .arg("-w")
         .arg(&wav)
-        .arg(reference)
+        .arg(text)
         .status();
     if !matches!(status, Ok(s) if s.success()) {
         panic!("missing test input: espeak-ng not available (run scripts/setup.sh)");
     }
+    let out = read_wav(&wav);
+    let _ = std::fs::remove_file(&wav);
+    out
+}
+
+/// Batched decoding must not change a single token: the oracle is each clip on its own.
+/// The batch mixes lengths (so sequences finish at different steps), a synthetic voice,
+/// an empty clip and a clip over 30 s (both routed around the batch).
+#[test]
+fn batched_transcripts_equal_one_by_one() {
+    let Some(refs) = librivox_refs() else {
+        panic!("missing test input: no pocketsphinx test data at {LIBRIVOX}");
+    };
     if !have_tiny() {
         return;
     }
-    let (pcm, sr) = read_wav(&wav);
-    let _ = std::fs::remove_file(&wav);
+    let mut clips: Vec<Vec<f32>> = refs
+        .iter()
+        .map(|(id, _)| read_wav(&Path::new(LIBRIVOX).join(format!("{id}.wav"))).0)
+        .collect();
+    let (voice, sr) = espeak("can we play with the red ball");
+    clips.push(resample(&voice, sr, 16_000));
+    clips.push(Vec::new());
+    clips.push(clips[..5].concat()); // 24.7 s
+    clips.push(clips[..5].concat().repeat(2)); // 49 s: two windows
+    let _guard = exclusive();
+    let model = tiny();
+    let views: Vec<&[f32]> = clips.iter().map(Vec::as_slice).collect();
+    let batched = model.transcribe_batch(&views, Some("en"));
+    assert_eq!(batched.len(), clips.len());
+    for (clip, got) in clips.iter().zip(batched) {
+        let got = got.expect("batched transcript");
+        let alone = model.transcribe(clip, Some("en")).unwrap();
+        println!("{:5.1} s: {:?}", clip.len() as f64 / 16_000.0, got.text);
+        assert_eq!(got.text, alone.text);
+        assert_eq!(got.tokens, alone.tokens);
+        assert_eq!(got.avg_logprob, alone.avg_logprob);
+    }
+}
+
+#[test]
+fn espeak_hello_teddy() {
+    let reference = "hello teddy how are you today";
+    let (pcm, sr) = espeak(reference);
+    if !have_tiny() {
+        return;
+    }
     let pcm = resample(&pcm, sr, 16_000);
     let _guard = exclusive();
     let tr = tiny().transcribe(&pcm, Some("en")).unwrap();

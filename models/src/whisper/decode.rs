@@ -91,9 +91,77 @@ impl Decoded {
 /// How often (in tokens) a running decode checks itself for runaway repetition.
 const REPETITION_CHECK_EVERY: usize = 16;
 
+/// One decode in progress: the tokens chosen so far and when to stop. Shared by the
+/// single-sequence loop and the batched one, so both choose exactly the same tokens.
+struct Running {
+    tokens: Vec<u32>,
+    sum_logprob: f32,
+    no_speech_prob: f32,
+    temperature: f32,
+    steps: usize,
+    budget: usize,
+}
+
+impl Running {
+    /// After the prompt has been fed: `hidden` holds its rows.
+    fn start(decoder: &Decoder, hidden: &[f32], prompt_len: usize, rules: &Rules, t: f32) -> Self {
+        // Row 0 is the <|startoftranscript|> position, where openai reads the no-speech score.
+        let no_speech_prob = match rules.no_speech {
+            Some(id) => log_softmax_at(&decoder.logits(hidden, 0), id).exp(),
+            None => 0.0,
+        };
+        Self {
+            tokens: Vec::new(),
+            sum_logprob: 0.0,
+            no_speech_prob,
+            temperature: t,
+            steps: 0,
+            budget: MAX_TOKENS.min(decoder.max_positions().saturating_sub(prompt_len + 1)),
+        }
+    }
+
+    /// The next token to feed, or `None` when the decode is over (eot, budget, runaway).
+    fn choose(
+        &mut self,
+        logits: &mut [f32],
+        rules: &Rules,
+        rng: &mut StdRng,
+        runaway: &dyn Fn(&[u32]) -> bool,
+    ) -> Option<u32> {
+        if self.steps == self.budget {
+            return None;
+        }
+        rules.apply(logits, self.steps == 0);
+        self.steps += 1;
+        let token = if self.temperature > 0.0 {
+            sample(logits, self.temperature, rng)
+        } else {
+            argmax(logits)
+        };
+        self.sum_logprob += log_softmax_at(logits, token);
+        if token == rules.eot {
+            return None;
+        }
+        self.tokens.push(token);
+        // A hopeless text (a repetition loop) stops early: the fallback will retry anyway.
+        if self.tokens.len() % REPETITION_CHECK_EVERY == 0 && runaway(&self.tokens) {
+            return None;
+        }
+        Some(token)
+    }
+
+    fn finish(self) -> Decoded {
+        Decoded {
+            tokens: self.tokens,
+            sum_logprob: self.sum_logprob,
+            no_speech_prob: self.no_speech_prob,
+            temperature: self.temperature,
+        }
+    }
+}
+
 /// Decodes from `prompt`, one token per step, reusing the state's cross-attention k/v.
-/// `runaway` is asked every few tokens whether the text so far is already hopeless
-/// (a repetition loop); if so decoding stops early, since the fallback will retry anyway.
+/// `runaway` is asked every few tokens whether the text so far is already hopeless.
 pub fn decode_once(
     decoder: &Decoder,
     state: &mut DecoderState,
@@ -105,38 +173,59 @@ pub fn decode_once(
 ) -> Result<Decoded> {
     state.reset();
     let hidden = decoder.step(state, prompt)?;
-    // Row 0 is the <|startoftranscript|> position, where openai reads the no-speech score.
-    let no_speech_prob = match rules.no_speech {
-        Some(id) => log_softmax_at(&decoder.logits(&hidden, 0), id).exp(),
-        None => 0.0,
-    };
+    let mut run = Running::start(decoder, &hidden, prompt.len(), rules, temperature);
     let mut logits = decoder.logits(&hidden, prompt.len() - 1);
-    let budget = MAX_TOKENS.min(decoder.max_positions().saturating_sub(prompt.len() + 1));
-    let mut tokens = Vec::new();
-    let mut sum_logprob = 0f32;
-    for i in 0..budget {
-        rules.apply(&mut logits, i == 0);
-        let token = if temperature > 0.0 {
-            sample(&logits, temperature, rng)
-        } else {
-            argmax(&logits)
-        };
-        sum_logprob += log_softmax_at(&logits, token);
-        if token == rules.eot {
-            break;
-        }
-        tokens.push(token);
-        if tokens.len() % REPETITION_CHECK_EVERY == 0 && runaway(&tokens) {
-            break;
-        }
+    while let Some(token) = run.choose(&mut logits, rules, rng, runaway) {
         logits = decoder.logits(&decoder.step(state, &[token])?, 0);
     }
-    Ok(Decoded {
-        tokens,
-        sum_logprob,
-        no_speech_prob,
-        temperature,
-    })
+    Ok(run.finish())
+}
+
+/// Greedy decodes of several windows at once, `prompts[i]` for `states[i]`: each step feeds
+/// one token of every unfinished sequence through the decoder together, so the weights are
+/// read once per step for the whole batch. Gives the same tokens as [`decode_once`] at
+/// temperature 0 on each window alone.
+pub fn decode_greedy_batch(
+    decoder: &Decoder,
+    states: &mut [DecoderState],
+    prompts: &[Vec<u32>],
+    rules: &Rules,
+    runaway: &dyn Fn(&[u32]) -> bool,
+) -> Result<Vec<Decoded>> {
+    let mut runs = Vec::with_capacity(states.len());
+    let mut logits = Vec::with_capacity(states.len());
+    for (state, prompt) in states.iter_mut().zip(prompts) {
+        state.reset();
+        let hidden = decoder.step(state, prompt)?;
+        runs.push(Running::start(decoder, &hidden, prompt.len(), rules, 0.0));
+        logits.push(decoder.logits(&hidden, prompt.len() - 1));
+    }
+    // Greedy never draws from it; `choose` takes one for the sampled case.
+    let mut rng = StdRng::seed_from_u64(SEED);
+    let mut active: Vec<usize> = (0..states.len()).collect();
+    while !active.is_empty() {
+        let next: Vec<(usize, u32)> = active
+            .iter()
+            .filter_map(|&i| Some((i, runs[i].choose(&mut logits[i], rules, &mut rng, runaway)?)))
+            .collect();
+        active = next.iter().map(|&(i, _)| i).collect();
+        if active.is_empty() {
+            break;
+        }
+        let mut batch: Vec<&mut DecoderState> = states
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| active.binary_search(i).is_ok())
+            .map(|(_, s)| s)
+            .collect();
+        let tokens: Vec<u32> = next.iter().map(|&(_, t)| t).collect();
+        let rows = decoder.logits_rows(&decoder.step_batch(&mut batch, &tokens)?);
+        let vocab = rows.len() / tokens.len();
+        for (row, &i) in rows.chunks_exact(vocab).zip(&active) {
+            logits[i] = row.to_vec();
+        }
+    }
+    Ok(runs.into_iter().map(Running::finish).collect())
 }
 
 /// A decode with its text and the two degeneracy measures.
@@ -165,13 +254,27 @@ pub fn decode_with_fallback(
     rules: &Rules,
     detok: impl Fn(&[u32]) -> anyhow::Result<String>,
 ) -> anyhow::Result<(Decoded, String)> {
-    let runaway = |tokens: &[u32]| {
-        detok(tokens).is_ok_and(|t| compression_ratio(&t) > COMPRESSION_RATIO_THRESHOLD)
-    };
+    fallback_from(decoder, state, prompt, rules, detok, None)
+}
+
+/// [`decode_with_fallback`] when the greedy decode has already been made (in a batch):
+/// it is judged first, and only a degenerate one is retried at higher temperatures.
+pub fn fallback_from(
+    decoder: &Decoder,
+    state: &mut DecoderState,
+    prompt: &[u32],
+    rules: &Rules,
+    detok: impl Fn(&[u32]) -> anyhow::Result<String>,
+    mut greedy: Option<Decoded>,
+) -> anyhow::Result<(Decoded, String)> {
+    let runaway = |tokens: &[u32]| is_runaway(&detok, tokens);
     let mut attempts = Vec::new();
     for (i, &t) in TEMPERATURES.iter().enumerate() {
         let mut rng = StdRng::seed_from_u64(SEED + i as u64);
-        let decoded = decode_once(decoder, state, prompt, rules, t, &mut rng, &runaway)?;
+        let decoded = match greedy.take() {
+            Some(d) => d,
+            None => decode_once(decoder, state, prompt, rules, t, &mut rng, &runaway)?,
+        };
         let text = detok(&decoded.tokens)?;
         let attempt = Attempt {
             compression_ratio: compression_ratio(&text),
@@ -200,6 +303,11 @@ pub fn decode_with_fallback(
         .or_else(|| attempts.iter().max_by(by_logprob))
         .expect("at least one temperature");
     Ok((best.decoded.clone(), best.text.clone()))
+}
+
+/// The text so far is already too repetitive to keep (checked while decoding).
+pub fn is_runaway(detok: &dyn Fn(&[u32]) -> anyhow::Result<String>, tokens: &[u32]) -> bool {
+    detok(tokens).is_ok_and(|t| compression_ratio(&t) > COMPRESSION_RATIO_THRESHOLD)
 }
 
 /// openai's skip rule: likely no speech and not confidently decoded.

@@ -241,30 +241,54 @@ impl Decoder {
     /// Feeds `tokens` after those already in `state`; returns their final hidden
     /// states, row-major (tokens.len(), d). Logits of a row come from [`Self::logits`].
     pub fn step(&self, state: &mut DecoderState, tokens: &[u32]) -> Result<Vec<f32>> {
-        let (n, d, past) = (tokens.len(), self.d, state.len());
-        if past + n > self.max_positions {
-            candle_core::bail!(
-                "decoder context of {} positions exceeded",
-                self.max_positions
-            );
+        let owners = vec![0; tokens.len()];
+        self.step_rows(&mut [state], &owners, tokens)
+    }
+
+    /// One token for each of several sequences (a batch): row `i` of the result is the
+    /// hidden state of `tokens[i]` fed to `states[i]`. Every weight matrix is read once for
+    /// the whole batch, which is what a step costs; the numbers equal separate steps.
+    pub fn step_batch(&self, states: &mut [&mut DecoderState], tokens: &[u32]) -> Result<Vec<f32>> {
+        assert_eq!(
+            states.len(),
+            tokens.len(),
+            "step_batch: one token per state"
+        );
+        let owners: Vec<usize> = (0..tokens.len()).collect();
+        self.step_rows(states, &owners, tokens)
+    }
+
+    /// Rows of the final hidden states -> their logits, (rows, vocab) row-major.
+    pub fn logits_rows(&self, hidden: &[f32]) -> Vec<f32> {
+        self.embed.matmul_t(hidden, hidden.len() / self.d)
+    }
+
+    /// Token `tokens[i]` goes to `states[owners[i]]`, after that state's earlier tokens
+    /// (and after earlier rows with the same owner).
+    fn step_rows(
+        &self,
+        states: &mut [&mut DecoderState],
+        owners: &[usize],
+        tokens: &[u32],
+    ) -> Result<Vec<f32>> {
+        let d = self.d;
+        let mut next: Vec<usize> = states.iter().map(|s| s.len()).collect();
+        let mut x = Vec::with_capacity(tokens.len() * d);
+        for (&t, &o) in tokens.iter().zip(owners) {
+            let pos = next[o];
+            next[o] += 1;
+            if pos >= self.max_positions {
+                candle_core::bail!(
+                    "decoder context of {} positions exceeded",
+                    self.max_positions
+                );
+            }
+            let pos = &self.positions[pos * d..(pos + 1) * d];
+            let emb = self.embed.row_f32(t as usize);
+            x.extend(emb.iter().zip(pos).map(|(e, p)| e + p));
         }
-        let mut x = Vec::with_capacity(n * d);
-        for (i, &t) in tokens.iter().enumerate() {
-            let pos = &self.positions[(past + i) * d..(past + i + 1) * d];
-            x.extend(
-                self.embed
-                    .row_f32(t as usize)
-                    .iter()
-                    .zip(pos)
-                    .map(|(e, p)| e + p),
-            );
-        }
-        for (b, (cache, cross)) in self
-            .blocks
-            .iter()
-            .zip(state.cache.iter_mut().zip(&state.cross))
-        {
-            self.block_step(b, &mut x, n, cache, cross);
+        for (layer, b) in self.blocks.iter().enumerate() {
+            self.block_step(b, layer, &mut x, states, owners);
         }
         Ok(self.ln.forward(&x))
     }
@@ -274,24 +298,33 @@ impl Decoder {
         self.embed.matvec(&hidden[row * self.d..(row + 1) * self.d])
     }
 
-    /// One pre-norm residual block over `n` rows of `x`, in place.
-    fn block_step(&self, b: &Block, x: &mut [f32], n: usize, cache: &mut HeadKv, cross: &HeadKv) {
-        let d = self.d;
+    /// One pre-norm residual block over the rows of `x`, in place; row `i` attends over
+    /// the caches of `states[owners[i]]`.
+    fn block_step(
+        &self,
+        b: &Block,
+        layer: usize,
+        x: &mut [f32],
+        states: &mut [&mut DecoderState],
+        owners: &[usize],
+    ) {
+        let (d, n) = (self.d, owners.len());
         let qkv = b.qkv.forward(&b.attn_ln.forward(x), n);
-        // Each row of `qkv` is q|k|v. Query i sees the cached tokens and new ones up to
-        // itself: causal by construction, no mask needed.
-        let past = cache.len;
-        cache.push_rows(&qkv, 3 * d, d);
+        // Each row of `qkv` is q|k|v. A row is appended to its sequence's cache before it
+        // attends, so it sees that sequence's earlier tokens and itself: causal, no mask.
         let mut a = vec![0f32; n * d];
         for (i, out) in a.chunks_exact_mut(d).enumerate() {
-            let q = &qkv[i * 3 * d..i * 3 * d + d];
-            attend(q, cache, past + i + 1, out);
+            let row = &qkv[i * 3 * d..(i + 1) * 3 * d];
+            let cache = &mut states[owners[i]].cache[layer];
+            cache.push_rows(row, 3 * d, d);
+            attend(&row[..d], cache, cache.len, out);
         }
         add(x, &b.attn_out.forward(&a, n));
 
         let q = b.cross_q.forward(&b.cross_ln.forward(x), n);
         let mut a = vec![0f32; n * d];
-        for (q, out) in q.chunks_exact(d).zip(a.chunks_exact_mut(d)) {
+        for (i, (q, out)) in q.chunks_exact(d).zip(a.chunks_exact_mut(d)).enumerate() {
+            let cross = &states[owners[i]].cross[layer];
             attend(q, cross, cross.len, out);
         }
         add(x, &b.cross_out.forward(&a, n));

@@ -27,6 +27,7 @@ use candle_transformers::models::whisper::Config;
 use tokenizers::Tokenizer;
 
 use decode::{Decoded, Rules};
+use decoder::DecoderState;
 use mel::{MelFrontend, MAX_FRAMES, SAMPLE_RATE};
 
 /// Samples in one 30 s window, the most the encoder can see at once.
@@ -288,19 +289,8 @@ impl WhisperModel {
             if i > 0 && window.len() < SAMPLE_RATE / 10 {
                 break;
             }
+            let (mut state, prompt) = self.prepare(window, &mut lang, &mut acc)?;
             let t = Instant::now();
-            let mel = self.log_mel(window)?;
-            acc.mel_ms += ms(t);
-            let t = Instant::now();
-            let audio = self.encode(&mel)?;
-            acc.encode_ms += ms(t);
-            let t = Instant::now();
-            // Cross-attention k/v: once per window, shared by detection and every retry.
-            let mut state = self.inner.model.decoder.start(&audio)?;
-            if lang.is_none() && self.inner.variant.is_multilingual() {
-                lang = Some(self.detect_language(&mut state)?);
-            }
-            let prompt = self.prompt(lang);
             let detok = |ids: &[u32]| self.detokenize(ids);
             let (d, text) = decode::decode_with_fallback(
                 &self.inner.model.decoder,
@@ -313,6 +303,116 @@ impl WhisperModel {
             acc.add(&d, &text);
         }
         Ok(acc.finish(self.language_code(lang)))
+    }
+
+    /// Transcribes several clips together (dynamic batching): each clip's window is encoded
+    /// on its own, then their greedy decodes step together, reading the decoder's weights
+    /// once per step for all of them. Texts equal [`Self::transcribe`] on each clip;
+    /// clips longer than one window, or empty, are transcribed alone.
+    pub fn transcribe_batch(
+        &self,
+        clips: &[&[f32]],
+        language: Option<&str>,
+    ) -> Vec<anyhow::Result<Transcript>> {
+        let requested = match self.requested_language(language) {
+            Ok(l) => l,
+            Err(e) => {
+                return clips
+                    .iter()
+                    .map(|_| Err(anyhow::anyhow!("{e:#}")))
+                    .collect()
+            }
+        };
+        let mut results: Vec<Option<anyhow::Result<Transcript>>> =
+            clips.iter().map(|_| None).collect();
+        let (mut states, mut pending) = (Vec::new(), Vec::new());
+        for (clip, pcm) in clips.iter().enumerate() {
+            if pcm.is_empty() || pcm.len() > WINDOW_SAMPLES {
+                results[clip] = Some(self.transcribe(pcm, language));
+                continue;
+            }
+            let (mut lang, mut acc) = (requested, Accumulator::default());
+            match self.prepare(pcm, &mut lang, &mut acc) {
+                Ok((state, prompt)) => {
+                    states.push(state);
+                    pending.push(Pending {
+                        clip,
+                        prompt,
+                        lang,
+                        acc,
+                    });
+                }
+                Err(e) => results[clip] = Some(Err(e)),
+            }
+        }
+        for (i, done) in self.decode_batch(states, pending) {
+            results[i] = Some(done);
+        }
+        results
+            .into_iter()
+            .map(|r| r.expect("every clip has a result"))
+            .collect()
+    }
+
+    /// Batched greedy decode of prepared windows, then each one's fallback if it needs one.
+    fn decode_batch(
+        &self,
+        mut states: Vec<DecoderState>,
+        pending: Vec<Pending>,
+    ) -> Vec<(usize, anyhow::Result<Transcript>)> {
+        let dec = &self.inner.model.decoder;
+        let rules = &self.inner.rules;
+        let detok = |ids: &[u32]| self.detokenize(ids);
+        let runaway = |tokens: &[u32]| decode::is_runaway(&detok, tokens);
+        let prompts: Vec<Vec<u32>> = pending.iter().map(|p| p.prompt.clone()).collect();
+        let t = Instant::now();
+        let greedy = decode::decode_greedy_batch(dec, &mut states, &prompts, rules, &runaway);
+        let batch_ms = ms(t);
+        let greedy = match greedy {
+            Ok(g) => g,
+            Err(e) => {
+                let msg = format!("{e:#}");
+                let fail = |p: Pending| (p.clip, Err(anyhow::anyhow!("{msg}")));
+                return pending.into_iter().map(fail).collect();
+            }
+        };
+        let items = pending.into_iter().zip(states).zip(greedy);
+        items
+            .map(|((mut p, mut state), g)| {
+                let t = Instant::now();
+                let done = decode::fallback_from(dec, &mut state, &p.prompt, rules, detok, Some(g));
+                let result = done.map(|(d, text)| {
+                    // Each clip spent the whole batched decode waiting on it.
+                    p.acc.decode_ms += batch_ms + ms(t);
+                    p.acc.add(&d, &text);
+                    p.acc.finish(self.language_code(p.lang))
+                });
+                (p.clip, result)
+            })
+            .collect()
+    }
+
+    /// One window made ready to decode: mel, encoder, cross-attention k/v, language, prompt.
+    fn prepare(
+        &self,
+        window: &[f32],
+        lang: &mut Option<u32>,
+        acc: &mut Accumulator,
+    ) -> anyhow::Result<(DecoderState, Vec<u32>)> {
+        let t = Instant::now();
+        let mel = self.log_mel(window)?;
+        acc.mel_ms += ms(t);
+        let t = Instant::now();
+        let audio = self.encode(&mel)?;
+        acc.encode_ms += ms(t);
+        let t = Instant::now();
+        // Cross-attention k/v: once per window, shared by detection and every retry.
+        let mut state = self.inner.model.decoder.start(&audio)?;
+        if lang.is_none() && self.inner.variant.is_multilingual() {
+            *lang = Some(self.detect_language(&mut state)?);
+        }
+        acc.decode_ms += ms(t);
+        Ok((state, self.prompt(*lang)))
     }
 
     fn detokenize(&self, ids: &[u32]) -> anyhow::Result<String> {
@@ -361,6 +461,14 @@ impl WhisperModel {
         lang.and_then(|id| langs.iter().find(|(i, _)| *i == id))
             .map_or_else(|| "en".to_string(), |(_, c)| c.clone())
     }
+}
+
+/// A clip's window, encoded, waiting for its decode in a batch.
+struct Pending {
+    clip: usize,
+    prompt: Vec<u32>,
+    lang: Option<u32>,
+    acc: Accumulator,
 }
 
 /// Sums per-window results into one transcript.

@@ -184,7 +184,7 @@ impl Embedder {
             ids.extend(
                 s.iter()
                     .copied()
-                    .chain(std::iter::repeat(0).take(len - s.len())),
+                    .chain(std::iter::repeat_n(0, len - s.len())),
             );
             mask.extend((0..len).map(|j| u32::from(j < s.len())));
         }

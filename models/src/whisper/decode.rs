@@ -144,7 +144,7 @@ impl Running {
         }
         self.tokens.push(token);
         // A hopeless text (a repetition loop) stops early: the fallback will retry anyway.
-        if self.tokens.len() % REPETITION_CHECK_EVERY == 0 && runaway(&self.tokens) {
+        if self.tokens.len().is_multiple_of(REPETITION_CHECK_EVERY) && runaway(&self.tokens) {
             return None;
         }
         Some(token)

@@ -79,8 +79,10 @@ fn librivox_chunks_shuffled_duplicated_in_two_codecs_come_back_as_correct_transc
     );
 
     let (mut edits, mut words) = (0, 0);
+    let mut asr_batches = Vec::new();
     for r in &responses {
         let v = r.json();
+        asr_batches.push(v["batch"]["asr"].as_u64().unwrap_or(0));
         let id = v["utterance"].as_str().unwrap();
         let hyp = v["transcript"].as_str().unwrap();
         let (e, n) = wer::word_errors(&references[id], hyp);
@@ -105,6 +107,14 @@ fn librivox_chunks_shuffled_duplicated_in_two_codecs_come_back_as_correct_transc
         total_wer * 100.0
     );
     assert!(total_wer <= 0.10, "WER {total_wer}");
+    // All clips were in the topic before the processor started: the ones that queued behind
+    // the first were transcribed together (asr.max_batch = 4 by default).
+    println!("asr batch sizes: {asr_batches:?}");
+    assert!(
+        asr_batches.iter().all(|&b| (1..=4).contains(&b)),
+        "{asr_batches:?}"
+    );
+    assert!(asr_batches.iter().any(|&b| b > 1), "{asr_batches:?}");
     assert!(broker
         .collect(DEADLETTER, Duration::from_secs(1), |_| false)
         .is_empty());
@@ -117,6 +127,13 @@ fn librivox_chunks_shuffled_duplicated_in_two_codecs_come_back_as_correct_transc
     assert_eq!(last["utterances_done"], clips.len() as u64, "{last}");
     assert_eq!(last["records_in"], records.len() as u64);
     assert!(last["rss_bytes"].as_u64().unwrap() > 50 << 20);
+    let batch_means = metrics
+        .iter()
+        .filter_map(|r| r.json()["batch_mean"]["asr"].as_f64());
+    assert!(
+        batch_means.fold(0.0, f64::max) > 1.0,
+        "metrics report the batching"
+    );
     let text = metrics
         .iter()
         .map(|r| String::from_utf8_lossy(&r.payload).to_string())

@@ -88,6 +88,10 @@ pub struct Understanding {
     /// Replace phone numbers, emails, addresses, schools and full names in transcripts
     /// written to any topic.
     pub redact_pii: bool,
+    /// Most transcripts embedded (MiniLM) in one call when they queue up; 1 = never batch.
+    pub max_batch: usize,
+    /// How long to wait for a batch to fill; 0 = take only what is already queued.
+    pub max_wait_ms: u64,
 }
 
 impl Default for Understanding {
@@ -97,6 +101,8 @@ impl Default for Understanding {
             data_dir: PathBuf::from("data"),
             threads: 1,
             redact_pii: true,
+            max_batch: 8,
+            max_wait_ms: 0,
         }
     }
 }
@@ -218,6 +224,13 @@ pub struct Asr {
     pub min_window_ms: u64,
     /// Silence appended after the audio before the encoder.
     pub tail_pad_ms: u64,
+    /// Most utterances transcribed in one call when they queue up (dynamic batching: their
+    /// greedy decodes step together, one pass over the decoder weights per step for all).
+    /// Texts are the same as one by one. 1 = never batch.
+    pub max_batch: usize,
+    /// How long a thread holding fewer than `max_batch` utterances waits for more; 0 = take
+    /// only what is already queued, so a lone utterance never waits.
+    pub max_wait_ms: u64,
 }
 
 impl Default for Asr {
@@ -229,6 +242,8 @@ impl Default for Asr {
             language: "en".into(),
             min_window_ms: 30_000,
             tail_pad_ms: 0,
+            max_batch: 4,
+            max_wait_ms: 0,
         }
     }
 }
@@ -278,6 +293,9 @@ impl Config {
         }
         if self.asr.threads == 0 {
             return bad("asr.threads must be at least 1");
+        }
+        if self.asr.max_batch == 0 || self.understanding.max_batch == 0 {
+            return bad("asr.max_batch and understanding.max_batch must be at least 1");
         }
         if self.answering.enabled && !self.understanding.enabled {
             return bad("answering needs understanding (replies are gated by the safety verdict)");

@@ -166,6 +166,7 @@ pub fn run_worker(
                         {
                             m.stage(stage, *ms);
                         }
+                        m.batches(&t.meta.batches, "asr");
                     }
                     Err(_) => m.error("asr"),
                 }
@@ -352,6 +353,7 @@ fn record_understanding(m: &mut WorkerMetrics, u: &Understood) {
     for (stage, ms) in stages.filter(|(s, _)| s == "acoustic" || s == "understand") {
         m.stage(stage, *ms);
     }
+    m.batches(&u.heard.meta.batches, "understand");
     if u.needs_parent() {
         *m.errors
             .entry(format!("verdict_{}", u.safety.verdict.as_str()))
@@ -451,6 +453,7 @@ fn response_with(t: Transcribed, topic: &str, worker: usize, extra: serde_json::
         "model": t.model,
         "timings_ms": timings,
         "spans_ms": spans,
+        "batch": t.meta.batches.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
         "source": t.meta.sources,
         "worker": worker,
         "sent_ms": t.meta.headers.sent_ms,

@@ -27,13 +27,14 @@ pub mod understand;
 use std::sync::Arc;
 use std::time::Instant;
 
-use teddyflow_models::whisper::{WhisperModel, WhisperOptions, WhisperVariant};
+use teddyflow_models::whisper::{Transcript, WhisperModel, WhisperOptions, WhisperVariant};
 
 use crate::config::Config;
-use crate::pool::StagePool;
+use crate::pool::{Batching, StagePool};
 use crate::types::{Decoded, Failed, Transcribed};
 
-/// Load Whisper once for the process and wrap it in a pool of `asr.threads` threads.
+/// Load Whisper once for the process and wrap it in a pool of `asr.threads` threads that
+/// transcribe queued utterances in batches of up to `asr.max_batch`.
 pub fn asr_pool(
     config: &Config,
 ) -> anyhow::Result<Arc<StagePool<Decoded, Result<Transcribed, Failed>>>> {
@@ -44,12 +45,16 @@ pub fn asr_pool(
     ));
     let language = config.asr.language.clone();
     let model_name = config.asr.model.clone();
-    let work = Arc::new(move |d: Decoded| transcribe(&model, d, &language, &model_name));
+    let work = Arc::new(move |batch: Vec<Decoded>| {
+        transcribe_batch(&model, batch, &language, &model_name)
+    });
+    let batching = Batching::new(config.asr.max_batch, config.asr.max_wait_ms);
     let capacity = config.engine.max_pending_utterances;
-    Ok(Arc::new(StagePool::new(
+    Ok(Arc::new(StagePool::batched(
         "asr",
         config.asr.threads,
         capacity,
+        batching,
         work,
     )))
 }
@@ -62,38 +67,45 @@ pub fn whisper_options(min_window_ms: u64, tail_pad_ms: u64) -> WhisperOptions {
     }
 }
 
-fn transcribe(
+fn transcribe_batch(
     model: &WhisperModel,
-    d: Decoded,
+    batch: Vec<Decoded>,
     language: &str,
     model_name: &str,
-) -> Result<Transcribed, Failed> {
+) -> Vec<Result<Transcribed, Failed>> {
     let started = Instant::now();
     let start_wall = types::now_ms_f64();
-    let queued_ms = (types::now_ms() - d.meta.completed_ms) as f64;
-    let audio_ms = d.audio_ms();
-    match model.transcribe(&d.pcm, Some(language)) {
-        Ok(t) => {
-            let mut meta = d.meta;
-            meta.time(
-                "asr_wait",
-                (queued_ms - meta.timings.iter().map(|(_, ms)| ms).sum::<f64>()).max(0.0),
-            );
-            meta.time("asr", started.elapsed().as_secs_f64() * 1e3);
-            meta.span("asr", start_wall);
-            Ok(Transcribed {
+    let clips: Vec<&[f32]> = batch.iter().map(|d| d.pcm.as_slice()).collect();
+    let results = model.transcribe_batch(&clips, Some(language));
+    // Every utterance of the batch waited for the whole call.
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    let size = batch.len();
+    let transcribed = |(d, result): (Decoded, anyhow::Result<Transcript>)| {
+        let audio_ms = d.audio_ms();
+        let mut meta = d.meta;
+        match result {
+            Ok(t) => {
+                let queued_ms = start_wall - meta.completed_ms as f64;
+                let before: f64 = meta.timings.iter().map(|(_, ms)| ms).sum();
+                meta.time("asr_wait", (queued_ms - before).max(0.0));
+                meta.time("asr", ms);
+                meta.span("asr", start_wall);
+                meta.batches.push(("asr".into(), size));
+                Ok(Transcribed {
+                    meta,
+                    audio_ms,
+                    transcript: t.text,
+                    language: t.language,
+                    model: model_name.to_string(),
+                })
+            }
+            Err(e) => Err(Failed {
                 meta,
-                audio_ms,
-                transcript: t.text,
-                language: t.language,
-                model: model_name.to_string(),
-            })
+                bytes: d.bytes,
+                stage: "asr".into(),
+                error: format!("{e:#}"),
+            }),
         }
-        Err(e) => Err(Failed {
-            meta: d.meta,
-            bytes: d.bytes,
-            stage: "asr".into(),
-            error: format!("{e:#}"),
-        }),
-    }
+    };
+    batch.into_iter().zip(results).map(transcribed).collect()
 }

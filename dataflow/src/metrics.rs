@@ -85,11 +85,22 @@ pub struct WorkerMetrics {
     pub in_flight: i64,
     pub lag: BTreeMap<i32, i64>,
     pub stages: BTreeMap<String, Samples>,
+    /// Stage → (sum of batch sizes, utterances) since the last snapshot.
+    pub batch_sizes: BTreeMap<String, (u64, u64)>,
 }
 
 impl WorkerMetrics {
     pub fn stage(&mut self, name: &str, ms: f64) {
         self.stages.entry(name.to_string()).or_default().add(ms);
+    }
+
+    /// The batch `stage` processed an utterance in, from its `Meta::batches`.
+    pub fn batches(&mut self, batches: &[(String, usize)], stage: &str) {
+        for (_, size) in batches.iter().filter(|(s, _)| s == stage) {
+            let (sum, n) = self.batch_sizes.entry(stage.to_string()).or_default();
+            *sum += *size as u64;
+            *n += 1;
+        }
     }
 
     pub fn error(&mut self, stage: &str) {
@@ -107,6 +118,11 @@ impl WorkerMetrics {
             .stages
             .iter_mut()
             .map(|(k, s)| (k.clone(), s.summary()))
+            .collect();
+        // Mean batch size per utterance over the interval (how full the batches ran).
+        let batch_mean: BTreeMap<String, f64> = std::mem::take(&mut self.batch_sizes)
+            .into_iter()
+            .map(|(k, (sum, n))| (k, sum as f64 / n.max(1) as f64))
             .collect();
         serde_json::json!({
             "ts_ms": crate::types::now_ms(),
@@ -128,6 +144,7 @@ impl WorkerMetrics {
             "lag_by_partition": self.lag,
             "rss_bytes": rss_bytes(),
             "stages": stages,
+            "batch_mean": batch_mean,
         })
     }
 }
@@ -169,10 +186,15 @@ mod tests {
         let s = m.snapshot(0, 0, 1000);
         assert_eq!(s["stages"]["asr"]["count"], 3);
         assert_eq!(s["stages"]["asr"]["p50_ms"], 20.0);
+        m.batches(&[("asr".into(), 3)], "asr");
+        m.batches(&[("asr".into(), 1), ("understand".into(), 5)], "asr");
         assert!(s["rss_bytes"].as_u64().unwrap() > 0);
         let s = m.snapshot(0, 0, 1000);
         assert_eq!(s["stages"]["asr"]["count"], 0);
+        assert_eq!(s["batch_mean"]["asr"], 2.0);
+        assert!(s["batch_mean"].get("understand").is_none());
         assert_eq!(s["records_in"], 3);
+        assert_eq!(m.snapshot(0, 0, 1000)["batch_mean"], serde_json::json!({}));
     }
 
     #[test]

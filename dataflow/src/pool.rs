@@ -5,6 +5,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use timely::scheduling::SyncActivator;
@@ -12,6 +13,47 @@ use timely::scheduling::SyncActivator;
 type Work<I, O> = Arc<dyn Fn(I) -> O + Send + Sync>;
 /// Work that hands out partial results (`emit`) before its final one (the return value).
 pub type StreamingWork<I, O> = Arc<dyn Fn(I, &mut dyn FnMut(O)) -> O + Send + Sync>;
+/// Work over a batch of jobs: one output per input, in the same order.
+pub type BatchWork<I, O> = Arc<dyn Fn(Vec<I>) -> Vec<O> + Send + Sync>;
+
+/// Dynamic batching: a stage thread that takes a job also takes the jobs already queued
+/// behind it (up to `max_batch`), waiting at most `max_wait` for more to arrive.
+/// With `max_wait` zero a lone job never waits, so light load keeps its latency and a
+/// backlog is worked off in batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batching {
+    pub max_batch: usize,
+    pub max_wait: Duration,
+}
+
+impl Batching {
+    /// One job per call.
+    pub const NONE: Self = Self {
+        max_batch: 1,
+        max_wait: Duration::ZERO,
+    };
+
+    pub fn new(max_batch: usize, max_wait_ms: u64) -> Self {
+        Self {
+            max_batch: max_batch.max(1),
+            max_wait: Duration::from_millis(max_wait_ms),
+        }
+    }
+}
+
+enum Runner<I, O> {
+    Streaming(StreamingWork<I, O>),
+    Batch(BatchWork<I, O>, Batching),
+}
+
+impl<I, O> Clone for Runner<I, O> {
+    fn clone(&self) -> Self {
+        match self {
+            Self::Streaming(w) => Self::Streaming(w.clone()),
+            Self::Batch(w, b) => Self::Batch(w.clone(), *b),
+        }
+    }
+}
 
 /// A result for job `id`; `last` is false for partial results of streaming work.
 pub struct Reply<O> {
@@ -21,8 +63,13 @@ pub struct Reply<O> {
 }
 
 struct Job<I, O> {
-    id: u64,
     input: I,
+    ticket: Ticket<O>,
+}
+
+/// Where a job's results go.
+struct Ticket<O> {
+    id: u64,
     reply: Sender<Reply<O>>,
     activator: SyncActivator,
 }
@@ -49,31 +96,40 @@ impl<I: Send + 'static, O: Send + 'static> StagePool<I, O> {
         capacity: usize,
         work: StreamingWork<I, O>,
     ) -> Self {
+        Self::start(name, threads, capacity, Runner::Streaming(work))
+    }
+
+    /// Like [`StagePool::new`], for work that is cheaper per job on several jobs at once
+    /// (one pass over a model's weights for all of them): see [`Batching`].
+    pub fn batched(
+        name: &str,
+        threads: usize,
+        capacity: usize,
+        batching: Batching,
+        work: BatchWork<I, O>,
+    ) -> Self {
+        Self::start(name, threads, capacity, Runner::Batch(work, batching))
+    }
+
+    fn start(name: &str, threads: usize, capacity: usize, runner: Runner<I, O>) -> Self {
         let (jobs, queue) = crossbeam_channel::unbounded::<Job<I, O>>();
         let in_flight = Arc::new(AtomicUsize::new(0));
         let handles = (0..threads.max(1))
             .map(|i| {
                 let queue: Receiver<Job<I, O>> = queue.clone();
-                let work = work.clone();
+                let runner = runner.clone();
                 let in_flight = in_flight.clone();
                 std::thread::Builder::new()
                     .name(format!("{name}-{i}"))
                     .spawn(move || {
                         for job in queue.iter() {
-                            let send = |output, last| {
-                                let reply = Reply {
-                                    id: job.id,
-                                    output,
-                                    last,
-                                };
-                                // A closed channel means the operator is gone (shutdown).
-                                if job.reply.send(reply).is_ok() {
-                                    let _ = job.activator.activate();
+                            match &runner {
+                                Runner::Streaming(work) => run_one(job, work, &in_flight),
+                                Runner::Batch(work, batching) => {
+                                    let jobs = gather(job, &queue, *batching);
+                                    run_batch(jobs, work, &in_flight);
                                 }
-                            };
-                            let out = work(job.input, &mut |part| send(part, false));
-                            in_flight.fetch_sub(1, Ordering::AcqRel);
-                            send(out, true);
+                            }
                         }
                     })
                     .expect("spawn stage thread")
@@ -103,15 +159,64 @@ impl<I: Send + 'static, O: Send + 'static> StagePool<I, O> {
     /// Submit a job; the result arrives on `reply` and `activator` wakes the operator.
     pub fn submit(&self, id: u64, input: I, reply: Sender<Reply<O>>, activator: SyncActivator) {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        let job = Job {
+        let ticket = Ticket {
             id,
-            input,
             reply,
             activator,
         };
+        let job = Job { input, ticket };
         if self.jobs.send(job).is_err() {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
         }
+    }
+}
+
+impl<O> Ticket<O> {
+    fn send(&self, output: O, last: bool) {
+        let reply = Reply {
+            id: self.id,
+            output,
+            last,
+        };
+        // A closed channel means the operator is gone (shutdown).
+        if self.reply.send(reply).is_ok() {
+            let _ = self.activator.activate();
+        }
+    }
+}
+
+fn run_one<I, O>(job: Job<I, O>, work: &StreamingWork<I, O>, in_flight: &AtomicUsize) {
+    let Job { input, ticket } = job;
+    let out = work(input, &mut |part| ticket.send(part, false));
+    in_flight.fetch_sub(1, Ordering::AcqRel);
+    ticket.send(out, true);
+}
+
+/// `first` and whatever else is queued, up to the batch size, waiting at most `max_wait`.
+fn gather<T>(first: T, queue: &Receiver<T>, b: Batching) -> Vec<T> {
+    let deadline = Instant::now() + b.max_wait;
+    let mut jobs = vec![first];
+    while jobs.len() < b.max_batch {
+        match queue.try_recv().or_else(|_| queue.recv_deadline(deadline)) {
+            Ok(job) => jobs.push(job),
+            Err(_) => break,
+        }
+    }
+    jobs
+}
+
+fn run_batch<I, O>(jobs: Vec<Job<I, O>>, work: &BatchWork<I, O>, in_flight: &AtomicUsize) {
+    let (inputs, tickets): (Vec<I>, Vec<Ticket<O>>) =
+        jobs.into_iter().map(|j| (j.input, j.ticket)).unzip();
+    let outputs = work(inputs);
+    assert_eq!(
+        outputs.len(),
+        tickets.len(),
+        "batch work: one output per input"
+    );
+    in_flight.fetch_sub(tickets.len(), Ordering::AcqRel);
+    for (ticket, out) in tickets.into_iter().zip(outputs) {
+        ticket.send(out, true);
     }
 }
 
@@ -143,5 +248,83 @@ impl Admission {
     }
     pub fn pending(&self) -> usize {
         self.pending.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use timely::dataflow::operators::{Capture, Input, Probe};
+
+    #[test]
+    fn gather_takes_what_is_queued_up_to_the_batch_size() {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        for i in 1..=3 {
+            tx.send(i).unwrap();
+        }
+        assert_eq!(gather(0, &rx, Batching::new(3, 0)), vec![0, 1, 2]);
+        assert_eq!(gather(9, &rx, Batching::new(3, 0)), vec![9, 3]);
+        assert_eq!(gather(7, &rx, Batching::NONE), vec![7]);
+    }
+
+    #[test]
+    fn gather_waits_at_most_max_wait_for_more() {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let late = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(30));
+            tx.send(1).unwrap();
+            tx
+        });
+        let t = Instant::now();
+        assert_eq!(gather(0, &rx, Batching::new(4, 300)), vec![0, 1]);
+        let _tx = late.join().unwrap();
+        // Nothing more arrives: the wait ends at the deadline, not never.
+        assert!(t.elapsed() >= Duration::from_millis(300));
+        assert!(t.elapsed() < Duration::from_secs(5));
+    }
+
+    /// Through the stage operator: every record comes back exactly once, transformed, and
+    /// records that queue behind a busy thread are taken together.
+    #[test]
+    fn batched_stage_returns_every_record_once() {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let seen = sizes.clone();
+        let work: BatchWork<u64, u64> = Arc::new(move |xs: Vec<u64>| {
+            seen.lock().unwrap().push(xs.len());
+            std::thread::sleep(Duration::from_millis(20));
+            xs.into_iter().map(|x| x * 10).collect()
+        });
+        let pool = Arc::new(StagePool::batched("test", 1, 64, Batching::new(4, 0), work));
+        let captured = timely::execute_directly(move |worker| {
+            let (mut input, probe, captured) = worker.dataflow::<u64, _, _>(|scope| {
+                let (input, stream) = scope.new_input::<Vec<u64>>();
+                let out = crate::operators::async_stage(stream, pool.clone(), |_| {});
+                let (probe, out) = out.probe();
+                (input, probe, out.capture())
+            });
+            for x in 0..20 {
+                input.send(x);
+            }
+            input.advance_to(1);
+            drop(input);
+            while !probe.done() {
+                worker.step();
+            }
+            captured
+        });
+        let mut out: Vec<u64> = timely::dataflow::operators::capture::Extract::extract(captured)
+            .into_iter()
+            .flat_map(|(_, xs)| xs)
+            .collect();
+        out.sort_unstable();
+        assert_eq!(out, (0..20).map(|x| x * 10).collect::<Vec<_>>());
+        let sizes = sizes.lock().unwrap();
+        assert_eq!(sizes.iter().sum::<usize>(), 20);
+        assert!(sizes.iter().all(|&n| (1..=4).contains(&n)), "{sizes:?}");
+        assert!(
+            sizes.iter().any(|&n| n > 1),
+            "nothing was batched: {sizes:?}"
+        );
     }
 }

@@ -219,6 +219,7 @@ fn new_pending<C>(chunk: &Chunk, token: C, now: Instant) -> Pending<C> {
             timings: Vec::new(),
             spans: Vec::new(),
             ready_time: 0,
+            batches: Vec::new(),
         },
         chunks: BTreeMap::new(),
         final_seq: None,

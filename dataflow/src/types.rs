@@ -36,6 +36,10 @@ pub struct Meta {
     /// lookup) has been produced: the time of the chunk that completed it.
     #[serde(default)]
     pub ready_time: u64,
+    /// Stage name → how many utterances it processed together with this one (dynamic
+    /// batching), for the stages that batch.
+    #[serde(default)]
+    pub batches: Vec<(String, usize)>,
 }
 
 impl Meta {

@@ -12,7 +12,7 @@ use teddyflow_models::emotion::{Emotion, EmotionModel};
 use teddyflow_models::safety::{self, SafetyModel, SafetyVerdict, Verdict};
 
 use crate::config::Config;
-use crate::pool::StagePool;
+use crate::pool::{Batching, StagePool};
 use crate::types::{Decoded, Transcribed};
 
 /// The acoustic half of an utterance.
@@ -75,30 +75,57 @@ pub fn understand_pool(config: &Config) -> anyhow::Result<(Arc<UnderstandPool>, 
     let safety = SafetyModel::with_embedder(embedder.clone(), models, &data)?;
     let redact = config.understanding.redact_pii;
     let shared = safety.clone();
-    let work = Arc::new(move |(heard, acoustic): (Transcribed, Acoustic)| {
-        understand(&embedder, &emotion, &safety, redact, heard, acoustic)
+    let work = Arc::new(move |batch: Vec<(Transcribed, Acoustic)>| {
+        understand_batch(&embedder, &emotion, &safety, redact, batch)
     });
+    let u = &config.understanding;
+    let batching = Batching::new(u.max_batch, u.max_wait_ms);
     let capacity = config.engine.max_pending_utterances;
-    let pool = StagePool::new("understand", config.understanding.threads, capacity, work);
+    let pool = StagePool::batched("understand", u.threads, capacity, batching, work);
     Ok((Arc::new(pool), shared))
 }
 
-fn understand(
+/// One MiniLM pass embeds every transcript of the batch; each is then classified alone.
+fn understand_batch(
     embedder: &Embedder,
     emotion: &EmotionModel,
     safety: &SafetyModel,
     redact: bool,
+    batch: Vec<(Transcribed, Acoustic)>,
+) -> Vec<Understood> {
+    let started = Instant::now();
+    let texts: Vec<&str> = batch.iter().map(|(h, _)| h.transcript.as_str()).collect();
+    let embeddings = match embedder.embed(&texts) {
+        Ok(e) => e.into_iter().map(Some).collect(),
+        // Without embeddings the models fall back to their other signals.
+        Err(_) => vec![None; batch.len()],
+    };
+    let embed_ms = started.elapsed().as_secs_f64() * 1e3;
+    let size = batch.len();
+    let models = (emotion, safety, redact);
+    let items = batch.into_iter().zip(embeddings);
+    items
+        .map(|((mut heard, acoustic), e)| {
+            heard.meta.batches.push(("understand".into(), size));
+            understand(models, heard, acoustic, e.as_deref(), embed_ms)
+        })
+        .collect()
+}
+
+fn understand(
+    (emotion, safety, redact): (&EmotionModel, &SafetyModel, bool),
     mut heard: Transcribed,
     acoustic: Acoustic,
+    embedding: Option<&[f32]>,
+    embed_ms: f64,
 ) -> Understood {
     let started = Instant::now();
-    let (verdict, feeling) = match embedder.embed_one(&heard.transcript) {
-        Ok(e) => (
-            safety.check_embedded(&heard.transcript, &e),
-            emotion.classify_embedded(&e, &acoustic.features),
+    let (verdict, feeling) = match embedding {
+        Some(e) => (
+            safety.check_embedded(&heard.transcript, e),
+            emotion.classify_embedded(e, &acoustic.features),
         ),
-        // Without an embedding the models fall back to their other signals.
-        Err(_) => (
+        None => (
             safety.check(&heard.transcript),
             emotion.classify(&heard.transcript, &acoustic.features),
         ),
@@ -106,9 +133,8 @@ fn understand(
     heard.meta.time("acoustic", acoustic.ms);
     let (start, end) = acoustic.span;
     heard.meta.spans.push(("acoustic".into(), start, end));
-    heard
-        .meta
-        .time("understand", started.elapsed().as_secs_f64() * 1e3);
+    let ms = embed_ms + started.elapsed().as_secs_f64() * 1e3;
+    heard.meta.time("understand", ms);
     let (transcript, redacted) = if redact {
         safety::redact(&heard.transcript)
     } else {

@@ -110,6 +110,19 @@ fn replies_name_the_child_are_spoken_and_follow_profile_changes() {
         a.iter().any(|r| r.header("utterance") == Some("u4"))
     });
     assert!(alerts.iter().any(|r| r.header("utterance") == Some("u4")));
+
+    // 5. Between turns the history (u3; the unsafe u4 is not remembered) was run through
+    //    the model, so this reply runs only its own part of the prompt.
+    let r5 = say(&broker, "u5", "tell me a story about a cat", 5);
+    println!("u5: {} => {}", r5["transcript"], r5["reply"]);
+    let reply = &r5["reply"];
+    assert_eq!(reply["origin"], "model", "{r5}");
+    assert_eq!(reply["history_turns"], 1, "{r5}");
+    assert!(
+        reply["reused_tokens"].as_u64().unwrap() > 10,
+        "{r5}\n{}",
+        log()
+    );
 }
 
 /// Speak `text` as the child (flac chunks) and wait for the `n`-th response; return it.

@@ -25,6 +25,7 @@ use crate::config::Config;
 use crate::memory::Turn;
 use crate::operators::{stable_hash, Output, OutputKind};
 use crate::pool::StagePool;
+use crate::prepare::Preparer;
 use crate::profiles::Profile;
 use crate::types::{now_ms, Meta};
 use crate::understand::Understood;
@@ -66,6 +67,9 @@ pub struct ReplyInfo {
     pub origin: Origin,
     /// Earlier turns of the conversation that were in the prompt.
     pub history_turns: usize,
+    /// Prompt tokens the model did not run for this reply: the history, prepared between
+    /// turns (`answering.prepared_conversations`).
+    pub reused_tokens: usize,
     /// Speech records written (the last one is an empty end-of-reply marker).
     pub speech_chunks: u32,
     pub speech_ms: u64,
@@ -101,10 +105,29 @@ struct Answerer {
     chunk_samples: usize,
 }
 
-pub fn reply_pool(config: &Config, safety: SafetyModel) -> anyhow::Result<Arc<ReplyPool>> {
+/// The reply stage of a process: its pool and the thread that prepares histories.
+#[derive(Clone)]
+pub struct ReplyStage {
+    pub pool: Arc<ReplyPool>,
+    /// `None` when `answering.prepared_conversations = 0`.
+    pub preparer: Option<Arc<Preparer>>,
+}
+
+pub fn reply_stage(config: &Config, safety: SafetyModel) -> anyhow::Result<ReplyStage> {
+    let model = ReplyModel::load(&config.asr.models_dir)?;
+    let pool = reply_pool(config, safety, model.clone());
+    let keep = config.answering.prepared_conversations;
+    let preparer = (keep > 0).then(|| {
+        let pool = pool.clone();
+        Preparer::start(model, keep, move || pool.in_flight() > 0)
+    });
+    Ok(ReplyStage { pool, preparer })
+}
+
+fn reply_pool(config: &Config, safety: SafetyModel, model: ReplyModel) -> Arc<ReplyPool> {
     let a = &config.answering;
     let answerer = Arc::new(Answerer {
-        model: ReplyModel::load(&config.asr.models_dir)?,
+        model,
         safety,
         sampling: Sampling {
             temperature: a.temperature,
@@ -123,12 +146,12 @@ pub fn reply_pool(config: &Config, safety: SafetyModel) -> anyhow::Result<Arc<Re
         ReplyEvent::Done(Box::new(answerer.answer(job, emit)))
     });
     let capacity = config.engine.max_pending_utterances;
-    Ok(Arc::new(StagePool::streaming(
+    Arc::new(StagePool::streaming(
         "reply",
         config.answering.threads,
         capacity,
         work,
-    )))
+    ))
 }
 
 impl Answerer {
@@ -197,6 +220,7 @@ impl Answerer {
                 fallback_categories: said.fallback.unwrap_or_default(),
                 origin: said.origin,
                 history_turns,
+                reused_tokens: said.reused_tokens,
                 speech_chunks: chunks,
                 speech_ms: samples as u64 * 1000 / self.speech_rate as u64,
                 tts_errors: errors,
@@ -222,15 +246,14 @@ impl Answerer {
         if let Some(o) = &opening {
             speaker.say(o.trim_end_matches(','), emit);
         }
-        let (spoken, replaced, first) =
-            self.generate_checked(prompt, opening.clone(), speaker, emit);
+        let checked = self.generate_checked(prompt, opening.clone(), speaker, emit);
         // The text says what was spoken: the opening too, when no sentence carried it.
-        let nothing_spoken = spoken.is_empty();
+        let nothing_spoken = checked.spoken.is_empty();
         let mut said: Vec<String> = match &opening {
             Some(o) if nothing_spoken => vec![o.clone()],
-            _ => spoken,
+            _ => checked.spoken,
         };
-        let origin = match &replaced {
+        let origin = match &checked.replaced {
             Some(_) => {
                 speaker.say(&redirect, emit);
                 said.push(redirect);
@@ -246,26 +269,28 @@ impl Answerer {
         Said {
             text: said.join(" "),
             origin,
-            fallback: replaced,
-            first_sentence_ms: first,
+            fallback: checked.replaced,
+            first_sentence_ms: checked.first_ms,
+            reused_tokens: checked.reused_tokens,
         }
     }
 
     /// Generate and speak sentence by sentence; stop speaking at the first sentence that
-    /// fails the safety check. `already_said` (the opening) is not spoken again. Returns the spoken sentences, the categories of the sentence
-    /// that failed (if one did), and when the first sentence was ready (ms).
+    /// fails the safety check. `already_said` (the opening) is not spoken again.
     fn generate_checked(
         &self,
         prompt: &Prompt,
         mut already_said: Option<String>,
         speaker: &mut Speaker,
         emit: &mut dyn FnMut(ReplyEvent),
-    ) -> (Vec<String>, Option<Vec<String>>, Option<f64>) {
+    ) -> Checked {
         let started = Instant::now();
         let mut spoken = Vec::new();
         let mut replaced = None;
         let mut first = None;
-        let result = self.model.generate(prompt, &self.sampling, &mut |sentence| {
+        // The conversation's history may have been run already, between turns.
+        let session = Some(speaker.conversation);
+        let result = self.model.generate_in(session, prompt, &self.sampling, &mut |sentence| {
             if replaced.is_some() {
                 return;
             }
@@ -285,18 +310,28 @@ impl Answerer {
             }
             spoken.push(sentence.to_string());
         });
+        let mut reused_tokens = 0;
         match result {
-            Ok(g) => tracing::debug!(
-                prompt_tokens = g.prompt_tokens,
-                tokens = g.tokens,
-                prefill_ms = g.prefill_ms as u64,
-                first_sentence_ms = g.first_sentence_ms as u64,
-                total_ms = g.total_ms as u64,
-                "reply generated"
-            ),
+            Ok(g) => {
+                reused_tokens = g.reused_tokens;
+                tracing::debug!(
+                    prompt_tokens = g.prompt_tokens,
+                    reused_tokens = g.reused_tokens,
+                    tokens = g.tokens,
+                    prefill_ms = g.prefill_ms as u64,
+                    first_sentence_ms = g.first_sentence_ms as u64,
+                    total_ms = g.total_ms as u64,
+                    "reply generated"
+                )
+            }
             Err(e) => tracing::warn!(error = %e, "reply model failed; answering from the bank"),
         }
-        (spoken, replaced, first)
+        Checked {
+            spoken,
+            replaced,
+            first_ms: first,
+            reused_tokens,
+        }
     }
 }
 
@@ -307,6 +342,7 @@ struct Said {
     /// A generated sentence failed the safety check and was replaced; its categories.
     fallback: Option<Vec<String>>,
     first_sentence_ms: Option<f64>,
+    reused_tokens: usize,
 }
 
 impl Said {
@@ -316,8 +352,19 @@ impl Said {
             origin,
             fallback: None,
             first_sentence_ms: None,
+            reused_tokens: 0,
         }
     }
+}
+
+/// What [`Answerer::generate_checked`] spoke.
+struct Checked {
+    spoken: Vec<String>,
+    /// The categories of the sentence that failed the safety check, if one did.
+    replaced: Option<Vec<String>>,
+    /// When the first sentence was ready (ms).
+    first_ms: Option<f64>,
+    reused_tokens: usize,
 }
 
 /// Turns sentences into speech records on the speech topic, in the audio wire format:

@@ -43,6 +43,10 @@ pub struct Answering {
     pub memory_ttl_ms: u64,
     /// Conversations remembered per worker; the least recently used is forgotten beyond it.
     pub memory_max_conversations: usize,
+    /// Conversations per process whose history the reply model runs between turns, so the
+    /// next reply starts speaking sooner (each holds ~20 MiB of model state at 2 turns of
+    /// memory; least recently used dropped; 0 = off).
+    pub prepared_conversations: usize,
     /// Reply language for a child without a profile (or a profile without a language).
     pub default_language: String,
     /// Sample rate of the speech written to the speech topic (the toy's playback rate).
@@ -67,6 +71,7 @@ impl Default for Answering {
             memory_turns: 2,
             memory_ttl_ms: 15 * 60 * 1000,
             memory_max_conversations: 10_000,
+            prepared_conversations: 8,
             default_language: "en".into(),
             speech_rate: 16_000,
             speech_chunk_ms: 500,

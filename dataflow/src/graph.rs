@@ -28,7 +28,7 @@ use timely::dataflow::operators::core::{Concat, Map, OkErr, Probe};
 use timely::dataflow::{ProbeHandle, Stream};
 use timely::worker::Worker;
 
-use crate::answer::{self, ReplyPool};
+use crate::answer::{self, ReplyStage};
 use crate::config::{Config, Topics};
 use crate::metrics::WorkerMetrics;
 use crate::operators::{self, Output, OutputKind, SourceHandle, SourceSettings};
@@ -53,7 +53,7 @@ pub struct UnderstandingPools {
     pub acoustic: Arc<AcousticPool>,
     pub understand: Arc<UnderstandPool>,
     /// Replies, unless `answering.enabled = false`.
-    pub reply: Option<Arc<ReplyPool>>,
+    pub reply: Option<ReplyStage>,
 }
 
 impl UnderstandingPools {
@@ -63,7 +63,7 @@ impl UnderstandingPools {
         }
         let (understand, safety) = understand::understand_pool(config)?;
         let reply = match config.answering.enabled {
-            true => Some(answer::reply_pool(config, safety)?),
+            true => Some(answer::reply_stage(config, safety)?),
             false => None,
         };
         Ok(Some(Self {
@@ -211,7 +211,8 @@ pub fn run_worker(
                         )?;
                         profile_dead_letters = Some(invalid);
                         let answers = Answers {
-                            pool: reply.clone(),
+                            pool: reply.pool.clone(),
+                            preparer: reply.preparer.clone(),
                             memory: Rc::new(RefCell::new(memory_for(config))),
                             metrics: metrics.clone(),
                             admission: shared.admission.clone(),

@@ -10,6 +10,7 @@
 //! - [`profiles`]: child profiles as a differential collection, joined per utterance.
 //! - [`memory`]: recent turns per conversation, on the worker that owns it.
 //! - [`answer`]: the reply (model or curated bank), checked, spoken sentence by sentence.
+//! - [`prepare`]: conversation histories run through the reply model between turns.
 
 pub mod answer;
 pub mod config;
@@ -19,6 +20,7 @@ pub mod metrics;
 pub mod offsets;
 pub mod operators;
 pub mod pool;
+pub mod prepare;
 pub mod profiles;
 pub mod reassembly;
 pub mod types;

@@ -83,12 +83,18 @@ impl ConversationMemory {
         entry.last_ms = now_ms;
     }
 
-    /// Forget every conversation of `child` (their profile was deleted).
-    pub fn forget_child(&mut self, child: &str) -> usize {
-        let before = self.entries.len();
-        self.entries
-            .retain(|_, e| e.child.as_deref() != Some(child));
-        before - self.entries.len()
+    /// Forget every conversation of `child` (their profile was deleted); returns their ids.
+    pub fn forget_child(&mut self, child: &str) -> Vec<String> {
+        let gone: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.child.as_deref() == Some(child))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &gone {
+            self.entries.remove(k);
+        }
+        gone
     }
 
     /// Drop conversations idle longer than the TTL.
@@ -150,7 +156,7 @@ mod tests {
         m.record("c", Some("c9"), turn(3), 2200);
         assert_eq!(m.len(), 2, "the least recently used conversation went");
         assert!(m.history("a", Some("c1"), 2300).is_empty());
-        assert_eq!(m.forget_child("c1"), 1);
+        assert_eq!(m.forget_child("c1"), vec!["b".to_string()]);
         assert!(m.history("b", Some("c1"), 2300).is_empty());
         assert_eq!(m.history("c", Some("c9"), 2300), vec![turn(3)]);
         m.expire(5000);

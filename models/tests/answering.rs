@@ -149,6 +149,68 @@ fn greedy_reply_is_deterministic_short_and_names_the_child() {
     );
 }
 
+/// A turn that starts from its conversation's prepared history says what it says when the
+/// whole prompt runs, and runs only its own tokens. Oracle: the same turn without a session.
+#[test]
+fn prepared_history_gives_the_same_reply_with_less_prefill() {
+    if !have_llm() {
+        return;
+    }
+    let _g = exclusive();
+    let model = llm();
+    model.keep_sessions(2);
+    let turn = |child: &str, teddy: &str| (child.to_string(), teddy.to_string());
+    let mut prompt = mia_prompt("Can Max come to the beach with us?");
+    prompt.history = vec![
+        turn(
+            "I have a puppy called Max.",
+            "Mia, a puppy! What does Max like to do?",
+        ),
+        turn(
+            "Max likes to run in the park.",
+            "Running in the park sounds wonderful!",
+        ),
+    ];
+    let settings = Sampling::default();
+    let whole = model.generate(&prompt, &settings, &mut |_| {}).unwrap();
+    assert_eq!(whole.reused_tokens, 0);
+    let prepared = model.prepare("conv-1", &prompt.history).unwrap();
+    assert!(prepared > 20, "{prepared} history tokens");
+    assert_eq!(
+        model.prepare("conv-1", &prompt.history).unwrap(),
+        0,
+        "already prepared"
+    );
+    let fast = model
+        .generate_in(Some("conv-1"), &prompt, &settings, &mut |_| {})
+        .unwrap();
+    eprintln!(
+        "prefill {:.0} ms whole, {:.0} ms from the prepared history ({} of {} tokens reused)",
+        whole.prefill_ms, fast.prefill_ms, fast.reused_tokens, fast.prompt_tokens
+    );
+    assert_eq!(fast.reused_tokens, prepared);
+    assert_eq!(fast.prompt_tokens, whole.prompt_tokens);
+    assert_eq!(fast.text, whole.text);
+
+    // Another conversation, or another history, never starts from it.
+    let miss = |session: &str, p: &Prompt| {
+        let g = model.generate_in(Some(session), p, &settings, &mut |_| {});
+        g.unwrap().reused_tokens
+    };
+    assert_eq!(miss("conv-2", &prompt), 0);
+    let mut shorter = prompt.clone();
+    shorter.history.remove(0);
+    assert_eq!(miss("conv-1", &shorter), 0);
+    // Least recently used goes beyond the capacity; forgetting drops a state at once.
+    model.prepare("conv-2", &shorter.history).unwrap();
+    model.prepare("conv-3", &shorter.history).unwrap();
+    assert_eq!(miss("conv-1", &prompt), 0, "evicted");
+    assert!(miss("conv-3", &shorter) > 0);
+    model.forget_sessions(&["conv-3".to_string()]);
+    assert_eq!(miss("conv-3", &shorter), 0, "forgotten");
+    model.keep_sessions(0);
+}
+
 #[test]
 fn sentences_stream_in_order_before_generate_returns() {
     if !have_llm() {

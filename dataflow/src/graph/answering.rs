@@ -13,10 +13,11 @@ use timely::dataflow::{Scope, Stream};
 use super::{open_partitions, understood_response, ProcessShared};
 use crate::answer::{Replied, ReplyEvent, ReplyJob, ReplyPool};
 use crate::config::{Config, Topics};
-use crate::memory::ConversationMemory;
+use crate::memory::{ConversationMemory, Turn};
 use crate::metrics::WorkerMetrics;
 use crate::operators::{self, stable_hash, Output};
 use crate::pool::Admission;
+use crate::prepare::Preparer;
 use crate::profiles::{self, Lookup, ProfileEvent, ProfileSourceSettings};
 use crate::types::now_ms;
 use crate::understand::Understood;
@@ -78,6 +79,8 @@ pub(super) fn memory_for(config: &Config) -> ConversationMemory {
 /// The reply stage of one worker, with the memory of the conversations it owns.
 pub(super) struct Answers {
     pub pool: std::sync::Arc<ReplyPool>,
+    /// Runs each conversation's next history between turns (None: off).
+    pub preparer: Option<std::sync::Arc<Preparer>>,
     pub memory: Rc<RefCell<ConversationMemory>>,
     pub metrics: Rc<RefCell<WorkerMetrics>>,
     /// Left when the reply is done: the utterance has passed its last model stage.
@@ -95,13 +98,16 @@ impl Answers {
         lookups: Stream<'s, u64, Vec<Lookup>>,
         deleted: Stream<'s, u64, Vec<String>>,
     ) -> Stream<'s, u64, Vec<Output>> {
-        let memory = self.memory.clone();
+        let (memory, preparer) = (self.memory.clone(), self.preparer.clone());
         deleted.broadcast().inspect(move |child: &String| {
-            let n = memory.borrow_mut().forget_child(child);
+            let gone = memory.borrow_mut().forget_child(child);
             tracing::debug!(
-                conversations = n,
+                conversations = gone.len(),
                 "profile deleted: conversations forgotten"
             );
+            if let Some(p) = &preparer {
+                p.forget(gone);
+            }
         });
         let joined = operators::join_lookup(
             understood,
@@ -130,12 +136,16 @@ impl Answers {
             }
         });
         let (memory, metrics) = (self.memory.clone(), self.metrics.clone());
+        let preparer = self.preparer.clone();
         let admission = self.admission.clone();
         let events = operators::async_stage(jobs, self.pool.clone(), move |e: &ReplyEvent| {
             if let ReplyEvent::Done(r) = e {
                 admission.leave();
                 record_reply(&mut metrics.borrow_mut(), r);
-                remember(&mut memory.borrow_mut(), r);
+                let history = remember(&mut memory.borrow_mut(), r);
+                if let Some(p) = &preparer {
+                    p.prepare(&r.understood.heard.meta.conversation, history);
+                }
             }
         });
         let (topics, worker) = (self.topics, self.worker);
@@ -159,13 +169,15 @@ fn record_reply(m: &mut WorkerMetrics, r: &Replied) {
 }
 
 /// Unsafe turns are not remembered: the next reply must not pick the topic up again.
-fn remember(memory: &mut ConversationMemory, r: &Replied) {
-    if r.understood.safety.verdict == teddyflow_models::safety::Verdict::Unsafe {
-        return;
-    }
+/// Returns the history the conversation's next turn will carry.
+fn remember(memory: &mut ConversationMemory, r: &Replied) -> Vec<Turn> {
     let meta = &r.understood.heard.meta;
-    let turn = (r.understood.transcript.clone(), r.reply.text.clone());
-    memory.record(&meta.conversation, meta.child.as_deref(), turn, now_ms());
+    let (conversation, child) = (&meta.conversation, meta.child.as_deref());
+    if r.understood.safety.verdict != teddyflow_models::safety::Verdict::Unsafe {
+        let turn = (r.understood.transcript.clone(), r.reply.text.clone());
+        memory.record(conversation, child, turn, now_ms());
+    }
+    memory.history(conversation, child, now_ms())
 }
 
 fn reply_response(r: Replied, topics: &Topics, worker: usize) -> Output {

@@ -9,16 +9,23 @@
 //! rules, examples) is computed at load; each [`ReplyModel::generate`] call clones it (every
 //! tensor, kv cache included, is reference-counted, so a clone copies no weights or keys) and
 //! so has its own kv state: calls on different threads never share mutable state.
+//!
+//! A conversation's history is known before the child speaks again, so [`ReplyModel::prepare`]
+//! runs it between turns and keeps the state (a few per process, least recently used
+//! dropped). A turn whose history tokens match starts from there and runs only its own
+//! note and utterance: on two cores the history is most of the prompt, and the prompt most
+//! of the wait for the first sentence.
 
 pub mod prompt;
 pub mod text;
 pub mod tokenizer;
 pub mod weights;
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::Context;
@@ -79,6 +86,8 @@ pub struct Generated {
     /// Tokens generated (without the stop token).
     pub tokens: usize,
     pub prompt_tokens: usize,
+    /// Prompt tokens (the history) taken from the conversation's prepared state, not run.
+    pub reused_tokens: usize,
     /// Tokenizing and running this turn's prompt (after the preamble) through the model.
     pub prefill_ms: f64,
     /// From the call to the first `on_sentence` (total_ms when there was none).
@@ -110,6 +119,69 @@ struct Inner {
     /// Control tokens: generating any of them ends the reply.
     stop_ids: Vec<u32>,
     device: Device,
+    sessions: Mutex<Sessions>,
+}
+
+/// Model states after a conversation's history, by conversation, least recently used
+/// dropped beyond `capacity`. Each holds the kv cache of its prompt so far (~46 KB per
+/// token for SmolLM2-135M).
+#[derive(Default)]
+struct Sessions {
+    capacity: usize,
+    tick: u64,
+    states: HashMap<String, Session>,
+}
+
+struct Session {
+    /// Token ids of the history this state has run (after the preamble).
+    history: Vec<u32>,
+    state: ModelWeights,
+    used: u64,
+}
+
+impl Sessions {
+    /// The state after `history`, if one was prepared for exactly that history.
+    fn get(&mut self, key: &str, history: &[u32]) -> Option<ModelWeights> {
+        self.tick += 1;
+        let s = self.states.get_mut(key)?;
+        if s.history != history {
+            return None;
+        }
+        s.used = self.tick;
+        Some(s.state.clone())
+    }
+
+    fn holds(&self, key: &str, history: &[u32]) -> bool {
+        self.states.get(key).is_some_and(|s| s.history == history)
+    }
+
+    fn put(&mut self, key: &str, history: Vec<u32>, state: ModelWeights) {
+        if self.capacity == 0 {
+            return;
+        }
+        self.tick += 1;
+        self.states.remove(key);
+        while self.states.len() >= self.capacity {
+            let Some(oldest) = self
+                .states
+                .iter()
+                .min_by_key(|(_, s)| s.used)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            self.states.remove(&oldest);
+        }
+        let used = self.tick;
+        self.states.insert(
+            key.to_string(),
+            Session {
+                history,
+                state,
+                used,
+            },
+        );
+    }
 }
 
 impl ReplyModel {
@@ -139,6 +211,7 @@ impl ReplyModel {
             tokenizer: tok.tokenizer,
             stop_ids: tok.special_ids,
             device,
+            sessions: Mutex::new(Sessions::default()),
         };
         Ok(Self {
             inner: Arc::new(inner),
@@ -147,6 +220,48 @@ impl ReplyModel {
 
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.inner.tokenizer
+    }
+
+    /// How many conversations' prepared states to keep (0, the default, keeps none).
+    pub fn keep_sessions(&self, conversations: usize) {
+        let mut sessions = self.inner.sessions.lock().expect("sessions lock");
+        sessions.capacity = conversations;
+        sessions.states.clear();
+    }
+
+    /// Run `history` (the turns the next prompt of `session` will carry) now, so the next
+    /// turn with exactly that history only runs its own part. Returns the tokens run (0 when
+    /// there is nothing to prepare or the state is already there).
+    pub fn prepare(&self, session: &str, history: &[(String, String)]) -> anyhow::Result<usize> {
+        let ids = encode(&self.inner.tokenizer, &prompt::history(history))?;
+        {
+            let sessions = self.inner.sessions.lock().expect("sessions lock");
+            if ids.is_empty() || sessions.capacity == 0 || sessions.holds(session, &ids) {
+                return Ok(0);
+            }
+        }
+        if self.inner.preamble_tokens + ids.len() >= PROMPT_TOKEN_BUDGET {
+            return Ok(0); // the turn would drop old history to fit, so it could not match
+        }
+        let mut model = self.inner.after_preamble.clone();
+        forward(
+            &mut model,
+            &self.inner.device,
+            &ids,
+            self.inner.preamble_tokens,
+        )?;
+        let n = ids.len();
+        let mut sessions = self.inner.sessions.lock().expect("sessions lock");
+        sessions.put(session, ids, model);
+        Ok(n)
+    }
+
+    /// Drop the prepared states of these conversations (a child's profile was deleted).
+    pub fn forget_sessions(&self, sessions: &[String]) {
+        let mut s = self.inner.sessions.lock().expect("sessions lock");
+        for key in sessions {
+            s.states.remove(key);
+        }
     }
 
     /// Generate a reply, calling `on_sentence` with each sentence as soon as it is complete
@@ -160,20 +275,44 @@ impl ReplyModel {
         settings: &Sampling,
         on_sentence: &mut dyn FnMut(&str),
     ) -> anyhow::Result<Generated> {
+        self.generate_in(None, prompt, settings, on_sentence)
+    }
+
+    /// [`Self::generate`] for a turn of conversation `session`: starts from the state
+    /// [`Self::prepare`] left when it ran this prompt's history. The reply is the same.
+    pub fn generate_in(
+        &self,
+        session: Option<&str>,
+        prompt: &Prompt,
+        settings: &Sampling,
+        on_sentence: &mut dyn FnMut(&str),
+    ) -> anyhow::Result<Generated> {
         let start = Instant::now();
-        let turn = self.encode_turn(prompt)?;
-        let prompt_tokens = self.inner.preamble_tokens + turn.len();
+        let (history, current) = self.encode_turn(prompt)?;
+        let prompt_tokens = self.inner.preamble_tokens + history.len() + current.len();
         let max_tokens = settings.max_tokens.min(MAX_SEQ_LEN - prompt_tokens);
         let mut state = Decoding::new(settings, start);
         state.stream = SentenceStream::new().with_child_name(prompt.child_name.as_deref());
         state.opening = prompt::reply_opening(prompt).unwrap_or_default();
-        let mut model = self.inner.after_preamble.clone();
-        let mut logits = forward(
-            &mut model,
-            &self.inner.device,
-            &turn,
-            self.inner.preamble_tokens,
-        )?;
+        let prepared = session.and_then(|key| {
+            let mut sessions = self.inner.sessions.lock().expect("sessions lock");
+            sessions.get(key, &history)
+        });
+        let (mut model, run, pos) = match prepared {
+            Some(model) => {
+                state.reused_tokens = history.len();
+                (model, current, self.inner.preamble_tokens + history.len())
+            }
+            None => {
+                let all = [history, current].concat();
+                (
+                    self.inner.after_preamble.clone(),
+                    all,
+                    self.inner.preamble_tokens,
+                )
+            }
+        };
+        let mut logits = forward(&mut model, &self.inner.device, &run, pos)?;
         state.prefill_ms = ms_since(start);
         // Running out of tokens leaves a sentence unfinished: it is dropped, never spoken.
         let mut end = End::CutOff;
@@ -203,17 +342,24 @@ impl ReplyModel {
         Ok(state.finish(prompt_tokens))
     }
 
-    /// Token ids of the turn (everything after the preamble), dropping the oldest history
-    /// turns until the whole prompt fits the budget.
-    fn encode_turn(&self, prompt: &Prompt) -> anyhow::Result<Vec<u32>> {
+    /// Token ids of the turn (everything after the preamble) as (history, this turn),
+    /// dropping the oldest history turns until the whole prompt fits the budget. The two
+    /// parts are tokenized apart, as [`Self::prepare`] tokenizes a history, so that a
+    /// prepared history matches token for token.
+    fn encode_turn(&self, prompt: &Prompt) -> anyhow::Result<(Vec<u32>, Vec<u32>)> {
         let mut prompt = prompt.clone();
         prompt.utterance = truncate_chars(&prompt.utterance, MAX_UTTERANCE_CHARS);
+        let current = encode(&self.inner.tokenizer, &prompt::current(&prompt))?;
         let mut keep = prompt.history.len();
         loop {
-            let turn = encode(&self.inner.tokenizer, &prompt::turns(&prompt, keep))?;
-            let total = self.inner.preamble_tokens + turn.len();
+            let skip = prompt.history.len() - keep;
+            let history = encode(
+                &self.inner.tokenizer,
+                &prompt::history(&prompt.history[skip..]),
+            )?;
+            let total = self.inner.preamble_tokens + history.len() + current.len();
             if total <= PROMPT_TOKEN_BUDGET {
-                return Ok(turn);
+                return Ok((history, current));
             }
             if keep == 0 {
                 return Err(LlmError::PromptTooLong(total).into());
@@ -285,6 +431,7 @@ struct Decoding {
     sentences: Vec<String>,
     first_sentence_ms: Option<f64>,
     prefill_ms: f64,
+    reused_tokens: usize,
     /// Words the prompt already put at the start of the reply (see `prompt::reply_opening`).
     opening: String,
 }
@@ -299,6 +446,7 @@ impl Decoding {
             sentences: Vec::new(),
             first_sentence_ms: None,
             prefill_ms: 0.0,
+            reused_tokens: 0,
             opening: String::new(),
         }
     }
@@ -309,6 +457,7 @@ impl Decoding {
             text: self.sentences.join(" "),
             tokens: self.generated.len(),
             prompt_tokens,
+            reused_tokens: self.reused_tokens,
             prefill_ms: self.prefill_ms,
             first_sentence_ms: self.first_sentence_ms.unwrap_or(total_ms),
             total_ms,

@@ -144,13 +144,24 @@ pub fn message(role: &str, content: &str) -> String {
 /// Everything after the preamble: the most recent `keep_turns` turns of history, the turn
 /// note, the utterance, and the assistant generation prompt with the reply's opening.
 pub fn turns(p: &Prompt, keep_turns: usize) -> String {
-    let mut out = String::new();
     let skip = p.history.len().saturating_sub(keep_turns);
-    for (child, teddy) in &p.history[skip..] {
+    history(&p.history[skip..]) + &current(p)
+}
+
+/// Earlier turns as chat messages. It comes right after the preamble and is known before
+/// the child speaks again, so the model can run it between turns (see `ReplyModel::prepare`).
+pub fn history(turns: &[(String, String)]) -> String {
+    let mut out = String::new();
+    for (child, teddy) in turns {
         out += &message("user", child);
         out += &message("assistant", teddy);
     }
-    out += &message("system", &turn_note(p));
+    out
+}
+
+/// This turn: the note, the utterance, and the assistant generation prompt with the opening.
+pub fn current(p: &Prompt) -> String {
+    let mut out = message("system", &turn_note(p));
     out += &message("user", &p.utterance);
     out += "<|im_start|>assistant\n";
     out += &reply_opening(p).unwrap_or_default();

@@ -1,0 +1,111 @@
+//! Between turns: run each conversation's history through the reply model before the child
+//! speaks again, so the next reply only runs its own note and utterance
+//! (`ReplyModel::prepare`). On two cores the history is most of a prompt, and the prompt
+//! most of the wait for the first spoken sentence.
+//!
+//! One thread per process, and it works only while the reply stage has nothing to do: under
+//! load the requests wait (the latest per conversation, at most as many as states are kept)
+//! and replies run their whole prompt as before.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+use teddyflow_models::llm::ReplyModel;
+
+use crate::memory::Turn;
+
+/// How often a waiting request checks whether the reply stage has become idle.
+const IDLE_CHECK: Duration = Duration::from_millis(20);
+
+enum Request {
+    Prepare(String, Vec<Turn>),
+    Forget(Vec<String>),
+}
+
+pub struct Preparer {
+    requests: Sender<Request>,
+    _thread: JoinHandle<()>,
+}
+
+impl Preparer {
+    /// `busy` says whether a reply is being made or waits; `keep` is how many
+    /// conversations' states the model keeps.
+    pub fn start(
+        model: ReplyModel,
+        keep: usize,
+        busy: impl Fn() -> bool + Send + 'static,
+    ) -> Arc<Self> {
+        model.keep_sessions(keep);
+        let (requests, queue) = crossbeam_channel::unbounded();
+        let thread = std::thread::Builder::new()
+            .name("reply-prepare".into())
+            .spawn(move || run(&model, &queue, keep, busy))
+            .expect("spawn reply-prepare thread");
+        Arc::new(Self {
+            requests,
+            _thread: thread,
+        })
+    }
+
+    /// `history` is what the next prompt of `conversation` will carry.
+    pub fn prepare(&self, conversation: &str, history: Vec<Turn>) {
+        let _ = self
+            .requests
+            .send(Request::Prepare(conversation.into(), history));
+    }
+
+    /// Drop these conversations' states (their child's profile was deleted).
+    pub fn forget(&self, conversations: Vec<String>) {
+        if !conversations.is_empty() {
+            let _ = self.requests.send(Request::Forget(conversations));
+        }
+    }
+}
+
+fn run(model: &ReplyModel, queue: &Receiver<Request>, keep: usize, busy: impl Fn() -> bool) {
+    let mut pending: VecDeque<(String, Vec<Turn>)> = VecDeque::new();
+    loop {
+        // Block only when there is nothing to do; take every request that has arrived.
+        let first = match pending.is_empty() {
+            true => match queue.recv() {
+                Ok(r) => Some(r),
+                Err(_) => return, // the process is shutting down
+            },
+            false => None,
+        };
+        for request in first.into_iter().chain(queue.try_iter()) {
+            apply(model, &mut pending, request, keep);
+        }
+        if busy() {
+            std::thread::sleep(IDLE_CHECK);
+            continue;
+        }
+        if let Some((conversation, history)) = pending.pop_front() {
+            match model.prepare(&conversation, &history) {
+                Ok(tokens) => tracing::debug!(tokens, "conversation history prepared"),
+                Err(e) => tracing::warn!(error = %e, "preparing a conversation history failed"),
+            }
+        }
+    }
+}
+
+/// The latest request per conversation counts; beyond `keep` the oldest are dropped, as
+/// their states would be.
+fn apply(model: &ReplyModel, pending: &mut VecDeque<(String, Vec<Turn>)>, r: Request, keep: usize) {
+    match r {
+        Request::Prepare(conversation, history) => {
+            pending.retain(|(c, _)| *c != conversation);
+            pending.push_back((conversation, history));
+            while pending.len() > keep {
+                pending.pop_front();
+            }
+        }
+        Request::Forget(conversations) => {
+            pending.retain(|(c, _)| !conversations.contains(c));
+            model.forget_sessions(&conversations);
+        }
+    }
+}

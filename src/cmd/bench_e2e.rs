@@ -145,6 +145,10 @@ pub struct RunReport {
     pub utterances_per_s: f64,
     pub latency_ms: Latency,
     pub stages: BTreeMap<String, StageStat>,
+    /// Mean utterances per call of the stages that batch (`asr`, `understand`): a stage's
+    /// time is the whole batch's, its cost per utterance that time over the batch size.
+    #[serde(default)]
+    pub batch_mean: BTreeMap<String, f64>,
     pub overhead: Option<Overhead>,
     pub process_usage: Vec<ProcUsage>,
     /// Last metrics snapshot per worker (counters, lag, RSS; no ids).
@@ -567,6 +571,7 @@ fn run_report(
         },
         latency_ms: report::latency(&observed),
         stages: report::stage_stats(&observed),
+        batch_mean: report::batch_means(&observed),
         overhead: report::overhead(&observed),
         process_usage: usage,
         worker_metrics: collector.metrics.values().cloned().collect(),
@@ -662,6 +667,14 @@ fn print_run(r: &RunReport) {
             "  {:<30} {:>8} {:>8.1} {:>8.1}",
             stage, s.count, s.mean_ms, s.p50_ms
         );
+    }
+    if !r.batch_mean.is_empty() {
+        let b: Vec<String> = r
+            .batch_mean
+            .iter()
+            .map(|(s, n)| format!("{s} {n:.2}"))
+            .collect();
+        println!("  mean batch (utterances per call): {}", b.join(", "));
     }
     if let Some(o) = &r.overhead {
         print_overhead(o);

@@ -112,6 +112,15 @@ impl Pool {
         }
     }
 
+    /// The knob of the pools that batch (see `pool::Batching`).
+    fn batch_key(self) -> Option<&'static str> {
+        match self {
+            Pool::Asr => Some("asr.max_batch"),
+            Pool::Understanding => Some("understanding.max_batch"),
+            _ => None,
+        }
+    }
+
     /// Pools whose size is not a knob.
     fn fixed_threads(self) -> Option<usize> {
         (self == Pool::Acoustic).then_some(1)
@@ -399,6 +408,7 @@ fn from_bench(path: &std::path::Path, run: usize) -> anyhow::Result<Measured> {
         .filter(|(s, _)| is_compute(s))
         .map(|(s, st)| (s.clone(), st.mean_ms))
         .collect();
+    let costs = per_utterance(costs, &r.batch_mean);
     let overhead_ms = r.overhead.as_ref().map_or(0.0, |o| {
         (o.overhead_ms.mean - o.queue_wait_ms_mean).max(0.0)
     });
@@ -428,6 +438,7 @@ fn from_metrics(args: &PlanArgs) -> anyhow::Result<Measured> {
         .filter(|(s, _)| is_compute(s) && Pool::of(s).is_some())
         .map(|(s, v)| (s.clone(), *v))
         .collect();
+    let costs = per_utterance(costs, &weighted_batch_means(&snapshots));
     // end_to_end spans complete → acked; what the stages and queues do not explain is
     // the engine's (and the sink's) own time.
     let waits: f64 = p50
@@ -448,6 +459,39 @@ fn from_metrics(args: &PlanArgs) -> anyhow::Result<Measured> {
         ]),
         source: format!("{} snapshots of {topic} on {brokers}", snapshots.len()),
     })
+}
+
+/// A batching stage reports the time of its whole batch for each utterance in it; what one
+/// utterance costs the pool is that time over the mean batch size.
+fn per_utterance(
+    mut costs: BTreeMap<String, f64>,
+    batch_mean: &BTreeMap<String, f64>,
+) -> BTreeMap<String, f64> {
+    for (stage, n) in batch_mean {
+        if let Some(ms) = costs.get_mut(stage) {
+            *ms /= n.max(1.0);
+        }
+    }
+    costs
+}
+
+/// Mean batch size per stage over the snapshots, weighted by each snapshot's utterances.
+fn weighted_batch_means(snapshots: &[serde_json::Value]) -> BTreeMap<String, f64> {
+    let mut acc: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    for snap in snapshots {
+        let Some(means) = snap["batch_mean"].as_object() else {
+            continue;
+        };
+        for (stage, mean) in means {
+            let count = snap["stages"][stage]["count"].as_f64().unwrap_or(0.0);
+            if let (Some(mean), true) = (mean.as_f64(), count > 0.0) {
+                let e = acc.entry(stage.clone()).or_default();
+                e.0 += count * mean;
+                e.1 += count;
+            }
+        }
+    }
+    acc.into_iter().map(|(k, (sum, n))| (k, sum / n)).collect()
 }
 
 /// Σ count × p50 / Σ count per stage, over snapshots that saw the stage.
@@ -525,14 +569,17 @@ fn print_plan(m: &Measured, t: &Target, p: &Plan) {
         p.processes, p.workers_per_process, p.partitions, p.max_pending_utterances
     );
     for pool in &p.pools {
+        let batch = match pool.pool.batch_key() {
+            Some(key) => format!("{key} >= {}", pool.batch),
+            None => format!("batch up to {}", pool.batch),
+        };
         println!(
-            "    {:<24} threads {:>2}  ({} at {:.1} ms: {:>3.0} % busy; batch up to {})",
+            "    {:<24} threads {:>2}  ({} at {:.1} ms: {:>3.0} % busy; {batch})",
             pool.key,
             pool.threads,
             pool.stages.join("+"),
             pool.mean_ms,
             pool.utilization * 100.0,
-            pool.batch
         );
     }
     println!(
@@ -703,5 +750,21 @@ mod tests {
         let w = weighted_p50s(&snaps);
         assert_eq!(w["asr"], 200.0);
         assert!(!w.contains_key("decode"));
+    }
+
+    #[test]
+    fn batched_stages_cost_their_batch_time_over_its_size() {
+        let costs = BTreeMap::from([("asr".to_string(), 2000.0), ("reply".to_string(), 900.0)]);
+        let batches = BTreeMap::from([("asr".to_string(), 4.0), ("understand".to_string(), 2.0)]);
+        let c = per_utterance(costs, &batches);
+        assert_eq!(c["asr"], 500.0);
+        assert_eq!(c["reply"], 900.0);
+        assert!(!c.contains_key("understand"));
+        let snaps = [
+            serde_json::json!({"stages": {"asr": {"count": 3}}, "batch_mean": {"asr": 3.0}}),
+            serde_json::json!({"stages": {"asr": {"count": 1}}, "batch_mean": {"asr": 1.0}}),
+            serde_json::json!({"stages": {}, "batch_mean": {}}),
+        ];
+        assert_eq!(weighted_batch_means(&snaps)["asr"], 2.5);
     }
 }

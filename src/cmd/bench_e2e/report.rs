@@ -51,6 +51,8 @@ pub struct Observed {
     pub spans: BTreeMap<String, (f64, f64)>,
     /// Bench clock: final chunk handed to the producer → response read back, ms.
     pub e2e_ms: f64,
+    /// Stage → how many utterances were processed in the same call (dynamic batching).
+    pub batches: BTreeMap<String, f64>,
 }
 
 impl Observed {
@@ -72,10 +74,19 @@ impl Observed {
                     .collect()
             })
             .unwrap_or_default();
+        let batches = v["batch"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_f64()?)))
+                    .collect()
+            })
+            .unwrap_or_default();
         Observed {
             timings,
             spans,
             e2e_ms,
+            batches,
         }
     }
 
@@ -170,6 +181,17 @@ pub fn stage_stats(obs: &[Observed]) -> BTreeMap<String, StageStat> {
         .collect()
 }
 
+/// Mean batch size per batching stage, over the utterances (how full batches ran).
+pub fn batch_means(obs: &[Observed]) -> BTreeMap<String, f64> {
+    let mut acc: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    for (stage, size) in obs.iter().flat_map(|o| &o.batches) {
+        let e = acc.entry(stage.clone()).or_default();
+        e.0 += size;
+        e.1 += 1.0;
+    }
+    acc.into_iter().map(|(k, (sum, n))| (k, sum / n)).collect()
+}
+
 /// Model compute on the critical path of one utterance (see the module docs).
 pub fn critical_model_ms(o: &Observed) -> f64 {
     let asr: f64 = o
@@ -258,6 +280,7 @@ mod tests {
                 .map(|(k, a, b)| (k.to_string(), (*a, *b)))
                 .collect(),
             e2e_ms: e2e,
+            batches: BTreeMap::new(),
         }
     }
 
@@ -328,10 +351,14 @@ mod tests {
         let v = serde_json::json!({
             "transcript": "never kept",
             "timings_ms": {"decode": 1.5, "asr": 200.0, "total": 210.0, "first_audio": 500.0},
-            "spans_ms": {"asr": [2.0, 202.0]}
+            "spans_ms": {"asr": [2.0, 202.0]},
+            "batch": {"asr": 3}
         });
         let o = Observed::from_response(&v, 250.0);
         assert_eq!(o.spans["asr"], (2.0, 202.0));
+        let mut alone = o.clone();
+        alone.batches.insert("asr".into(), 1.0);
+        assert_eq!(batch_means(&[o.clone(), alone])["asr"], 2.0);
         let l = latency(&[o.clone()]);
         assert_eq!(l.total.p50, 210.0);
         assert_eq!(l.end_to_end.p50, 250.0);

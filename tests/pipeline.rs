@@ -60,7 +60,7 @@ fn librivox_chunks_shuffled_duplicated_in_two_codecs_come_back_as_correct_transc
     records.push(records[3].clone()); // one chunk delivered twice
     broker.produce(&records);
 
-    let processor = Processor::start(&broker, "librivox", &[]);
+    let processor = Processor::start(&broker, "librivox", &["asr.max_batch=4"]);
     let responses = broker.collect(RESPONSES, Duration::from_secs(180), |r| {
         r.len() >= clips.len()
     });
@@ -108,7 +108,7 @@ fn librivox_chunks_shuffled_duplicated_in_two_codecs_come_back_as_correct_transc
     );
     assert!(total_wer <= 0.10, "WER {total_wer}");
     // All clips were in the topic before the processor started: the ones that queued behind
-    // the first were transcribed together (asr.max_batch = 4 by default).
+    // the first were transcribed together (asr.max_batch = 4 here).
     println!("asr batch sizes: {asr_batches:?}");
     assert!(
         asr_batches.iter().all(|&b| (1..=4).contains(&b)),

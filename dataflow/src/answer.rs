@@ -24,7 +24,7 @@ use teddyflow_models::tts::{self, SpeechStyle};
 use crate::config::Config;
 use crate::memory::Turn;
 use crate::operators::{stable_hash, Output, OutputKind};
-use crate::pool::StagePool;
+use crate::pool::{Admission, StagePool};
 use crate::prepare::Preparer;
 use crate::profiles::Profile;
 use crate::types::{now_ms, Meta};
@@ -113,13 +113,20 @@ pub struct ReplyStage {
     pub preparer: Option<Arc<Preparer>>,
 }
 
-pub fn reply_stage(config: &Config, safety: SafetyModel) -> anyhow::Result<ReplyStage> {
+/// Histories are prepared only while no utterance is in flight anywhere in the process
+/// (`admission`), so the work never competes with a child who is waiting.
+pub fn reply_stage(
+    config: &Config,
+    safety: SafetyModel,
+    admission: Admission,
+) -> anyhow::Result<ReplyStage> {
     let model = ReplyModel::load(&config.asr.models_dir)?;
     let pool = reply_pool(config, safety, model.clone());
     let keep = config.answering.prepared_conversations;
     let preparer = (keep > 0).then(|| {
         let pool = pool.clone();
-        Preparer::start(model, keep, move || pool.in_flight() > 0)
+        let busy = move || pool.in_flight() > 0 || admission.pending() > 0;
+        Preparer::start(model, keep, busy)
     });
     Ok(ReplyStage { pool, preparer })
 }

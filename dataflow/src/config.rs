@@ -231,7 +231,9 @@ pub struct Asr {
     pub tail_pad_ms: u64,
     /// Most utterances transcribed in one call when they queue up (dynamic batching: their
     /// greedy decodes step together, one pass over the decoder weights per step for all).
-    /// Texts are the same as one by one. 1 = never batch.
+    /// Texts are the same as one by one. 1 = never batch, the default: with short
+    /// utterances on a small CPU the encoder dominates and batching measured no faster,
+    /// while each batched clip holds ~18 MiB (docs/performance.md).
     pub max_batch: usize,
     /// How long a thread holding fewer than `max_batch` utterances waits for more; 0 = take
     /// only what is already queued, so a lone utterance never waits.
@@ -247,7 +249,7 @@ impl Default for Asr {
             language: "en".into(),
             min_window_ms: 30_000,
             tail_pad_ms: 0,
-            max_batch: 4,
+            max_batch: 1,
             max_wait_ms: 0,
         }
     }

@@ -57,13 +57,14 @@ pub struct UnderstandingPools {
 }
 
 impl UnderstandingPools {
-    pub fn load(config: &Config) -> anyhow::Result<Option<Self>> {
+    /// `admission` tells the reply stage's preparer when no utterance is in flight.
+    pub fn load(config: &Config, admission: &Admission) -> anyhow::Result<Option<Self>> {
         if !config.understanding.enabled {
             return Ok(None);
         }
         let (understand, safety) = understand::understand_pool(config)?;
         let reply = match config.answering.enabled {
-            true => Some(answer::reply_stage(config, safety)?),
+            true => Some(answer::reply_stage(config, safety, admission.clone())?),
             false => None,
         };
         Ok(Some(Self {
@@ -106,7 +107,7 @@ pub fn run_worker(
             lag_interval: Duration::from_millis(config.engine.metrics_interval_ms),
         };
         let raw = operators::kafka_source(
-            scope.clone(),
+            scope,
             handle.clone(),
             probe.clone(),
             shared.stop.clone(),
@@ -202,7 +203,7 @@ pub fn run_worker(
                     None => understood.flat_map(move |u| understood_outputs(u, &topics, index)),
                     Some(reply) => {
                         let (lookups, forget, invalid) = profile_lookups(
-                            scope.clone(),
+                            scope,
                             config,
                             (index, peers),
                             &shared,

@@ -3,9 +3,9 @@
 //! (`ReplyModel::prepare`). On two cores the history is most of a prompt, and the prompt
 //! most of the wait for the first spoken sentence.
 //!
-//! One thread per process, and it works only while the reply stage has nothing to do: under
-//! load the requests wait (the latest per conversation, at most as many as states are kept)
-//! and replies run their whole prompt as before.
+//! One thread per process, and it works only while no utterance is in flight: under load
+//! the requests wait (the latest per conversation, at most as many as states are kept) and
+//! replies run their whole prompt as before.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -31,7 +31,7 @@ pub struct Preparer {
 }
 
 impl Preparer {
-    /// `busy` says whether a reply is being made or waits; `keep` is how many
+    /// `busy` says whether any utterance is being worked on; `keep` is how many
     /// conversations' states the model keeps.
     pub fn start(
         model: ReplyModel,

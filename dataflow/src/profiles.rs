@@ -167,7 +167,7 @@ pub fn profile_source<'s>(
     stop: Arc<AtomicBool>,
     metrics: Rc<RefCell<WorkerMetrics>>,
 ) -> Stream<'s, u64, Vec<ProfileEvent>> {
-    let activator_scope = scope.clone();
+    let activator_scope = scope;
     source(scope, "ProfileSource", move |cap, info| {
         let activator = activator_scope.activator_for(info.address);
         let mut cap = reader.is_some().then_some(cap);

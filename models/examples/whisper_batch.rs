@@ -2,18 +2,12 @@
 //!
 //! cargo run --release -p teddyflow-models --example whisper_batch -- [MODELS_DIR]
 
-use std::path::Path;
-
-use teddyflow_models::whisper::{WhisperModel, WhisperVariant};
+mod common;
 
 const LIBRIVOX: &str = "/usr/share/pocketsphinx/test/data/librivox";
 
 fn main() -> anyhow::Result<()> {
-    teddyflow_models::pin_rayon_threads();
-    let dir = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| ".assets/models".into());
-    let model = WhisperModel::load(Path::new(&dir), WhisperVariant::TinyEn)?;
+    let model = common::tiny_en()?;
     let mut clips = Vec::new();
     for entry in std::fs::read_dir(LIBRIVOX)? {
         let path = entry?.path();

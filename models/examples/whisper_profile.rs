@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::Module;
-use teddyflow_models::whisper::{WhisperModel, WhisperOptions, WhisperVariant};
+use teddyflow_models::whisper::WhisperOptions;
 
 /// Best-of-`reps` wall time (least disturbed by other processes) and mean CPU time.
 fn time<T>(name: &str, reps: usize, mut f: impl FnMut() -> T) -> f64 {
@@ -27,11 +27,8 @@ fn time<T>(name: &str, reps: usize, mut f: impl FnMut() -> T) -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
-    teddyflow_models::pin_rayon_threads();
-    let dir = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| ".assets/models".into());
-    let model = WhisperModel::load(Path::new(&dir), WhisperVariant::TinyEn)?;
+    let model = common::tiny_en()?;
+    let dir = common::models_dir();
     let pcm: Vec<f32> = (0..16000 * 5)
         .map(|i| (i as f32 * 0.05).sin() * 0.1)
         .collect();
@@ -135,8 +132,9 @@ fn main() -> anyhow::Result<()> {
             .collect::<Vec<_>>()
     });
     use teddyflow_models::whisper::model::{attention, attention_blocked};
+    // `attention` takes the keys transposed, as the encoder hands them over.
     time("attention plain 6x1500", 5, || {
-        attention(&q, &q, &q, None).unwrap()
+        attention(&q, &kt, &q, None).unwrap()
     });
     for b in [64, 128, 256, 512] {
         time(&format!("attention blocked {b}"), 5, || {

@@ -477,25 +477,22 @@ fn per_utterance(
 
 /// Mean batch size per stage over the snapshots, weighted by each snapshot's utterances.
 fn weighted_batch_means(snapshots: &[serde_json::Value]) -> BTreeMap<String, f64> {
-    let mut acc: BTreeMap<String, (f64, f64)> = BTreeMap::new();
-    for snap in snapshots {
-        let Some(means) = snap["batch_mean"].as_object() else {
-            continue;
-        };
-        for (stage, mean) in means {
-            let count = snap["stages"][stage]["count"].as_f64().unwrap_or(0.0);
-            if let (Some(mean), true) = (mean.as_f64(), count > 0.0) {
-                let e = acc.entry(stage.clone()).or_default();
-                e.0 += count * mean;
-                e.1 += count;
-            }
-        }
-    }
-    acc.into_iter().map(|(k, (sum, n))| (k, sum / n)).collect()
+    count_weighted(snapshots, |snap, stage| snap["batch_mean"][stage].as_f64())
 }
 
 /// Σ count × p50 / Σ count per stage, over snapshots that saw the stage.
 fn weighted_p50s(snapshots: &[serde_json::Value]) -> BTreeMap<String, f64> {
+    count_weighted(snapshots, |snap, stage| {
+        Some(snap["stages"][stage]["p50_ms"].as_f64().unwrap_or(0.0))
+    })
+}
+
+/// Σ count × value / Σ count per stage, over the snapshots where the stage ran and
+/// `value` has a figure for it.
+fn count_weighted(
+    snapshots: &[serde_json::Value],
+    value: impl Fn(&serde_json::Value, &str) -> Option<f64>,
+) -> BTreeMap<String, f64> {
     let mut acc: BTreeMap<String, (f64, f64)> = BTreeMap::new();
     for snap in snapshots {
         let Some(stages) = snap["stages"].as_object() else {
@@ -503,9 +500,9 @@ fn weighted_p50s(snapshots: &[serde_json::Value]) -> BTreeMap<String, f64> {
         };
         for (stage, s) in stages {
             let count = s["count"].as_f64().unwrap_or(0.0);
-            if count > 0.0 {
+            if let (true, Some(v)) = (count > 0.0, value(snap, stage)) {
                 let e = acc.entry(stage.clone()).or_default();
-                e.0 += count * s["p50_ms"].as_f64().unwrap_or(0.0);
+                e.0 += count * v;
                 e.1 += count;
             }
         }

@@ -61,7 +61,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             config.asr.models_dir.display()
         )
     })?;
-    let understanding = UnderstandingPools::load(&config)
+    let admission = Admission::new(config.engine.max_pending_utterances);
+    let understanding = UnderstandingPools::load(&config, &admission)
         .context("loading the emotion, safety and reply models")?;
     tracing::info!(
         model = %config.asr.model,
@@ -80,7 +81,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let shared = ProcessShared {
         asr,
         understanding,
-        admission: Admission::new(config.engine.max_pending_utterances),
+        admission,
         stop,
         process: args.process,
     };

@@ -80,7 +80,7 @@ pub fn kafka_source<'s>(
     metrics: Rc<RefCell<WorkerMetrics>>,
     settings: SourceSettings,
 ) -> Stream<'s, u64, Vec<RawRecord>> {
-    let activator_scope = scope.clone();
+    let activator_scope = scope;
     source(scope, "KafkaSource", move |cap, info| {
         let activator = activator_scope.activator_for(info.address);
         // A worker without partitions must release its capability, or it would hold

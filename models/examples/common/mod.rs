@@ -14,3 +14,17 @@ pub fn cpu_s() -> f64 {
     // in clock ticks of 1/100 s.
     (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / 100.0
 }
+
+/// The models folder: the first argument, else `.assets/models`.
+pub fn models_dir() -> String {
+    std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| ".assets/models".into())
+}
+
+/// Whisper tiny.en from [`models_dir`], with rayon pinned as the processor pins it.
+pub fn tiny_en() -> anyhow::Result<teddyflow_models::whisper::WhisperModel> {
+    use teddyflow_models::whisper::{WhisperModel, WhisperVariant};
+    teddyflow_models::pin_rayon_threads();
+    WhisperModel::load(std::path::Path::new(&models_dir()), WhisperVariant::TinyEn)
+}

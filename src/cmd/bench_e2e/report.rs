@@ -58,14 +58,6 @@ pub struct Observed {
 impl Observed {
     /// Only timings are kept: transcripts never leave the collector.
     pub fn from_response(v: &serde_json::Value, e2e_ms: f64) -> Observed {
-        let timings = v["timings_ms"]
-            .as_object()
-            .map(|m| {
-                m.iter()
-                    .filter_map(|(k, v)| Some((k.clone(), v.as_f64()?)))
-                    .collect()
-            })
-            .unwrap_or_default();
         let spans = v["spans_ms"]
             .as_object()
             .map(|m| {
@@ -74,19 +66,11 @@ impl Observed {
                     .collect()
             })
             .unwrap_or_default();
-        let batches = v["batch"]
-            .as_object()
-            .map(|m| {
-                m.iter()
-                    .filter_map(|(k, v)| Some((k.clone(), v.as_f64()?)))
-                    .collect()
-            })
-            .unwrap_or_default();
         Observed {
-            timings,
+            timings: numbers(&v["timings_ms"]),
             spans,
             e2e_ms,
-            batches,
+            batches: numbers(&v["batch"]),
         }
     }
 
@@ -178,6 +162,16 @@ pub fn stage_stats(obs: &[Observed]) -> BTreeMap<String, StageStat> {
             };
             (stage, stat)
         })
+        .collect()
+}
+
+/// The numeric fields of a JSON object (nothing if it is not one).
+fn numbers(v: &serde_json::Value) -> BTreeMap<String, f64> {
+    let Some(m) = v.as_object() else {
+        return BTreeMap::new();
+    };
+    m.iter()
+        .filter_map(|(k, v)| Some((k.clone(), v.as_f64()?)))
         .collect()
 }
 

@@ -82,6 +82,9 @@ pub struct Replied {
     pub understood: Understood,
     pub reply: ReplyInfo,
     pub profile_known: bool,
+    /// What the conversation's next turn will be told about the child, if the model would
+    /// answer it (its history is added by the worker that remembers the conversation).
+    pub next_turn: Option<Prompt>,
 }
 
 /// What the reply stage emits: speech records as they are ready, then the reply.
@@ -210,6 +213,12 @@ impl Answerer {
             (speaker.seq, speaker.samples, speaker.errors, speaker.tts_ms);
         let history_turns = job.history.len();
         let profile_known = job.profile.is_some();
+        let next_turn = reply_bank::model_serves(&language).then(|| Prompt {
+            child_name: profile.name.clone(),
+            age: profile.age,
+            language: language.clone(),
+            ..Prompt::default()
+        });
         let mut understood = job.understood;
         let meta = &mut understood.heard.meta;
         meta.time("reply_wait", waited);
@@ -234,6 +243,7 @@ impl Answerer {
             },
             understood,
             profile_known,
+            next_turn,
         }
     }
 

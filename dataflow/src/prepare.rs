@@ -1,7 +1,7 @@
-//! Between turns: run each conversation's history through the reply model before the child
-//! speaks again, so the next reply only runs its own note and utterance
-//! (`ReplyModel::prepare`). On two cores the history is most of a prompt, and the prompt
-//! most of the wait for the first spoken sentence.
+//! Between turns: run what each conversation's next prompt is known to start with (its
+//! history, and who the child is) through the reply model before the child speaks again,
+//! so the next reply only runs the mood and the utterance (`ReplyModel::prepare`). On two
+//! cores the prompt is most of the wait for the first spoken sentence.
 //!
 //! One thread per process, and it works only while no utterance is in flight: under load
 //! the requests wait (the latest per conversation, at most as many as states are kept) and
@@ -13,15 +13,13 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
-use teddyflow_models::llm::ReplyModel;
-
-use crate::memory::Turn;
+use teddyflow_models::llm::{Prompt, ReplyModel};
 
 /// How often a waiting request checks whether the reply stage has become idle.
 const IDLE_CHECK: Duration = Duration::from_millis(20);
 
 enum Request {
-    Prepare(String, Vec<Turn>),
+    Prepare(String, Prompt),
     Forget(Vec<String>),
 }
 
@@ -50,11 +48,11 @@ impl Preparer {
         })
     }
 
-    /// `history` is what the next prompt of `conversation` will carry.
-    pub fn prepare(&self, conversation: &str, history: Vec<Turn>) {
+    /// `next` is the next turn of `conversation` as known now: its history and profile.
+    pub fn prepare(&self, conversation: &str, next: Prompt) {
         let _ = self
             .requests
-            .send(Request::Prepare(conversation.into(), history));
+            .send(Request::Prepare(conversation.into(), next));
     }
 
     /// Drop these conversations' states (their child's profile was deleted).
@@ -66,7 +64,7 @@ impl Preparer {
 }
 
 fn run(model: &ReplyModel, queue: &Receiver<Request>, keep: usize, busy: impl Fn() -> bool) {
-    let mut pending: VecDeque<(String, Vec<Turn>)> = VecDeque::new();
+    let mut pending: VecDeque<(String, Prompt)> = VecDeque::new();
     loop {
         // Block only when there is nothing to do; take every request that has arrived.
         let first = match pending.is_empty() {
@@ -83,10 +81,10 @@ fn run(model: &ReplyModel, queue: &Receiver<Request>, keep: usize, busy: impl Fn
             std::thread::sleep(IDLE_CHECK);
             continue;
         }
-        if let Some((conversation, history)) = pending.pop_front() {
-            match model.prepare(&conversation, &history) {
-                Ok(tokens) => tracing::debug!(tokens, "conversation history prepared"),
-                Err(e) => tracing::warn!(error = %e, "preparing a conversation history failed"),
+        if let Some((conversation, next)) = pending.pop_front() {
+            match model.prepare(&conversation, &next) {
+                Ok(tokens) => tracing::debug!(tokens, "next turn's start prepared"),
+                Err(e) => tracing::warn!(error = %e, "preparing a next turn failed"),
             }
         }
     }
@@ -94,11 +92,11 @@ fn run(model: &ReplyModel, queue: &Receiver<Request>, keep: usize, busy: impl Fn
 
 /// The latest request per conversation counts; beyond `keep` the oldest are dropped, as
 /// their states would be.
-fn apply(model: &ReplyModel, pending: &mut VecDeque<(String, Vec<Turn>)>, r: Request, keep: usize) {
+fn apply(model: &ReplyModel, pending: &mut VecDeque<(String, Prompt)>, r: Request, keep: usize) {
     match r {
-        Request::Prepare(conversation, history) => {
+        Request::Prepare(conversation, next) => {
             pending.retain(|(c, _)| *c != conversation);
-            pending.push_back((conversation, history));
+            pending.push_back((conversation, next));
             while pending.len() > keep {
                 pending.pop_front();
             }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
-use teddyflow_models::llm::{Prompt, ReplyModel, Sampling, MODEL_DIR, MODEL_FILE};
+use teddyflow_models::llm::{prompt, Prompt, ReplyModel, Sampling, MODEL_DIR, MODEL_FILE};
 use teddyflow_models::reply_bank::{self, ReplyKind};
 use teddyflow_models::tts::{self, SpeechStyle, TtsError};
 use teddyflow_models::wer;
@@ -149,6 +149,33 @@ fn greedy_reply_is_deterministic_short_and_names_the_child() {
     );
 }
 
+/// The turn is tokenized in two parts (what is known between turns, and the rest); the
+/// split must fall where the tokenizer would split anyway, so the model reads the very
+/// tokens it read when the turn was one piece.
+#[test]
+fn splitting_a_turn_does_not_change_its_tokens() {
+    if !have_llm() {
+        return;
+    }
+    let tok = llm().tokenizer().clone();
+    let ids = |text: &str| tok.encode(text, false).unwrap().get_ids().to_vec();
+    let mut p = mia_prompt("Can Max come to the beach with us?");
+    for (emotion, name) in [
+        ("happy", Some("Mia")),
+        ("neutral", None),
+        ("sad", Some("Léa")),
+    ] {
+        p.emotion = Some(emotion.into());
+        p.child_name = name.map(String::from);
+        let split = [
+            ids(&prompt::current_head(&p)),
+            ids(&prompt::current_tail(&p)),
+        ]
+        .concat();
+        assert_eq!(split, ids(&prompt::current(&p)), "{emotion} {name:?}");
+    }
+}
+
 /// A turn that starts from its conversation's prepared history says what it says when the
 /// whole prompt runs, and runs only its own tokens. Oracle: the same turn without a session.
 #[test]
@@ -174,25 +201,32 @@ fn prepared_history_gives_the_same_reply_with_less_prefill() {
     let settings = Sampling::default();
     let whole = model.generate(&prompt, &settings, &mut |_| {}).unwrap();
     assert_eq!(whole.reused_tokens, 0);
-    let prepared = model.prepare("conv-1", &prompt.history).unwrap();
-    assert!(prepared > 20, "{prepared} history tokens");
-    assert_eq!(
-        model.prepare("conv-1", &prompt.history).unwrap(),
-        0,
-        "already prepared"
+    // What the next turn is known to start with: history and profile, no utterance or mood.
+    let next = |p: &Prompt| Prompt {
+        utterance: String::new(),
+        emotion: None,
+        verdict: None,
+        ..p.clone()
+    };
+    let prepared = model.prepare("conv-1", &next(&prompt)).unwrap();
+    assert!(
+        prepared > 40,
+        "{prepared} tokens: history and the note's head"
     );
+    let again = model.prepare("conv-1", &next(&prompt)).unwrap();
+    assert_eq!(again, 0, "already prepared");
     let fast = model
         .generate_in(Some("conv-1"), &prompt, &settings, &mut |_| {})
         .unwrap();
     eprintln!(
-        "prefill {:.0} ms whole, {:.0} ms from the prepared history ({} of {} tokens reused)",
+        "prefill {:.0} ms whole, {:.0} ms from the prepared start ({} of {} tokens reused)",
         whole.prefill_ms, fast.prefill_ms, fast.reused_tokens, fast.prompt_tokens
     );
     assert_eq!(fast.reused_tokens, prepared);
     assert_eq!(fast.prompt_tokens, whole.prompt_tokens);
     assert_eq!(fast.text, whole.text);
 
-    // Another conversation, or another history, never starts from it.
+    // Another conversation, history or profile never starts from it.
     let miss = |session: &str, p: &Prompt| {
         let g = model.generate_in(Some(session), p, &settings, &mut |_| {});
         g.unwrap().reused_tokens
@@ -201,9 +235,12 @@ fn prepared_history_gives_the_same_reply_with_less_prefill() {
     let mut shorter = prompt.clone();
     shorter.history.remove(0);
     assert_eq!(miss("conv-1", &shorter), 0);
+    let mut renamed = prompt.clone();
+    renamed.child_name = Some("Leo".into());
+    assert_eq!(miss("conv-1", &renamed), 0, "another profile");
     // Least recently used goes beyond the capacity; forgetting drops a state at once.
-    model.prepare("conv-2", &shorter.history).unwrap();
-    model.prepare("conv-3", &shorter.history).unwrap();
+    model.prepare("conv-2", &next(&shorter)).unwrap();
+    model.prepare("conv-3", &next(&shorter)).unwrap();
     assert_eq!(miss("conv-1", &prompt), 0, "evicted");
     assert!(miss("conv-3", &shorter) > 0);
     model.forget_sessions(&["conv-3".to_string()]);

@@ -13,6 +13,8 @@ use timely::dataflow::{Scope, Stream};
 use super::{open_partitions, understood_response, ProcessShared};
 use crate::answer::{Replied, ReplyEvent, ReplyJob, ReplyPool};
 use crate::config::{Config, Topics};
+use teddyflow_models::llm::Prompt;
+
 use crate::memory::{ConversationMemory, Turn};
 use crate::metrics::WorkerMetrics;
 use crate::operators::{self, stable_hash, Output};
@@ -143,8 +145,12 @@ impl Answers {
                 admission.leave();
                 record_reply(&mut metrics.borrow_mut(), r);
                 let history = remember(&mut memory.borrow_mut(), r);
-                if let Some(p) = &preparer {
-                    p.prepare(&r.understood.heard.meta.conversation, history);
+                if let (Some(p), Some(next)) = (&preparer, &r.next_turn) {
+                    let next = Prompt {
+                        history,
+                        ..next.clone()
+                    };
+                    p.prepare(&r.understood.heard.meta.conversation, next);
                 }
             }
         });

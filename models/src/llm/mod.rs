@@ -10,11 +10,11 @@
 //! tensor, kv cache included, is reference-counted, so a clone copies no weights or keys) and
 //! so has its own kv state: calls on different threads never share mutable state.
 //!
-//! A conversation's history is known before the child speaks again, so [`ReplyModel::prepare`]
-//! runs it between turns and keeps the state (a few per process, least recently used
-//! dropped). A turn whose history tokens match starts from there and runs only its own
-//! note and utterance: on two cores the history is most of the prompt, and the prompt most
-//! of the wait for the first sentence.
+//! A conversation's history, and the start of the next turn's note (who the child is, the
+//! language), are known before the child speaks again, so [`ReplyModel::prepare`] runs
+//! them between turns and keeps the state (a few per process, least recently used
+//! dropped). A turn whose known tokens match starts from there and runs only the mood and
+//! the utterance: on two cores the prompt is most of the wait for the first sentence.
 
 pub mod prompt;
 pub mod text;
@@ -229,14 +229,15 @@ impl ReplyModel {
         sessions.states.clear();
     }
 
-    /// Run `history` (the turns the next prompt of `session` will carry) now, so the next
-    /// turn with exactly that history only runs its own part. Returns the tokens run (0 when
-    /// there is nothing to prepare or the state is already there).
-    pub fn prepare(&self, session: &str, history: &[(String, String)]) -> anyhow::Result<usize> {
-        let ids = encode(&self.inner.tokenizer, &prompt::history(history))?;
+    /// Run what the next turn of `session` is known to start with now: its history and the
+    /// profile part of its note (`next` is that turn without its utterance and mood). The
+    /// next turn whose start matches token for token then runs only the rest. Returns the
+    /// tokens run (0 when the state is already there or states are not kept).
+    pub fn prepare(&self, session: &str, next: &Prompt) -> anyhow::Result<usize> {
+        let ids = self.known_tokens(next, next.history.len())?;
         {
             let sessions = self.inner.sessions.lock().expect("sessions lock");
-            if ids.is_empty() || sessions.capacity == 0 || sessions.holds(session, &ids) {
+            if sessions.capacity == 0 || sessions.holds(session, &ids) {
                 return Ok(0);
             }
         }
@@ -279,7 +280,7 @@ impl ReplyModel {
     }
 
     /// [`Self::generate`] for a turn of conversation `session`: starts from the state
-    /// [`Self::prepare`] left when it ran this prompt's history. The reply is the same.
+    /// [`Self::prepare`] left when it ran this prompt's start. The reply is the same.
     pub fn generate_in(
         &self,
         session: Option<&str>,
@@ -288,23 +289,23 @@ impl ReplyModel {
         on_sentence: &mut dyn FnMut(&str),
     ) -> anyhow::Result<Generated> {
         let start = Instant::now();
-        let (history, current) = self.encode_turn(prompt)?;
-        let prompt_tokens = self.inner.preamble_tokens + history.len() + current.len();
+        let (known, rest) = self.encode_turn(prompt)?;
+        let prompt_tokens = self.inner.preamble_tokens + known.len() + rest.len();
         let max_tokens = settings.max_tokens.min(MAX_SEQ_LEN - prompt_tokens);
         let mut state = Decoding::new(settings, start);
         state.stream = SentenceStream::new().with_child_name(prompt.child_name.as_deref());
         state.opening = prompt::reply_opening(prompt).unwrap_or_default();
         let prepared = session.and_then(|key| {
             let mut sessions = self.inner.sessions.lock().expect("sessions lock");
-            sessions.get(key, &history)
+            sessions.get(key, &known)
         });
         let (mut model, run, pos) = match prepared {
             Some(model) => {
-                state.reused_tokens = history.len();
-                (model, current, self.inner.preamble_tokens + history.len())
+                state.reused_tokens = known.len();
+                (model, rest, self.inner.preamble_tokens + known.len())
             }
             None => {
-                let all = [history, current].concat();
+                let all = [known, rest].concat();
                 (
                     self.inner.after_preamble.clone(),
                     all,
@@ -342,30 +343,35 @@ impl ReplyModel {
         Ok(state.finish(prompt_tokens))
     }
 
-    /// Token ids of the turn (everything after the preamble) as (history, this turn),
-    /// dropping the oldest history turns until the whole prompt fits the budget. The two
-    /// parts are tokenized apart, as [`Self::prepare`] tokenizes a history, so that a
-    /// prepared history matches token for token.
+    /// Token ids of the turn (everything after the preamble) as (known between turns: the
+    /// history and the note's head; the rest), dropping the oldest history turns until the
+    /// whole prompt fits the budget. The parts are tokenized apart, as [`Self::prepare`]
+    /// tokenizes them, so a prepared start matches token for token.
     fn encode_turn(&self, prompt: &Prompt) -> anyhow::Result<(Vec<u32>, Vec<u32>)> {
         let mut prompt = prompt.clone();
         prompt.utterance = truncate_chars(&prompt.utterance, MAX_UTTERANCE_CHARS);
-        let current = encode(&self.inner.tokenizer, &prompt::current(&prompt))?;
+        let rest = encode(&self.inner.tokenizer, &prompt::current_tail(&prompt))?;
         let mut keep = prompt.history.len();
         loop {
-            let skip = prompt.history.len() - keep;
-            let history = encode(
-                &self.inner.tokenizer,
-                &prompt::history(&prompt.history[skip..]),
-            )?;
-            let total = self.inner.preamble_tokens + history.len() + current.len();
+            let known = self.known_tokens(&prompt, keep)?;
+            let total = self.inner.preamble_tokens + known.len() + rest.len();
             if total <= PROMPT_TOKEN_BUDGET {
-                return Ok((history, current));
+                return Ok((known, rest));
             }
             if keep == 0 {
                 return Err(LlmError::PromptTooLong(total).into());
             }
             keep -= 1;
         }
+    }
+
+    /// The last `keep` turns of history, then the head of the turn's note.
+    fn known_tokens(&self, p: &Prompt, keep: usize) -> anyhow::Result<Vec<u32>> {
+        let skip = p.history.len() - keep.min(p.history.len());
+        let tok = &self.inner.tokenizer;
+        let mut ids = encode(tok, &prompt::history(&p.history[skip..]))?;
+        ids.extend(encode(tok, &prompt::current_head(p))?);
+        Ok(ids)
     }
 
     fn sample(&self, state: &mut Decoding, logits: &Tensor, s: &Sampling) -> anyhow::Result<u32> {

@@ -100,8 +100,17 @@ fn child_name(p: &Prompt) -> Option<&str> {
 /// This turn's note: who the child is, the language, and the mood, e.g. "You are talking with
 /// Mia, who is 5 years old. Speak English. Mia feels sad, so comfort Mia first."
 pub fn turn_note(p: &Prompt) -> String {
-    let name = child_name(p);
-    let mut s = match (name, p.age) {
+    let mut s = profile_note(p);
+    if let Some(mood) = mood_note(p) {
+        s += " ";
+        s += &mood;
+    }
+    s
+}
+
+/// The start of the note, from the child's profile alone: known before the child speaks.
+fn profile_note(p: &Prompt) -> String {
+    let mut s = match (child_name(p), p.age) {
         (Some(n), Some(a)) => format!("You are talking with {n}, who is {a} years old. "),
         (Some(n), None) => format!("You are talking with {n}. "),
         (None, Some(a)) => format!("You are talking with a child who is {a} years old. "),
@@ -109,10 +118,6 @@ pub fn turn_note(p: &Prompt) -> String {
     };
     // No "say the name" here: the reply's opening already does it (see `reply_opening`).
     s += &format!("Speak {}.", language_name(&p.language));
-    if let Some(mood) = mood_note(p) {
-        s += " ";
-        s += &mood;
-    }
     s
 }
 
@@ -160,8 +165,21 @@ pub fn history(turns: &[(String, String)]) -> String {
 }
 
 /// This turn: the note, the utterance, and the assistant generation prompt with the opening.
+/// The text is `current_head` + `current_tail`.
 pub fn current(p: &Prompt) -> String {
-    let mut out = message("system", &turn_note(p));
+    current_head(p) + &current_tail(p)
+}
+
+/// The start of this turn that depends only on the profile: the note up to the mood. With
+/// the history it is known between turns (see `ReplyModel::prepare`).
+pub fn current_head(p: &Prompt) -> String {
+    format!("<|im_start|>system\n{}", scrub(&profile_note(p)))
+}
+
+/// The rest of this turn: the mood, the utterance, and the generation prompt with the opening.
+pub fn current_tail(p: &Prompt) -> String {
+    let mut out = mood_note(p).map_or(String::new(), |m| format!(" {}", scrub(&m)));
+    out += "<|im_end|>\n";
     out += &message("user", &p.utterance);
     out += "<|im_start|>assistant\n";
     out += &reply_opening(p).unwrap_or_default();
@@ -251,5 +269,27 @@ mod tests {
         p.history = (0..5).map(|i| (format!("c{i}"), format!("t{i}"))).collect();
         let text = turns(&p, 2);
         assert!(!text.contains("c2") && text.contains("c3") && text.contains("t4"));
+    }
+
+    /// Split in two so its head can run between turns, the turn must read exactly as the
+    /// note written as one message.
+    #[test]
+    fn head_and_tail_make_the_whole_turn() {
+        let whole = |p: &Prompt| {
+            message("system", &turn_note(p))
+                + &message("user", &p.utterance)
+                + "<|im_start|>assistant\n"
+                + &reply_opening(p).unwrap_or_default()
+        };
+        let mut p = mia();
+        assert_eq!(current(&p), whole(&p));
+        p.emotion = Some("neutral".into());
+        p.child_name = Some(" <Zoe> ".into());
+        p.age = None;
+        assert_eq!(current(&p), whole(&p));
+        p.child_name = None;
+        p.verdict = Some("needs_care".into());
+        assert_eq!(current(&p), whole(&p));
+        assert!(current_head(&p).ends_with("Speak English."));
     }
 }

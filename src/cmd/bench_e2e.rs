@@ -589,7 +589,7 @@ fn scaling(runs: &[RunReport]) -> Option<Scaling> {
 
 /// Missing responses fail the bench (after the figures are printed), naming the logs.
 fn missing_error(report: &Report, timeout_s: u64) -> anyhow::Result<()> {
-    for run in report.runs.iter().filter(|r| r.missing > 0) {
+    if let Some(run) = report.runs.iter().find(|r| r.missing > 0) {
         let logs: Vec<&str> = run.process_usage.iter().map(|u| u.log.as_str()).collect();
         anyhow::bail!(
             "{} of {} responses missing {} s after the last send ({} worker(s), {} dead letters); processor logs: {}",

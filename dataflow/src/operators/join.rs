@@ -1,7 +1,8 @@
-//! Join two streams of per-utterance records by key. `join_halves`: both halves of an
-//! utterance carry the same timestamp (they fork from one decoded utterance). A half whose partner can no
-//! longer arrive — the other input's frontier has passed its time, e.g. speech-to-text
-//! failed and went to the dead-letter topic — is dropped, so no capability is held forever.
+//! Join two streams of per-utterance records by key, one operator behind two uses.
+//! `join_halves`: both halves of an utterance carry the same timestamp (they fork from one
+//! decoded utterance). A half whose partner can no longer arrive — the other input's
+//! frontier has passed its time, e.g. speech-to-text failed and went to the dead-letter
+//! topic — is dropped, so no capability is held forever. `join_lookup`: a left outer join.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -22,34 +23,16 @@ where
     A: Clone + 'static,
     B: Clone + 'static,
 {
-    left.binary_frontier(
+    // A left half waits while the right input could still deliver at its own time.
+    let keys = (key_a, key_b);
+    keyed_join(
+        left,
         right,
-        Pipeline,
-        Pipeline,
         "JoinHalves",
-        move |_cap, _info| {
-            let mut lefts: Waiting<K, A> = HashMap::new();
-            let mut rights: Waiting<K, B> = HashMap::new();
-            move |(in1, frontier1), (in2, frontier2), output| {
-                in1.for_each(|cap, data| {
-                    let Some(cap) = cap.retain_least(0) else {
-                        return;
-                    };
-                    let emit = |at: &Capability<u64>, a, b| output.session(at).give((a, b));
-                    pair_or_wait(&cap, data.drain(..), &key_a, &mut rights, &mut lefts, emit);
-                });
-                in2.for_each(|cap, data| {
-                    let Some(cap) = cap.retain_least(0) else {
-                        return;
-                    };
-                    let emit = |at: &Capability<u64>, b, a| output.session(at).give((a, b));
-                    pair_or_wait(&cap, data.drain(..), &key_b, &mut lefts, &mut rights, emit);
-                });
-                // A half waits only while its partner's input could still deliver at its time.
-                lefts.retain(|_, (cap, _)| frontier2.less_equal(cap.time()));
-                rights.retain(|_, (cap, _)| frontier1.less_equal(cap.time()));
-            }
-        },
+        keys,
+        |a, b| (a, b),
+        |_, t| t,
+        |_| None,
     )
 }
 
@@ -65,47 +48,72 @@ pub fn join_lookup<'s, K, A, B>(
     ready: impl Fn(&A) -> u64 + 'static,
 ) -> Stream<'s, u64, Vec<(A, Option<B>)>>
 where
-    K: Hash + Eq + Clone + 'static,
+    K: Hash + Eq + 'static,
     A: Clone + 'static,
     B: Clone + 'static,
 {
-    left.binary_frontier(
+    let keys = (key_a, key_b);
+    let lone = |a| Some((a, None));
+    keyed_join(
+        left,
         right,
-        Pipeline,
-        Pipeline,
         "JoinLookup",
-        move |_cap, _info| {
-            let mut lefts: Waiting<K, A> = HashMap::new();
-            let mut rights: Waiting<K, B> = HashMap::new();
-            move |(in1, frontier1), (in2, frontier2), output| {
-                in1.for_each(|cap, data| {
-                    let Some(cap) = cap.retain_least(0) else {
-                        return;
-                    };
-                    let emit = |at: &Capability<u64>, a, b| output.session(at).give((a, Some(b)));
-                    pair_or_wait(&cap, data.drain(..), &key_a, &mut rights, &mut lefts, emit);
-                });
-                in2.for_each(|cap, data| {
-                    let Some(cap) = cap.retain_least(0) else {
-                        return;
-                    };
-                    let emit = |at: &Capability<u64>, b, a| output.session(at).give((a, Some(b)));
-                    pair_or_wait(&cap, data.drain(..), &key_b, &mut lefts, &mut rights, emit);
-                });
-                let gone: Vec<K> = lefts
-                    .iter()
-                    .filter(|(_, (_, a))| !frontier2.less_equal(&ready(a)))
-                    .map(|(k, _)| k.clone())
-                    .collect();
-                for k in gone {
-                    if let Some((cap, a)) = lefts.remove(&k) {
-                        output.session(&cap).give((a, None));
-                    }
-                }
-                rights.retain(|_, (cap, _)| frontier1.less_equal(cap.time()));
-            }
-        },
+        keys,
+        |a, b| (a, Some(b)),
+        move |a, _| ready(a),
+        lone,
     )
+}
+
+/// The one operator behind both joins: records meet by key and leave as `pair(a, b)` at the
+/// earlier of their times. A left record waits until the right frontier passes
+/// `wait_until(a, its time)`, then leaves as `lone(a)` (or not at all); a right record waits
+/// only while the left input could still deliver at its time.
+fn keyed_join<'s, K, A, B, O, FA, FB>(
+    left: Stream<'s, u64, Vec<A>>,
+    right: Stream<'s, u64, Vec<B>>,
+    name: &str,
+    (key_a, key_b): (FA, FB),
+    pair: impl Fn(A, B) -> O + 'static,
+    wait_until: impl Fn(&A, u64) -> u64 + 'static,
+    lone: impl Fn(A) -> Option<O> + 'static,
+) -> Stream<'s, u64, Vec<O>>
+where
+    K: Hash + Eq + 'static,
+    A: Clone + 'static,
+    B: Clone + 'static,
+    O: 'static,
+    FA: Fn(&A) -> K + 'static,
+    FB: Fn(&B) -> K + 'static,
+{
+    left.binary_frontier(right, Pipeline, Pipeline, name, move |_cap, _info| {
+        let mut lefts: Waiting<K, A> = HashMap::new();
+        let mut rights: Waiting<K, B> = HashMap::new();
+        move |(in1, frontier1), (in2, frontier2), output| {
+            in1.for_each(|cap, data| {
+                let Some(cap) = cap.retain_least(0) else {
+                    return;
+                };
+                let emit = |at: &Capability<u64>, a, b| output.session(at).give(pair(a, b));
+                pair_or_wait(&cap, data.drain(..), &key_a, &mut rights, &mut lefts, emit);
+            });
+            in2.for_each(|cap, data| {
+                let Some(cap) = cap.retain_least(0) else {
+                    return;
+                };
+                let emit = |at: &Capability<u64>, b, a| output.session(at).give(pair(a, b));
+                pair_or_wait(&cap, data.drain(..), &key_b, &mut lefts, &mut rights, emit);
+            });
+            let gone =
+                lefts.extract_if(|_, (cap, a)| !frontier2.less_equal(&wait_until(a, *cap.time())));
+            for (_, (cap, a)) in gone {
+                if let Some(o) = lone(a) {
+                    output.session(&cap).give(o);
+                }
+            }
+            rights.retain(|_, (cap, _)| frontier1.less_equal(cap.time()));
+        }
+    })
 }
 
 /// Records waiting for their partner, by key, with the capability of their time.

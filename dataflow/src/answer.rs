@@ -196,14 +196,12 @@ impl Answerer {
             Said::curated(curated, Origin::Bank)
         } else {
             let prompt = Prompt {
-                child_name: profile.name.clone(),
-                age: profile.age,
-                language: language.clone(),
                 emotion: Some(emotion.to_string()),
                 verdict: Some(verdict.to_string()),
                 history: job.history.clone(),
                 // Redacted: the model never sees a phone number it could repeat.
                 utterance: u.transcript.clone(),
+                ..about_child(&profile, &language)
             };
             let redirect = reply_bank::fallback_reply(&language, name, seed);
             self.model_reply(&prompt, curated, redirect, &mut speaker, emit)
@@ -213,12 +211,8 @@ impl Answerer {
             (speaker.seq, speaker.samples, speaker.errors, speaker.tts_ms);
         let history_turns = job.history.len();
         let profile_known = job.profile.is_some();
-        let next_turn = reply_bank::model_serves(&language).then(|| Prompt {
-            child_name: profile.name.clone(),
-            age: profile.age,
-            language: language.clone(),
-            ..Prompt::default()
-        });
+        let next_turn =
+            reply_bank::model_serves(&language).then(|| about_child(&profile, &language));
         let mut understood = job.understood;
         let meta = &mut understood.heard.meta;
         meta.time("reply_wait", waited);
@@ -349,6 +343,16 @@ impl Answerer {
             first_ms: first,
             reused_tokens,
         }
+    }
+}
+
+/// What a prompt says about the child: the part of a turn known before the child speaks.
+fn about_child(profile: &Profile, language: &str) -> Prompt {
+    Prompt {
+        child_name: profile.name.clone(),
+        age: profile.age,
+        language: language.to_string(),
+        ..Prompt::default()
     }
 }
 

@@ -6,6 +6,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use teddyflow_connectors::wire::Chunk;
+use teddyflow_models::llm::Prompt;
 use timely::dataflow::operators::core::{Exchange, Inspect, Map};
 use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::{Scope, Stream};
@@ -13,8 +14,6 @@ use timely::dataflow::{Scope, Stream};
 use super::{open_partitions, understood_response, ProcessShared};
 use crate::answer::{Replied, ReplyEvent, ReplyJob, ReplyPool};
 use crate::config::{Config, Topics};
-use teddyflow_models::llm::Prompt;
-
 use crate::memory::{ConversationMemory, Turn};
 use crate::metrics::WorkerMetrics;
 use crate::operators::{self, stable_hash, Output};

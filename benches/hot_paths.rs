@@ -14,13 +14,13 @@ use teddyflow_models::audio::{self, Codec, DecodeOptions};
 const LIBRIVOX_CLIP: &str =
     "/usr/share/pocketsphinx/test/data/librivox/sense_and_sensibility_01_austen_64kb-0880.wav";
 
-fn raw_records(bytes: &[u8], codec: &str, chunk: usize) -> Vec<RawRecord> {
+fn raw_records(bytes: &[u8], codec: Codec, chunk: usize) -> Vec<RawRecord> {
     let u = Utterance {
         conversation: "toy-1".into(),
         utterance: "u1".into(),
         child: Some("child-1".into()),
         audio: Encoded {
-            codec: codec.into(),
+            codec,
             rate: None,
             channels: 1,
             bytes: bytes.to_vec(),
@@ -42,7 +42,7 @@ fn raw_records(bytes: &[u8], codec: &str, chunk: usize) -> Vec<RawRecord> {
 
 fn wire_and_reassembly(c: &mut Criterion) {
     let wav = std::fs::read(LIBRIVOX_CLIP).expect("pocketsphinx-testdata installed");
-    let records = raw_records(&wav, "wav", 4096);
+    let records = raw_records(&wav, Codec::Wav, 4096);
     let mut g = c.benchmark_group("ingest");
     g.throughput(Throughput::Bytes(wav.len() as u64));
     g.bench_function("parse_chunks_3s_wav_4k_chunks", |b| {
@@ -73,8 +73,8 @@ fn wire_and_reassembly(c: &mut Criterion) {
 
 fn decode_and_resample(c: &mut Criterion) {
     let wav = std::fs::read(LIBRIVOX_CLIP).expect("pocketsphinx-testdata installed");
-    let flac = encode(&wav, "flac").expect("sox installed").bytes;
-    let mp3 = encode(&wav, "mp3").expect("sox installed").bytes;
+    let flac = encode(&wav, Codec::Flac).expect("sox installed").bytes;
+    let mp3 = encode(&wav, Codec::Mp3).expect("sox installed").bytes;
     let mut g = c.benchmark_group("decode_3s");
     for (name, codec, bytes) in [
         ("wav", Codec::Wav, &wav),

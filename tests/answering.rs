@@ -11,6 +11,7 @@ use common::{serial, Broker, Processor, Record};
 use teddyflow_connectors::fleet::{
     encode, profile_record, synthesize, to_records, Utterance, Voice,
 };
+use teddyflow_connectors::wire::Codec;
 use teddyflow_connectors::wire::{self, RawRecord};
 use teddyflow_models::audio;
 use teddyflow_models::whisper::{WhisperModel, WhisperVariant};
@@ -133,7 +134,7 @@ fn say(broker: &Broker, utterance: &str, text: &str, n: usize) -> serde_json::Va
         conversation: CONVERSATION.into(),
         utterance: utterance.into(),
         child: Some(CHILD.into()),
-        audio: encode(&wav, "flac").unwrap(),
+        audio: encode(&wav, Codec::Flac).unwrap(),
     };
     broker.produce(&to_records(&u, 8192, "teddy.audio", common::now_ms()));
     let responses = broker.collect("teddy.responses", Duration::from_secs(180), |r| {
@@ -163,7 +164,7 @@ fn speech_of(broker: &Broker, utterance: &str, chunks: u64) -> Vec<f32> {
     assert!(parsed.iter().all(|c| c.conversation == CONVERSATION));
     assert!(parsed
         .iter()
-        .all(|c| c.headers.codec == "pcm_s16le" && c.headers.rate == Some(16_000)));
+        .all(|c| c.headers.codec == Codec::PcmS16le && c.headers.rate == Some(16_000)));
     let last = parsed.last().unwrap();
     assert!(
         last.headers.is_final && last.bytes.is_empty(),
@@ -180,16 +181,5 @@ fn speech_of(broker: &Broker, utterance: &str, chunks: u64) -> Vec<f32> {
 }
 
 fn raw(r: &Record) -> RawRecord {
-    RawRecord {
-        topic: "teddy.speech".into(),
-        partition: 0,
-        offset: 0,
-        key: Some(r.key.clone().into_bytes()),
-        value: Some(r.payload.clone()),
-        headers: r
-            .headers
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
-            .collect(),
-    }
+    r.0.clone()
 }

@@ -10,6 +10,7 @@ use common::{serial, Broker, Processor};
 use teddyflow_connectors::fleet::{
     default_voices, encode, synthesize, to_records, Utterance, CHILD_PHRASES,
 };
+use teddyflow_connectors::wire::Codec;
 use teddyflow_connectors::OutRecord;
 
 #[test]
@@ -34,7 +35,7 @@ fn two_processes_answer_every_utterance_exactly_once() {
             conversation: format!("toy-{}", i % 5),
             utterance: format!("u{i}"),
             child: None,
-            audio: encode(&wav, if i % 2 == 0 { "flac" } else { "wav" }).unwrap(),
+            audio: encode(&wav, if i % 2 == 0 { Codec::Flac } else { Codec::Wav }).unwrap(),
         };
         expected.push((u.conversation.clone(), u.utterance.clone()));
         // Small chunks, so conversations' chunks travel between processes to their owner.

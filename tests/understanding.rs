@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use common::{serial, Broker, Processor};
 use teddyflow_connectors::fleet::{encode, synthesize, to_records, Utterance, Voice};
+use teddyflow_connectors::wire::Codec;
 use teddyflow_connectors::OutRecord;
 
 const CASES: [(&str, &str); 4] = [
@@ -45,7 +46,7 @@ fn spoken_utterances_get_verdicts_alerts_redaction_and_emotion() {
             conversation: "toy-7".into(),
             utterance: id.to_string(),
             child: Some("child-7".into()),
-            audio: encode(&wav, "flac").unwrap(),
+            audio: encode(&wav, Codec::Flac).unwrap(),
         };
         let records: Vec<OutRecord> = to_records(&u, 8192, "teddy.audio", common::now_ms());
         broker.produce(&records);

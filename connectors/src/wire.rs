@@ -14,8 +14,66 @@ pub const H_CHANNELS: &str = "channels";
 pub const H_CHILD: &str = "child";
 pub const H_SENT_MS: &str = "sent_ms";
 
-/// Codec names accepted on the wire. Decoding lives in `teddyflow-models`.
-pub const CODECS: [&str; 5] = ["pcm_s16le", "wav", "flac", "ogg", "mp3"];
+/// The audio codecs accepted on the wire (decoding lives in `teddyflow-models`). Names are
+/// parsed case-insensitively.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Codec {
+    PcmS16le,
+    Wav,
+    Flac,
+    Ogg,
+    Mp3,
+}
+
+impl Codec {
+    pub const ALL: [Codec; 5] = [
+        Codec::PcmS16le,
+        Codec::Wav,
+        Codec::Flac,
+        Codec::Ogg,
+        Codec::Mp3,
+    ];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Codec::PcmS16le => "pcm_s16le",
+            Codec::Wav => "wav",
+            Codec::Flac => "flac",
+            Codec::Ogg => "ogg",
+            Codec::Mp3 => "mp3",
+        }
+    }
+
+    /// File extension; also the probe hint a demuxer can use to try the right format first.
+    pub fn extension(&self) -> &'static str {
+        match self {
+            Codec::PcmS16le => "raw",
+            other => other.as_str(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown codec `{0}` (expected one of pcm_s16le, wav, flac, ogg, mp3)")]
+pub struct UnknownCodec(pub String);
+
+impl std::str::FromStr for Codec {
+    type Err = UnknownCodec;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Codec::ALL
+            .into_iter()
+            .find(|c| c.as_str().eq_ignore_ascii_case(s.trim()))
+            .ok_or_else(|| UnknownCodec(s.to_string()))
+    }
+}
+
+impl std::fmt::Display for Codec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// A record as read from Kafka, kept whole so a dead letter can carry the original.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,7 +101,7 @@ pub struct ChunkHeaders {
     pub utterance: String,
     pub seq: u32,
     pub is_final: bool,
-    pub codec: String,
+    pub codec: Codec,
     pub rate: Option<u32>,
     pub channels: u16,
     pub child: Option<String>,
@@ -81,8 +139,8 @@ pub enum WireError {
     MissingHeader(&'static str),
     #[error("header `{name}` is invalid: {reason}")]
     BadHeader { name: &'static str, reason: String },
-    #[error("unknown codec `{0}` (expected one of pcm_s16le, wav, flac, ogg, mp3)")]
-    UnknownCodec(String),
+    #[error(transparent)]
+    UnknownCodec(#[from] UnknownCodec),
     #[error("chunk of {size} bytes exceeds the limit of {limit} bytes")]
     ChunkTooLarge { size: usize, limit: usize },
 }
@@ -143,14 +201,11 @@ pub fn parse_chunk(rec: &RawRecord, max_chunk_bytes: usize) -> Result<Chunk, Wir
         .filter(|s| !s.is_empty())
         .ok_or(WireError::MissingHeader(H_UTTERANCE))?;
     let seq = number::<u32>(rec, H_SEQ)?.ok_or(WireError::MissingHeader(H_SEQ))?;
-    let codec = text(rec, H_CODEC)?
+    let codec: Codec = text(rec, H_CODEC)?
         .ok_or(WireError::MissingHeader(H_CODEC))?
-        .to_ascii_lowercase();
-    if !CODECS.contains(&codec.as_str()) {
-        return Err(WireError::UnknownCodec(codec));
-    }
+        .parse()?;
     let rate = number::<u32>(rec, H_RATE)?;
-    if codec == "pcm_s16le" && rate.unwrap_or(0) == 0 {
+    if codec == Codec::PcmS16le && rate.unwrap_or(0) == 0 {
         return Err(WireError::MissingHeader(H_RATE));
     }
     let channels = number::<u16>(rec, H_CHANNELS)?.unwrap_or(1);
@@ -194,7 +249,7 @@ pub fn chunk_headers(h: &ChunkHeaders) -> Vec<(String, Vec<u8>)> {
                 b"0".to_vec()
             },
         ),
-        (H_CODEC.to_string(), h.codec.clone().into_bytes()),
+        (H_CODEC.to_string(), h.codec.as_str().as_bytes().to_vec()),
         (H_CHANNELS.to_string(), h.channels.to_string().into_bytes()),
     ];
     if let Some(rate) = h.rate {
@@ -262,7 +317,7 @@ mod tests {
         assert_eq!(chunk.conversation, "conv-1");
         assert_eq!(chunk.headers.seq, 3);
         assert!(chunk.headers.is_final);
-        assert_eq!(chunk.headers.codec, "wav");
+        assert_eq!(chunk.headers.codec, Codec::Wav);
         assert_eq!(chunk.headers.channels, 1);
         assert_eq!(chunk.headers.child.as_deref(), Some("c9"));
         assert_eq!((chunk.partition, chunk.offset), (2, 41));
@@ -274,7 +329,7 @@ mod tests {
             utterance: "u1".into(),
             seq: 0,
             is_final: false,
-            codec: "pcm_s16le".into(),
+            codec: Codec::PcmS16le,
             rate: Some(8000),
             channels: 2,
             child: None,
@@ -298,7 +353,7 @@ mod tests {
         let e = parse_chunk(&record(&[ok[0], ("seq", "x"), ok[2]], b"x"), 10).unwrap_err();
         assert!(e.to_string().contains("`x` is not a valid number"), "{e}");
         let e = parse_chunk(&record(&[ok[0], ok[1], ("codec", "aac")], b"x"), 10);
-        assert_eq!(e, Err(WireError::UnknownCodec("aac".into())));
+        assert_eq!(e, Err(UnknownCodec("aac".into()).into()));
         let e = parse_chunk(&record(&[ok[0], ok[1], ("codec", "pcm_s16le")], b"x"), 10);
         assert_eq!(e, Err(WireError::MissingHeader("rate")));
         let e = parse_chunk(&record(&ok, b"0123456789ab"), 10);

@@ -13,9 +13,82 @@ pub struct Config {
     pub topics: Topics,
     pub engine: Engine,
     pub limits: Limits,
+    pub models: Models,
     pub asr: Asr,
     pub understanding: Understanding,
     pub answering: Answering,
+    pub speech: Speech,
+}
+
+/// Where the engines' weights live: each engine has its own folder under `dir`
+/// (`whisper-tiny.en/`, `minilm/`, `smollm2/`, …), installed by `scripts/setup.sh`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Models {
+    pub dir: PathBuf,
+}
+
+impl Default for Models {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from(".assets/models"),
+        }
+    }
+}
+
+/// The reply engine (`answering.backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReplyBackend {
+    /// SmolLM2-135M-Instruct on candle, in process (`[answering.local]`).
+    Local,
+}
+
+/// The local reply engine: SmolLM2-135M-Instruct, from `<models.dir>/smollm2/`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LocalReply {
+    /// Conversations per process whose history the model runs between turns, so the next
+    /// reply starts speaking sooner (each holds ~20 MiB of model state at 2 turns of
+    /// memory; least recently used dropped; 0 = off).
+    pub prepared_conversations: usize,
+}
+
+impl Default for LocalReply {
+    fn default() -> Self {
+        Self {
+            prepared_conversations: 8,
+        }
+    }
+}
+
+/// The speech-synthesis engine (`speech.engine`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SpeechEngine {
+    /// Debian's espeak-ng, run as a process.
+    EspeakNg,
+}
+
+/// Reply speech: the engine and the format written to the speech topic.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Speech {
+    pub engine: SpeechEngine,
+    /// Sample rate of the speech written to the speech topic (the toy's playback rate).
+    pub rate: u32,
+    /// Audio per speech chunk record, ms.
+    pub chunk_ms: u64,
+}
+
+impl Default for Speech {
+    fn default() -> Self {
+        Self {
+            engine: SpeechEngine::EspeakNg,
+            rate: 16_000,
+            chunk_ms: 500,
+        }
+    }
 }
 
 /// Replies: child profiles, conversation memory, the reply model and speech synthesis.
@@ -25,7 +98,10 @@ pub struct Config {
 pub struct Answering {
     /// Answer each utterance with a reply and speech; when off, responses stop at understanding.
     pub enabled: bool,
-    /// Threads generating replies (SmolLM2 + espeak-ng) in this process; weights shared.
+    /// Which engine writes replies; each has its own section (`[answering.local]`).
+    pub backend: ReplyBackend,
+    pub local: LocalReply,
+    /// Threads generating replies (and speaking them) in this process; weights shared.
     pub threads: usize,
     /// Sampling temperature; 0 = greedy (deterministic, what the tests use).
     pub temperature: f64,
@@ -43,16 +119,8 @@ pub struct Answering {
     pub memory_ttl_ms: u64,
     /// Conversations remembered per worker; the least recently used is forgotten beyond it.
     pub memory_max_conversations: usize,
-    /// Conversations per process whose history the reply model runs between turns, so the
-    /// next reply starts speaking sooner (each holds ~20 MiB of model state at 2 turns of
-    /// memory; least recently used dropped; 0 = off).
-    pub prepared_conversations: usize,
     /// Reply language for a child without a profile (or a profile without a language).
     pub default_language: String,
-    /// Sample rate of the speech written to the speech topic (the toy's playback rate).
-    pub speech_rate: u32,
-    /// Audio per speech chunk record, ms.
-    pub speech_chunk_ms: u64,
     /// How long to wait at start-up for the profiles topic to be read to its end before
     /// answering anyway (profiles still arriving then apply to later utterances).
     pub profiles_load_timeout_ms: u64,
@@ -62,6 +130,8 @@ impl Default for Answering {
     fn default() -> Self {
         Self {
             enabled: true,
+            backend: ReplyBackend::Local,
+            local: LocalReply::default(),
             threads: 1,
             temperature: 0.0,
             top_p: 1.0,
@@ -71,10 +141,7 @@ impl Default for Answering {
             memory_turns: 2,
             memory_ttl_ms: 15 * 60 * 1000,
             memory_max_conversations: 10_000,
-            prepared_conversations: 8,
             default_language: "en".into(),
-            speech_rate: 16_000,
-            speech_chunk_ms: 500,
             profiles_load_timeout_ms: 10_000,
         }
     }
@@ -212,23 +279,48 @@ impl Default for Limits {
     }
 }
 
+/// The speech-to-text engine (`asr.engine`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AsrEngine {
+    /// Whisper on candle (`[asr.whisper]`).
+    Whisper,
+}
+
+/// Whisper, from `<models.dir>/whisper-<model>/` and `<models.dir>/mel_filters.npz`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct Asr {
+pub struct WhisperSettings {
     /// `tiny.en` or `base` (multilingual).
     pub model: String,
-    /// Folder with `whisper-<model>/` and `mel_filters.npz` (installed by `make setup`).
-    pub models_dir: PathBuf,
-    /// Threads running Whisper in this process (one copy of the weights is shared).
-    pub threads: usize,
-    /// Language passed to multilingual models until child profiles provide one.
-    pub language: String,
     /// Encoder window: audio is padded with silence to at least this long. 30000 is
     /// openai's behaviour and the most accurate on short child phrases; 15000 halves the
     /// encoder cost (see docs/performance.md for measured WER/RTF).
     pub min_window_ms: u64,
     /// Silence appended after the audio before the encoder.
     pub tail_pad_ms: u64,
+}
+
+impl Default for WhisperSettings {
+    fn default() -> Self {
+        Self {
+            model: "tiny.en".into(),
+            min_window_ms: 30_000,
+            tail_pad_ms: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Asr {
+    /// Which engine transcribes; each has its own section (`[asr.whisper]`).
+    pub engine: AsrEngine,
+    pub whisper: WhisperSettings,
+    /// Threads running speech-to-text in this process (one copy of the weights is shared).
+    pub threads: usize,
+    /// Language passed to multilingual models until child profiles provide one.
+    pub language: String,
     /// Most utterances transcribed in one call when they queue up (dynamic batching: their
     /// greedy decodes step together, one pass over the decoder weights per step for all).
     /// Texts are the same as one by one. 1 = never batch, the default: with short
@@ -243,12 +335,10 @@ pub struct Asr {
 impl Default for Asr {
     fn default() -> Self {
         Self {
-            model: "tiny.en".into(),
-            models_dir: PathBuf::from(".assets/models"),
+            engine: AsrEngine::Whisper,
+            whisper: WhisperSettings::default(),
             threads: 1,
             language: "en".into(),
-            min_window_ms: 30_000,
-            tail_pad_ms: 0,
             max_batch: 1,
             max_wait_ms: 0,
         }
@@ -307,11 +397,11 @@ impl Config {
         if self.answering.enabled && !self.understanding.enabled {
             return bad("answering needs understanding (replies are gated by the safety verdict)");
         }
-        if self.answering.threads == 0 || self.answering.speech_chunk_ms == 0 {
-            return bad("answering.threads and answering.speech_chunk_ms must be at least 1");
+        if self.answering.threads == 0 || self.speech.chunk_ms == 0 {
+            return bad("answering.threads and speech.chunk_ms must be at least 1");
         }
-        if !(8_000..=48_000).contains(&self.answering.speech_rate) {
-            return bad("answering.speech_rate must be between 8000 and 48000");
+        if !(8_000..=48_000).contains(&self.speech.rate) {
+            return bad("speech.rate must be between 8000 and 48000");
         }
         if self.engine.max_pending_utterances == 0 {
             return bad("engine.max_pending_utterances must be at least 1");

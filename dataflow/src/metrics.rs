@@ -1,9 +1,15 @@
 //! Per-worker metrics, written as JSON snapshots to the metrics topic. No PII: only
 //! counts, sizes and latencies — never conversation ids, child ids or transcripts.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
+use std::rc::Rc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+use crate::envelope::Meta;
+use crate::outputs::{Counts, MetricsSnapshot};
+use crate::stage::Stage;
 
 /// Latency samples of one stage since the last snapshot (bounded, so memory stays flat).
 #[derive(Debug, Default, Clone)]
@@ -57,7 +63,7 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-#[derive(Debug, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct StageSummary {
     pub count: u64,
     pub p50_ms: f64,
@@ -68,84 +74,75 @@ pub struct StageSummary {
 
 #[derive(Debug, Default)]
 pub struct WorkerMetrics {
-    pub records_in: u64,
-    pub bytes_in: u64,
-    pub utterances_done: u64,
-    pub deadletters: u64,
-    pub alerts: u64,
-    /// Generated replies that failed the safety check and were replaced by a safe fallback.
-    pub replies_replaced: u64,
-    /// Speech records acknowledged.
-    pub speech_chunks: u64,
-    /// Utterances answered with the defaults because their child has no profile.
-    pub profiles_missing: u64,
-    /// Profiles held by this worker (its partitions of the profiles topic).
-    pub profiles: u64,
+    pub counts: Counts,
     pub errors: BTreeMap<String, u64>,
-    pub in_flight: i64,
+    /// Records the operators hold (the sink's queue, responses waiting for first audio);
+    /// each operator keeps its own count, summed into `in_flight` at every snapshot.
+    pub in_flight: Vec<Rc<Cell<usize>>>,
     pub lag: BTreeMap<i32, i64>,
-    pub stages: BTreeMap<String, Samples>,
+    pub stages: BTreeMap<Stage, Samples>,
     /// Stage → (sum of batch sizes, utterances) since the last snapshot.
-    pub batch_sizes: BTreeMap<String, (u64, u64)>,
+    pub batch_sizes: BTreeMap<Stage, (u64, u64)>,
 }
 
 impl WorkerMetrics {
-    pub fn stage(&mut self, name: &str, ms: f64) {
-        self.stages.entry(name.to_string()).or_default().add(ms);
+    pub fn stage(&mut self, stage: Stage, ms: f64) {
+        self.stages.entry(stage).or_default().add(ms);
+    }
+
+    /// A count of held records an operator keeps up to date, for the `in_flight` gauge.
+    pub fn in_flight_gauge(&mut self) -> Rc<Cell<usize>> {
+        let gauge = Rc::new(Cell::new(0));
+        self.in_flight.push(gauge.clone());
+        gauge
+    }
+
+    /// The times an utterance's metadata holds for `stages`.
+    pub fn timings(&mut self, meta: &Meta, stages: &[Stage]) {
+        for (stage, ms) in meta.timings.iter().filter(|(s, _)| stages.contains(s)) {
+            self.stage(*stage, *ms);
+        }
     }
 
     /// The batch `stage` processed an utterance in, from its `Meta::batches`.
-    pub fn batches(&mut self, batches: &[(String, usize)], stage: &str) {
-        for (_, size) in batches.iter().filter(|(s, _)| s == stage) {
-            let (sum, n) = self.batch_sizes.entry(stage.to_string()).or_default();
+    pub fn batches(&mut self, meta: &Meta, stage: Stage) {
+        for (_, size) in meta.batches.iter().filter(|(s, _)| *s == stage) {
+            let (sum, n) = self.batch_sizes.entry(stage).or_default();
             *sum += *size as u64;
             *n += 1;
         }
     }
 
-    pub fn error(&mut self, stage: &str) {
-        *self.errors.entry(stage.to_string()).or_default() += 1;
+    pub fn error(&mut self, kind: &str) {
+        *self.errors.entry(kind.to_string()).or_default() += 1;
     }
 
     /// A snapshot for the metrics topic; per-interval samples are reset, counters are totals.
-    pub fn snapshot(
-        &mut self,
-        worker: usize,
-        process: usize,
-        interval_ms: u64,
-    ) -> serde_json::Value {
-        let stages: BTreeMap<String, StageSummary> = self
+    pub fn snapshot(&mut self, worker: usize, process: usize, interval_ms: u64) -> MetricsSnapshot {
+        let stages = self
             .stages
             .iter_mut()
-            .map(|(k, s)| (k.clone(), s.summary()))
+            .map(|(k, s)| (*k, s.summary()))
             .collect();
         // Mean batch size per utterance over the interval (how full the batches ran).
-        let batch_mean: BTreeMap<String, f64> = std::mem::take(&mut self.batch_sizes)
+        let batch_mean = std::mem::take(&mut self.batch_sizes)
             .into_iter()
             .map(|(k, (sum, n))| (k, sum as f64 / n.max(1) as f64))
             .collect();
-        serde_json::json!({
-            "ts_ms": crate::types::now_ms(),
-            "worker": worker,
-            "process": process,
-            "interval_ms": interval_ms,
-            "records_in": self.records_in,
-            "bytes_in": self.bytes_in,
-            "utterances_done": self.utterances_done,
-            "deadletters": self.deadletters,
-            "alerts": self.alerts,
-            "replies_replaced": self.replies_replaced,
-            "speech_chunks": self.speech_chunks,
-            "profiles_missing": self.profiles_missing,
-            "profiles": self.profiles,
-            "errors": self.errors,
-            "in_flight": self.in_flight,
-            "consumer_lag": self.lag.values().sum::<i64>(),
-            "lag_by_partition": self.lag,
-            "rss_bytes": rss_bytes(),
-            "stages": stages,
-            "batch_mean": batch_mean,
-        })
+        MetricsSnapshot {
+            ts_ms: crate::envelope::now_ms(),
+            worker,
+            process,
+            interval_ms,
+            counts: self.counts,
+            errors: self.errors.clone(),
+            in_flight: self.in_flight.iter().map(|c| c.get() as i64).sum(),
+            consumer_lag: self.lag.values().sum(),
+            lag_by_partition: self.lag.clone(),
+            rss_bytes: rss_bytes(),
+            stages,
+            batch_mean,
+        }
     }
 }
 
@@ -179,22 +176,28 @@ mod tests {
     #[test]
     fn snapshot_resets_samples_but_keeps_totals() {
         let mut m = WorkerMetrics::default();
-        m.records_in = 3;
+        m.counts.records_in = 3;
         for ms in [10.0, 20.0, 30.0] {
-            m.stage("asr", ms);
+            m.stage(Stage::Asr, ms);
         }
         let s = m.snapshot(0, 0, 1000);
-        assert_eq!(s["stages"]["asr"]["count"], 3);
-        assert_eq!(s["stages"]["asr"]["p50_ms"], 20.0);
-        m.batches(&[("asr".into(), 3)], "asr");
-        m.batches(&[("asr".into(), 1), ("understand".into(), 5)], "asr");
-        assert!(s["rss_bytes"].as_u64().unwrap() > 0);
+        assert_eq!(s.stages[&Stage::Asr].count, 3);
+        assert_eq!(s.stages[&Stage::Asr].p50_ms, 20.0);
+        let mut meta = crate::envelope::tests::meta("c", "u");
+        meta.batches = vec![(Stage::Asr, 3)];
+        m.batches(&meta, Stage::Asr);
+        meta.batches = vec![(Stage::Asr, 1), (Stage::Understand, 5)];
+        m.batches(&meta, Stage::Asr);
+        assert!(s.rss_bytes > 0);
         let s = m.snapshot(0, 0, 1000);
-        assert_eq!(s["stages"]["asr"]["count"], 0);
-        assert_eq!(s["batch_mean"]["asr"], 2.0);
-        assert!(s["batch_mean"].get("understand").is_none());
-        assert_eq!(s["records_in"], 3);
-        assert_eq!(m.snapshot(0, 0, 1000)["batch_mean"], serde_json::json!({}));
+        assert_eq!(s.stages[&Stage::Asr].count, 0);
+        assert_eq!(s.batch_mean[&Stage::Asr], 2.0);
+        assert!(!s.batch_mean.contains_key(&Stage::Understand));
+        assert_eq!(s.counts.records_in, 3);
+        assert!(m.snapshot(0, 0, 1000).batch_mean.is_empty());
+        // The snapshot's JSON is what docs/wire-format.md shows: stage names as keys.
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["stages"]["asr"]["count"], 0);
     }
 
     #[test]

@@ -220,37 +220,6 @@ fn run_batch<I, O>(jobs: Vec<Job<I, O>>, work: &BatchWork<I, O>, in_flight: &Ato
     }
 }
 
-/// Shared count of utterances admitted to the graph but not yet through their last model
-/// stage (speech-to-text, understanding or the reply, whichever is last);
-/// sources stop reading while it is at its limit (back-pressure that cannot deadlock,
-/// because partially received utterances are never counted).
-#[derive(Debug, Clone, Default)]
-pub struct Admission {
-    pending: Arc<AtomicUsize>,
-    limit: usize,
-}
-
-impl Admission {
-    pub fn new(limit: usize) -> Self {
-        Self {
-            pending: Arc::new(AtomicUsize::new(0)),
-            limit,
-        }
-    }
-    pub fn open(&self) -> bool {
-        self.pending.load(Ordering::Acquire) < self.limit
-    }
-    pub fn enter(&self) {
-        self.pending.fetch_add(1, Ordering::AcqRel);
-    }
-    pub fn leave(&self) {
-        self.pending.fetch_sub(1, Ordering::AcqRel);
-    }
-    pub fn pending(&self) -> usize {
-        self.pending.load(Ordering::Acquire)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use teddyflow_connectors::wire::Chunk;
 
 use crate::config::Limits;
-use crate::types::{now_ms, Failed, Meta, SourceRange, Utterance};
+use crate::envelope::{now_ms, Failed, Meta, SourceRange};
+use crate::stage::Stage;
 
 type Key = (String, String);
 
@@ -26,10 +27,17 @@ struct Pending<C> {
     token: C,
 }
 
+/// A complete utterance: the chunks' bytes concatenated in `seq` order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Assembled {
+    pub meta: Meta,
+    pub bytes: Vec<u8>,
+}
+
 /// What pushing a chunk or expiring led to. `C` is the token (capability) held for it.
 #[derive(Debug)]
 pub enum Outcome<C> {
-    Ready(Utterance, C),
+    Ready(Assembled, C),
     Rejected(Failed, C),
 }
 
@@ -185,7 +193,7 @@ impl<C> Reassembler<C> {
             bytes.extend_from_slice(chunk);
         }
         Outcome::Ready(
-            Utterance {
+            Assembled {
                 meta: p.meta,
                 bytes,
             },
@@ -199,7 +207,7 @@ impl<C> Reassembler<C> {
         let failed = Failed {
             meta: p.meta,
             bytes,
-            stage: "reassembly".into(),
+            stage: Stage::Reassembly,
             error,
         };
         Outcome::Rejected(failed, p.token)
@@ -208,19 +216,7 @@ impl<C> Reassembler<C> {
 
 fn new_pending<C>(chunk: &Chunk, token: C, now: Instant) -> Pending<C> {
     Pending {
-        meta: Meta {
-            conversation: chunk.conversation.clone(),
-            utterance: chunk.headers.utterance.clone(),
-            child: chunk.headers.child.clone(),
-            headers: chunk.headers.clone(),
-            sources: Vec::new(),
-            incomplete: false,
-            completed_ms: 0,
-            timings: Vec::new(),
-            spans: Vec::new(),
-            ready_time: 0,
-            batches: Vec::new(),
-        },
+        meta: Meta::new(&chunk.conversation, &chunk.headers),
         chunks: BTreeMap::new(),
         final_seq: None,
         bytes: 0,
@@ -244,7 +240,7 @@ mod tests {
                 utterance: utt.into(),
                 seq,
                 is_final: seq == last,
-                codec: "wav".into(),
+                codec: teddyflow_connectors::wire::Codec::Wav,
                 rate: None,
                 channels: 1,
                 child: None,

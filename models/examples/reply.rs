@@ -73,8 +73,8 @@ fn prompt(name: &str, emotion: &str, verdict: &str, language: &str, utterance: &
         child_name: Some(name.into()),
         age: Some(6),
         language: language.into(),
-        emotion: Some(emotion.into()),
-        verdict: Some(verdict.into()),
+        emotion: emotion.parse().ok(),
+        verdict: verdict.parse().ok(),
         history: vec![],
         utterance: utterance.into(),
     }
@@ -194,7 +194,7 @@ fn report(p: &Prompt, g: &Generated) {
     println!(
         "[{} {}] prompt {} tok, prefill {:.0} ms, first sentence {:.0} ms, total {:.0} ms, {} tok at {:.1} tok/s",
         p.language,
-        p.emotion.as_deref().unwrap_or("-"),
+        p.emotion.map_or("-", |e| e.as_str()),
         g.prompt_tokens,
         g.prefill_ms,
         g.first_sentence_ms,
@@ -207,7 +207,7 @@ fn report(p: &Prompt, g: &Generated) {
 
 fn speak_back(whisper: &WhisperModel, p: &Prompt, g: &Generated) -> anyhow::Result<()> {
     let voice = tts::voice_for(&p.language, None);
-    let style = tts::style_for(p.emotion.as_deref(), p.verdict.as_deref());
+    let style = tts::style_for(p.emotion, p.verdict);
     let t = Instant::now();
     let pcm = tts::speak(&g.text, &voice, &style, 16_000)?;
     let tts_ms = t.elapsed().as_secs_f64() * 1000.0;

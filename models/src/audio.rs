@@ -13,7 +13,6 @@ use std::f64::consts::PI;
 use std::fmt;
 use std::io::Cursor;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::str::FromStr;
 
 use symphonia::core::codecs::audio::{AudioCodecParameters, AudioDecoder, AudioDecoderOptions};
 use symphonia::core::errors::Error as SymError;
@@ -29,64 +28,7 @@ pub const TARGET_RATE: u32 = 16_000;
 /// Default cap on utterance length used by [`DecodeOptions::new`].
 pub const DEFAULT_MAX_SECONDS: f32 = 30.0;
 
-/// Wire-format codec names: "pcm_s16le" | "wav" | "flac" | "ogg" | "mp3" (case-insensitive parse).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Codec {
-    PcmS16le,
-    Wav,
-    Flac,
-    Ogg,
-    Mp3,
-}
-
-impl Codec {
-    pub const ALL: [Codec; 5] = [
-        Codec::PcmS16le,
-        Codec::Wav,
-        Codec::Flac,
-        Codec::Ogg,
-        Codec::Mp3,
-    ];
-
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Codec::PcmS16le => "pcm_s16le",
-            Codec::Wav => "wav",
-            Codec::Flac => "flac",
-            Codec::Ogg => "ogg",
-            Codec::Mp3 => "mp3",
-        }
-    }
-
-    /// File extension; also the probe hint symphonia uses to try the right demuxer first.
-    pub fn extension(&self) -> &'static str {
-        match self {
-            Codec::PcmS16le => "raw",
-            Codec::Wav => "wav",
-            Codec::Flac => "flac",
-            Codec::Ogg => "ogg",
-            Codec::Mp3 => "mp3",
-        }
-    }
-}
-
-impl FromStr for Codec {
-    type Err = AudioError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Codec::ALL
-            .into_iter()
-            .find(|c| c.as_str().eq_ignore_ascii_case(s.trim()))
-            .ok_or_else(|| AudioError::UnknownCodec(s.to_string()))
-    }
-}
-
-impl fmt::Display for Codec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use teddyflow_connectors::wire::Codec;
 
 #[derive(Debug, Clone)]
 pub struct DecodeOptions {
@@ -129,8 +71,6 @@ impl DecodedAudio {
 pub enum AudioError {
     #[error("audio payload is empty (no samples)")]
     Empty,
-    #[error("unknown audio codec {0:?} (expected pcm_s16le, wav, flac, ogg or mp3)")]
-    UnknownCodec(String),
     #[error("pcm_s16le audio needs a sample rate, but none was given")]
     MissingRate,
     #[error("invalid pcm_s16le audio: {0}")]

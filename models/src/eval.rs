@@ -6,52 +6,11 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::emotion::EmotionModel;
+pub use crate::jsonl::{read_jsonl, DataError};
 use crate::safety::{SafetyModel, Verdict, CATEGORIES};
-
-#[derive(Debug, thiserror::Error)]
-pub enum DataError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path}:{line}: {source}")]
-    Parse {
-        path: PathBuf,
-        line: usize,
-        source: serde_json::Error,
-    },
-    #[error("{0} holds no examples")]
-    Empty(PathBuf),
-}
-
-/// One JSON object per non-blank line.
-pub fn read_jsonl<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>, DataError> {
-    let text = std::fs::read_to_string(path).map_err(|source| DataError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let rows = text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            serde_json::from_str(l).map_err(|source| DataError::Parse {
-                path: path.to_path_buf(),
-                line: i + 1,
-                source,
-            })
-        })
-        .collect::<Result<Vec<T>, _>>()?;
-    if rows.is_empty() {
-        return Err(DataError::Empty(path.to_path_buf()));
-    }
-    Ok(rows)
-}
 
 /// Precision, recall and false-positive rate of one class, one-vs-rest.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -393,7 +352,7 @@ pub fn eval_emotion(model: &EmotionModel, path: &Path) -> anyhow::Result<Emotion
     let start = std::time::Instant::now();
     let got: Vec<String> = cases
         .iter()
-        .map(|c| model.classify_text(&c.text).label)
+        .map(|c| model.classify_text(&c.text).label.to_string())
         .collect();
     let mean_ms = start.elapsed().as_secs_f32() * 1000.0 / cases.len() as f32;
     let gold: Vec<String> = cases.iter().map(|c| normalise_emotion(&c.label)).collect();

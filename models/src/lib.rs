@@ -2,15 +2,20 @@
 //!
 //! - [`audio`]: container/codec decode (symphonia), downmix, resample to 16 kHz.
 //! - [`whisper`]: speech-to-text, CTranslate2 weights run on candle (pcm → mel → encoder → decoder).
+//! - [`reply`]: the reply-engine trait (the local SmolLM2 engine is [`llm`]).
+//! - [`stt`]: the speech-to-text trait every engine implements, and what a transcript is.
 //! - [`wer`]: word error rate, used by `teddyflow bench asr` and the tests.
 
 pub mod audio;
 pub mod embed;
 pub mod emotion;
 pub mod eval;
+pub mod jsonl;
 pub mod llm;
+pub mod reply;
 pub mod reply_bank;
 pub mod safety;
+pub mod stt;
 pub mod tts;
 mod vecmath;
 pub mod wer;

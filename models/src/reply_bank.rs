@@ -22,6 +22,9 @@
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
+use crate::emotion::Label;
+use crate::safety::Verdict;
+
 /// What the reply has to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -144,9 +147,9 @@ pub fn fallback_reply(language: &str, child_name: Option<&str>, seed: u64) -> St
 
 /// Which bank reply fits a turn: an unsafe utterance is redirected, distress is comforted,
 /// a first turn is greeted, anything else is encouraged.
-pub fn kind_for(emotion: Option<&str>, verdict: Option<&str>, first_turn: bool) -> ReplyKind {
+pub fn kind_for(emotion: Option<Label>, verdict: Option<Verdict>, first_turn: bool) -> ReplyKind {
     match verdict {
-        Some("unsafe") => ReplyKind::Redirect,
+        Some(Verdict::Unsafe) => ReplyKind::Redirect,
         _ if crate::llm::prompt::needs_comfort(emotion, verdict) => ReplyKind::Comfort,
         _ if first_turn => ReplyKind::Greeting,
         _ => ReplyKind::Encourage,
@@ -199,9 +202,12 @@ mod tests {
         assert!(fallback_reply("sw", Some("Ali"), 1).contains("Ali"));
         assert!(model_serves("en-GB") && !model_serves("ar"));
         assert_eq!(
-            kind_for(Some("sad"), Some("safe"), true),
+            kind_for(Some(Label::Sad), Some(Verdict::Safe), true),
             ReplyKind::Comfort
         );
-        assert_eq!(kind_for(None, Some("unsafe"), false), ReplyKind::Redirect);
+        assert_eq!(
+            kind_for(None, Some(Verdict::Unsafe), false),
+            ReplyKind::Redirect
+        );
     }
 }

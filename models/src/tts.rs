@@ -12,6 +12,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::audio::{self, AudioError, Codec, DecodeOptions};
+use crate::emotion::Label;
+use crate::safety::Verdict;
 
 /// The espeak-ng binary (Debian package `espeak-ng`).
 pub const ESPEAK: &str = "espeak-ng";
@@ -26,6 +28,46 @@ pub const MAX_TEXT_CHARS: usize = 2000;
 const MAX_AUDIO_SECONDS: f32 = 120.0;
 /// espeak-ng takes ~20 ms per sentence; anything near this means it is stuck.
 const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Speech synthesis, whichever engine does it: the trait the answering stage calls.
+pub trait Synthesizer: Send + Sync {
+    /// The engine's name, e.g. `espeak-ng`.
+    fn name(&self) -> &'static str;
+    /// The voice for a language, or the profile's own voice when the engine has it.
+    fn voice_for(&self, language: &str, profile_voice: Option<&str>) -> String;
+    /// Speak `text` as mono f32 samples at `out_rate`.
+    fn speak(
+        &self,
+        text: &str,
+        voice: &str,
+        style: &SpeechStyle,
+        out_rate: u32,
+    ) -> Result<Vec<f32>, TtsError>;
+}
+
+/// espeak-ng, run as a process (GPL: never linked).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EspeakNg;
+
+impl Synthesizer for EspeakNg {
+    fn name(&self) -> &'static str {
+        ESPEAK
+    }
+
+    fn voice_for(&self, language: &str, profile_voice: Option<&str>) -> String {
+        voice_for(language, profile_voice)
+    }
+
+    fn speak(
+        &self,
+        text: &str,
+        voice: &str,
+        style: &SpeechStyle,
+        out_rate: u32,
+    ) -> Result<Vec<f32>, TtsError> {
+        speak(text, voice, style, out_rate)
+    }
+}
 
 /// An espeak-ng voice, e.g. "en-us+f3" (language voice + optional variant).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,32 +117,16 @@ pub enum TtsError {
     Audio(#[from] AudioError),
 }
 
-const COMFORT: &[&str] = &[
-    "sad", "scared", "afraid", "fear", "angry", "upset", "hurt", "lonely", "worried", "crying",
-    "tired",
-];
-const LIVELY: &[&str] = &[
-    "happy",
-    "excited",
-    "joy",
-    "joyful",
-    "surprised",
-    "playful",
-    "proud",
-];
-
 /// Speaking style for the reply: comforting is slower, lower and softer; excited or happy is
 /// faster and brighter; anything else is the calm default.
-pub fn style_for(emotion: Option<&str>, verdict: Option<&str>) -> SpeechStyle {
-    let emotion = emotion.map(|e| e.trim().to_ascii_lowercase());
-    let is = |list: &[&str]| emotion.as_deref().is_some_and(|e| list.contains(&e));
-    if verdict == Some("needs_care") || is(COMFORT) {
+pub fn style_for(emotion: Option<Label>, verdict: Option<Verdict>) -> SpeechStyle {
+    if crate::llm::prompt::needs_comfort(emotion, verdict) {
         SpeechStyle {
             rate_wpm: 130,
             pitch: 45,
             volume: 80,
         }
-    } else if is(LIVELY) {
+    } else if emotion == Some(Label::Happy) {
         SpeechStyle {
             rate_wpm: 185,
             pitch: 65,

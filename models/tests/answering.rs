@@ -9,8 +9,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
+use teddyflow_models::emotion::Label;
 use teddyflow_models::llm::{prompt, Prompt, ReplyModel, Sampling, MODEL_DIR, MODEL_FILE};
 use teddyflow_models::reply_bank::{self, ReplyKind};
+use teddyflow_models::safety::Verdict;
 use teddyflow_models::tts::{self, SpeechStyle, TtsError};
 use teddyflow_models::wer;
 use teddyflow_models::whisper::{WhisperModel, WhisperVariant};
@@ -64,8 +66,8 @@ fn mia_prompt(utterance: &str) -> Prompt {
         child_name: Some("Mia".into()),
         age: Some(5),
         language: "en".into(),
-        emotion: Some("happy".into()),
-        verdict: Some("safe".into()),
+        emotion: Some(Label::Happy),
+        verdict: Some(Verdict::Safe),
         history: vec![],
         utterance: utterance.into(),
     }
@@ -161,11 +163,11 @@ fn splitting_a_turn_does_not_change_its_tokens() {
     let ids = |text: &str| tok.encode(text, false).unwrap().get_ids().to_vec();
     let mut p = mia_prompt("Can Max come to the beach with us?");
     for (emotion, name) in [
-        ("happy", Some("Mia")),
-        ("neutral", None),
-        ("sad", Some("Léa")),
+        (Label::Happy, Some("Mia")),
+        (Label::Neutral, None),
+        (Label::Sad, Some("Léa")),
     ] {
-        p.emotion = Some(emotion.into());
+        p.emotion = Some(emotion);
         p.child_name = name.map(String::from);
         let split = [
             ids(&prompt::current_head(&p)),
@@ -256,8 +258,8 @@ fn sentences_stream_in_order_before_generate_returns() {
     let _g = exclusive();
     let model = llm();
     let prompt = Prompt {
-        emotion: Some("sad".into()),
-        verdict: Some("needs_care".into()),
+        emotion: Some(Label::Sad),
+        verdict: Some(Verdict::NeedsCare),
         history: vec![(
             "I built a tower.".into(),
             "Wow, Mia, what a tall tower!".into(),
@@ -359,8 +361,8 @@ fn speech_duration_follows_the_style() {
     }
     let text = "Let's take a big, slow breath together, and then we can play.";
     let voice = tts::voice_for("en", None);
-    let calm = tts::style_for(Some("sad"), Some("needs_care"));
-    let lively = tts::style_for(Some("excited"), Some("safe"));
+    let calm = tts::style_for(Some(Label::Sad), Some(Verdict::NeedsCare));
+    let lively = tts::style_for(Some(Label::Happy), Some(Verdict::Safe));
     assert!(calm.rate_wpm < SpeechStyle::default().rate_wpm && calm.rate_wpm < lively.rate_wpm);
     assert!(calm.volume < lively.volume);
     let slow = tts::speak(text, &voice, &calm, 16_000).unwrap();
@@ -418,7 +420,7 @@ fn speech_transcribes_back_to_the_same_words() {
     let voice = tts::voice_for("en", None);
     for style in [
         tts::style_for(None, None),
-        tts::style_for(Some("sad"), Some("needs_care")),
+        tts::style_for(Some(Label::Sad), Some(Verdict::NeedsCare)),
     ] {
         let pcm = tts::speak(text, &voice, &style, 16_000).unwrap();
         let hyp = whisper.transcribe(&pcm, Some("en")).unwrap().text;

@@ -14,7 +14,7 @@ use std::time::Instant;
 use teddyflow_models::audio::{decode, Codec, DecodeOptions};
 use teddyflow_models::embed::{cosine, Embedder};
 use teddyflow_models::emotion::acoustic::{analyze, AcousticFeatures};
-use teddyflow_models::emotion::{Emotion, EmotionModel};
+use teddyflow_models::emotion::{Emotion, EmotionModel, Label};
 use teddyflow_models::eval::{eval_emotion, eval_safety};
 use teddyflow_models::safety::{redact, SafetyModel, SafetyVerdict, Verdict};
 
@@ -315,7 +315,7 @@ fn clear_sentences_get_their_emotion() {
         ("why do giraffes have long necks", "neutral"),
     ] {
         let e = m.classify_text(text);
-        assert_eq!(e.label, want, "{text}: {:?}", e.scores);
+        assert_eq!(e.label.as_str(), want, "{text}: {:?}", e.scores);
         let total: f32 = e.scores.values().sum();
         assert!((total - 1.0).abs() < 1e-4);
     }
@@ -354,15 +354,15 @@ fn voice_nudges_but_does_not_overturn_the_text() {
         "text {:?}\nloud {:?}\nquiet {:?}",
         flat.scores, aroused.scores, subdued.scores
     );
-    assert!(aroused.scores["angry"] > flat.scores["angry"]);
-    assert!(subdued.scores["sad"] > flat.scores["sad"]);
+    assert!(aroused.scores[&Label::Angry] > flat.scores[&Label::Angry]);
+    assert!(subdued.scores[&Label::Sad] > flat.scores[&Label::Sad]);
     assert_eq!(aroused.acoustic, prosody(-12.0, 6.5, 6.0));
     // A clearly happy sentence stays happy however flat the voice.
     let happy = m.classify(
         "this is the best birthday ever, I love my presents",
         &prosody(-40.0, 2.0, 0.8),
     );
-    assert_eq!(happy.label, "happy", "{:?}", happy.scores);
+    assert_eq!(happy.label, Label::Happy, "{:?}", happy.scores);
     let json = serde_json::to_string(&happy).unwrap();
     assert_eq!(serde_json::from_str::<Emotion>(&json).unwrap(), happy);
 }

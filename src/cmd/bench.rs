@@ -142,7 +142,8 @@ fn decode_file(path: &Path) -> anyhow::Result<Vec<f32>> {
 
 fn asr(args: AsrArgs) -> anyhow::Result<()> {
     let variant: WhisperVariant = args.model.parse()?;
-    let options = teddyflow_dataflow::whisper_options(args.min_window_ms, args.tail_pad_ms);
+    let options =
+        teddyflow_dataflow::stages::hear::whisper_options(args.min_window_ms, args.tail_pad_ms);
     let model = WhisperModel::load(&args.models_dir, variant)?.with_options(options);
     let clips = clips_in_dir(&args.dir)?;
     let mut audio = Vec::new();

@@ -23,11 +23,14 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 use teddyflow_connectors::fleet::{default_voices, profile_record, Voice, CHILD_NAMES};
 use teddyflow_connectors::kafka::{ensure_topics, AckedWriter, KafkaSettings, TopicSpec};
+use teddyflow_connectors::wire::Codec;
 
 use collect::{Collector, OutputTopics};
 use load::{Arrival, LoadSpec, Planned};
 use procs::{ProcSpec, ProcUsage, Processors};
 use report::{Latency, Observed, Overhead, StageStat};
+use teddyflow_dataflow::outputs::MetricsSnapshot;
+use teddyflow_dataflow::stage::Stage;
 
 #[derive(Args, Debug)]
 pub struct E2eArgs {
@@ -60,7 +63,7 @@ pub struct E2eArgs {
         value_delimiter = ',',
         default_value = "wav,flac,ogg,mp3,pcm_s16le"
     )]
-    codecs: Vec<String>,
+    codecs: Vec<Codec>,
     /// espeak-ng voices to cycle through. Default: the fleet's two child-like and two adult voices.
     #[arg(long, value_delimiter = ',')]
     voices: Vec<String>,
@@ -114,7 +117,7 @@ pub struct Report {
     /// Offered utterances/s; 0 = all at once.
     pub rate: f64,
     pub arrival: String,
-    pub codecs: Vec<String>,
+    pub codecs: Vec<Codec>,
     pub voices: Vec<String>,
     pub warmup: usize,
     /// CPUs of the machine the bench ran on.
@@ -144,15 +147,15 @@ pub struct RunReport {
     pub cpu_window_s: f64,
     pub utterances_per_s: f64,
     pub latency_ms: Latency,
-    pub stages: BTreeMap<String, StageStat>,
+    pub stages: BTreeMap<Stage, StageStat>,
     /// Mean utterances per call of the stages that batch (`asr`, `understand`): a stage's
     /// time is the whole batch's, its cost per utterance that time over the batch size.
     #[serde(default)]
-    pub batch_mean: BTreeMap<String, f64>,
+    pub batch_mean: BTreeMap<Stage, f64>,
     pub overhead: Option<Overhead>,
     pub process_usage: Vec<ProcUsage>,
     /// Last metrics snapshot per worker (counters, lag, RSS; no ids).
-    pub worker_metrics: Vec<serde_json::Value>,
+    pub worker_metrics: Vec<MetricsSnapshot>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -163,7 +166,7 @@ pub struct Scaling {
     pub ratio: f64,
 }
 
-const OVERHEAD_DEFINITION: &str = "overhead = total - (decode + max(sum of asr* stages except *_wait, acoustic) + understand + reply + tts), per utterance; reply and tts count their overlap once when both report spans; percent = sum(overhead) / sum(model) * 100; the second percent leaves the *_wait stages out (queueing, and the hand-off to the model pool). total runs from the final chunk reaching teddyflow to the response being produced; queue waits (*_wait) are overhead and are also shown alone.";
+const OVERHEAD_DEFINITION: &str = "overhead = total - (decode + max(asr, acoustic) + understand + reply + tts), per utterance; reply and tts count their overlap once when both report spans; percent = sum(overhead) / sum(model) * 100; the second percent leaves the *_wait stages out (queueing, and the hand-off to the model pool). total runs from the final chunk reaching teddyflow to the response being produced; queue waits (*_wait) are overhead and are also shown alone.";
 
 /// Everything a run needs that does not change between worker counts.
 struct Bench {
@@ -252,7 +255,7 @@ fn prepare(
 ) -> anyhow::Result<Bench> {
     let run_id = format!(
         "e2e-{:x}{:x}",
-        teddyflow_dataflow::types::now_ms() % 0xffffff,
+        teddyflow_dataflow::envelope::now_ms() % 0xffffff,
         std::process::id() % 0xfff
     );
     let spec = LoadSpec {
@@ -617,7 +620,12 @@ fn print_report(report: &Report, log_dir: &std::path::Path) {
         report.conversations,
         report.utterances,
         rate,
-        report.codecs.join(","),
+        report
+            .codecs
+            .iter()
+            .map(|c| c.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
         report.cores
     );
     for run in &report.runs {

@@ -11,6 +11,7 @@ use teddyflow_connectors::fleet::{
     CHILD_PHRASES,
 };
 use teddyflow_connectors::kafka::{ensure_topics, AckedWriter, KafkaSettings, TopicSpec};
+use teddyflow_connectors::wire::Codec;
 
 #[derive(Args, Debug)]
 pub struct FleetArgs {
@@ -38,7 +39,7 @@ pub struct FleetArgs {
         value_delimiter = ',',
         default_value = "wav,flac,ogg,mp3,pcm_s16le"
     )]
-    codecs: Vec<String>,
+    codecs: Vec<Codec>,
     /// Chunk size in bytes.
     #[arg(long, default_value_t = 8192)]
     chunk_bytes: usize,
@@ -87,7 +88,7 @@ pub fn run(args: FleetArgs) -> anyhow::Result<()> {
     let run_id = args
         .run_id
         .clone()
-        .unwrap_or_else(|| format!("{:x}", teddyflow_dataflow::types::now_ms() % 0xfffff));
+        .unwrap_or_else(|| format!("{:x}", teddyflow_dataflow::envelope::now_ms() % 0xfffff));
     let interval = Duration::from_secs_f64(1.0 / args.rate.max(0.001));
     let started = Instant::now();
     let mut sent = 0usize;
@@ -96,7 +97,7 @@ pub fn run(args: FleetArgs) -> anyhow::Result<()> {
         for c in 0..args.conversations {
             let n = u * args.conversations + c;
             let s = &speech[n % speech.len()];
-            let codec = &args.codecs[n % args.codecs.len()];
+            let codec = args.codecs[n % args.codecs.len()];
             let utterance = Utterance {
                 conversation: format!("toy-{run_id}-{c}"),
                 utterance: format!("u{u}"),
@@ -107,7 +108,7 @@ pub fn run(args: FleetArgs) -> anyhow::Result<()> {
                 &utterance,
                 args.chunk_bytes,
                 &args.topic,
-                teddyflow_dataflow::types::now_ms(),
+                teddyflow_dataflow::envelope::now_ms(),
             );
             for rec in &records {
                 id += 1;

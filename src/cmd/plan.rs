@@ -20,13 +20,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{ArgGroup, Args};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
-use teddyflow_connectors::kafka::{partition_count, KafkaSettings};
+use teddyflow_connectors::kafka::{KafkaSettings, StartAt, TopicReader};
+use teddyflow_dataflow::outputs::MetricsSnapshot;
+use teddyflow_dataflow::stage::{self, Pool, Stage};
 
-use super::bench_e2e::report::is_compute;
 use super::bench_e2e::Report;
 
 #[derive(Args, Debug)]
@@ -74,63 +72,10 @@ pub struct PlanArgs {
     json: bool,
 }
 
-/// The thread pools of one process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Pool {
-    /// engine.workers: decode runs on the timely worker threads.
-    Workers,
-    /// asr.threads
-    Asr,
-    /// Acoustic analysis: one thread per process, not configurable.
-    Acoustic,
-    /// understanding.threads
-    Understanding,
-    /// answering.threads (reply generation and speech)
-    Answering,
-}
-
-impl Pool {
-    fn of(stage: &str) -> Option<Pool> {
-        match stage {
-            "decode" => Some(Pool::Workers),
-            s if s.starts_with("asr") => Some(Pool::Asr),
-            "acoustic" => Some(Pool::Acoustic),
-            "understand" => Some(Pool::Understanding),
-            "reply" | "tts" => Some(Pool::Answering),
-            _ => None,
-        }
-    }
-
-    fn key(self) -> &'static str {
-        match self {
-            Pool::Workers => "engine.workers",
-            Pool::Asr => "asr.threads",
-            Pool::Acoustic => "(acoustic: 1 thread)",
-            Pool::Understanding => "understanding.threads",
-            Pool::Answering => "answering.threads",
-        }
-    }
-
-    /// The knob of the pools that batch (see `pool::Batching`).
-    fn batch_key(self) -> Option<&'static str> {
-        match self {
-            Pool::Asr => Some("asr.max_batch"),
-            Pool::Understanding => Some("understanding.max_batch"),
-            _ => None,
-        }
-    }
-
-    /// Pools whose size is not a knob.
-    fn fixed_threads(self) -> Option<usize> {
-        (self == Pool::Acoustic).then_some(1)
-    }
-}
-
 /// What was measured: mean ms per compute stage, and the deployment it was measured on.
 #[derive(Debug, Clone, Serialize)]
 pub struct Measured {
-    pub costs: BTreeMap<String, f64>,
+    pub costs: BTreeMap<Stage, f64>,
     /// The engine's own time per utterance, outside model compute and queues.
     pub overhead_ms: f64,
     pub threads: BTreeMap<Pool, usize>,
@@ -149,7 +94,7 @@ pub struct Target {
 pub struct PoolPlan {
     pub pool: Pool,
     pub key: String,
-    pub stages: Vec<String>,
+    pub stages: Vec<Stage>,
     pub mean_ms: f64,
     pub threads: usize,
     pub utilization: f64,
@@ -189,27 +134,30 @@ const ASSUMPTIONS: [&str; 5] = [
     "conversations spread evenly over partitions, partitions evenly over workers and processes",
 ];
 
-/// Pool → (stages, Σ mean ms). Stages of no known pool still cost CPU (see `plan`).
-fn pool_costs(costs: &BTreeMap<String, f64>) -> BTreeMap<Pool, (Vec<String>, f64)> {
-    let mut pools: BTreeMap<Pool, (Vec<String>, f64)> = BTreeMap::new();
+/// Pool → (stages, Σ mean ms).
+fn pool_costs(costs: &BTreeMap<Stage, f64>) -> BTreeMap<Pool, (Vec<Stage>, f64)> {
+    let mut pools: BTreeMap<Pool, (Vec<Stage>, f64)> = BTreeMap::new();
     for (stage, ms) in costs {
-        if let Some(pool) = Pool::of(stage) {
+        if let Some(pool) = stage.pool() {
             let entry = pools.entry(pool).or_default();
-            entry.0.push(stage.clone());
+            entry.0.push(*stage);
             entry.1 += ms;
         }
     }
     pools
 }
 
-fn critical_path(costs: &BTreeMap<String, f64>) -> f64 {
-    let get = |k: &str| costs.get(k).copied().unwrap_or(0.0);
-    let asr: f64 = costs
+fn critical_path(costs: &BTreeMap<Stage, f64>) -> f64 {
+    stage::critical_path(|s| costs.get(&s).copied().unwrap_or(0.0))
+}
+
+/// Stages joined by `+`, as the plan prints a pool.
+fn names(stages: &[Stage]) -> String {
+    stages
         .iter()
-        .filter(|(k, _)| k.starts_with("asr"))
-        .map(|(_, v)| v)
-        .sum();
-    get("decode") + asr.max(get("acoustic")) + get("understand") + get("reply") + get("tts")
+        .map(|s| s.name())
+        .collect::<Vec<_>>()
+        .join("+")
 }
 
 fn ceil(x: f64) -> usize {
@@ -234,7 +182,7 @@ fn rho_for(critical: f64, overhead: f64, t: &Target, notes: &mut Vec<String>) ->
 
 /// One process's usable rate at ceiling `rho` with pools as large as the cores allow.
 fn process_capacity(
-    pools: &BTreeMap<Pool, (Vec<String>, f64)>,
+    pools: &BTreeMap<Pool, (Vec<Stage>, f64)>,
     cpu_ms: f64,
     t: &Target,
     rho: f64,
@@ -277,7 +225,7 @@ pub fn plan(m: &Measured, t: &Target) -> Plan {
     let cpu_utilization = r * cpu_ms / (t.cores.max(1) as f64 * 1000.0);
     let (saturates_first, u_max) = pool_plans
         .iter()
-        .map(|p| (p.stages.join("+"), p.utilization))
+        .map(|p| (names(&p.stages), p.utilization))
         .fold(("cpu".to_string(), cpu_utilization), |best, x| {
             if x.1 > best.1 {
                 x
@@ -307,14 +255,14 @@ pub fn plan(m: &Measured, t: &Target) -> Plan {
         measured_saturates_first,
         measured_capacity,
         pools: pool_plans,
-        notes: with_unknown_stages(notes, &m.costs),
+        notes,
     }
 }
 
 /// With the measured thread counts, one process: which resource fills first, at what rate.
 fn measured_bottleneck(
     m: &Measured,
-    pools: &BTreeMap<Pool, (Vec<String>, f64)>,
+    pools: &BTreeMap<Pool, (Vec<Stage>, f64)>,
     cpu_ms: f64,
     t: &Target,
 ) -> (String, f64) {
@@ -330,25 +278,10 @@ fn measured_bottleneck(
             .unwrap_or(1);
         let cap = threads.min(cores) as f64 * 1000.0 / ms.max(f64::EPSILON);
         if cap < best.1 {
-            best = (stages.join("+"), cap);
+            best = (names(stages), cap);
         }
     }
     best
-}
-
-fn with_unknown_stages(mut notes: Vec<String>, costs: &BTreeMap<String, f64>) -> Vec<String> {
-    let unknown: Vec<&str> = costs
-        .keys()
-        .filter(|s| Pool::of(s).is_none())
-        .map(String::as_str)
-        .collect();
-    if !unknown.is_empty() {
-        notes.push(format!(
-            "stages of no known pool, counted as CPU only: {}",
-            unknown.join(", ")
-        ));
-    }
-    notes
 }
 
 pub fn run(args: PlanArgs) -> anyhow::Result<()> {
@@ -405,8 +338,8 @@ fn from_bench(path: &std::path::Path, run: usize) -> anyhow::Result<Measured> {
     let costs = r
         .stages
         .iter()
-        .filter(|(s, _)| is_compute(s))
-        .map(|(s, st)| (s.clone(), st.mean_ms))
+        .filter(|(s, _)| s.pool().is_some())
+        .map(|(s, st)| (*s, st.mean_ms))
         .collect();
     let costs = per_utterance(costs, &r.batch_mean);
     let overhead_ms = r.overhead.as_ref().map_or(0.0, |o| {
@@ -433,21 +366,21 @@ fn from_metrics(args: &PlanArgs) -> anyhow::Result<Measured> {
     let topic = args.metrics_topic.clone().unwrap_or_default();
     let snapshots = read_metrics(&brokers, &topic, Duration::from_secs(args.metrics_seconds))?;
     let p50 = weighted_p50s(&snapshots);
-    let costs: BTreeMap<String, f64> = p50
+    let costs: BTreeMap<Stage, f64> = p50
         .iter()
-        .filter(|(s, _)| is_compute(s) && Pool::of(s).is_some())
-        .map(|(s, v)| (s.clone(), *v))
+        .filter(|(s, _)| s.pool().is_some())
+        .map(|(s, v)| (*s, *v))
         .collect();
     let costs = per_utterance(costs, &weighted_batch_means(&snapshots));
     // end_to_end spans complete → acked; what the stages and queues do not explain is
     // the engine's (and the sink's) own time.
     let waits: f64 = p50
         .iter()
-        .filter(|(s, _)| s.ends_with("_wait"))
+        .filter(|(s, _)| s.is_wait())
         .map(|(_, v)| v)
         .sum();
     let overhead_ms = p50
-        .get("end_to_end")
+        .get(&Stage::EndToEnd)
         .map_or(0.0, |e| (e - critical_path(&costs) - waits).max(0.0));
     Ok(Measured {
         costs,
@@ -464,9 +397,9 @@ fn from_metrics(args: &PlanArgs) -> anyhow::Result<Measured> {
 /// A batching stage reports the time of its whole batch for each utterance in it; what one
 /// utterance costs the pool is that time over the mean batch size.
 fn per_utterance(
-    mut costs: BTreeMap<String, f64>,
-    batch_mean: &BTreeMap<String, f64>,
-) -> BTreeMap<String, f64> {
+    mut costs: BTreeMap<Stage, f64>,
+    batch_mean: &BTreeMap<Stage, f64>,
+) -> BTreeMap<Stage, f64> {
     for (stage, n) in batch_mean {
         if let Some(ms) = costs.get_mut(stage) {
             *ms /= n.max(1.0);
@@ -476,32 +409,31 @@ fn per_utterance(
 }
 
 /// Mean batch size per stage over the snapshots, weighted by each snapshot's utterances.
-fn weighted_batch_means(snapshots: &[serde_json::Value]) -> BTreeMap<String, f64> {
-    count_weighted(snapshots, |snap, stage| snap["batch_mean"][stage].as_f64())
+fn weighted_batch_means(snapshots: &[MetricsSnapshot]) -> BTreeMap<Stage, f64> {
+    count_weighted(snapshots, |snap, stage| {
+        snap.batch_mean.get(&stage).copied()
+    })
 }
 
 /// Σ count × p50 / Σ count per stage, over snapshots that saw the stage.
-fn weighted_p50s(snapshots: &[serde_json::Value]) -> BTreeMap<String, f64> {
+fn weighted_p50s(snapshots: &[MetricsSnapshot]) -> BTreeMap<Stage, f64> {
     count_weighted(snapshots, |snap, stage| {
-        Some(snap["stages"][stage]["p50_ms"].as_f64().unwrap_or(0.0))
+        snap.stages.get(&stage).map(|s| s.p50_ms)
     })
 }
 
 /// Σ count × value / Σ count per stage, over the snapshots where the stage ran and
 /// `value` has a figure for it.
 fn count_weighted(
-    snapshots: &[serde_json::Value],
-    value: impl Fn(&serde_json::Value, &str) -> Option<f64>,
-) -> BTreeMap<String, f64> {
-    let mut acc: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    snapshots: &[MetricsSnapshot],
+    value: impl Fn(&MetricsSnapshot, Stage) -> Option<f64>,
+) -> BTreeMap<Stage, f64> {
+    let mut acc: BTreeMap<Stage, (f64, f64)> = BTreeMap::new();
     for snap in snapshots {
-        let Some(stages) = snap["stages"].as_object() else {
-            continue;
-        };
-        for (stage, s) in stages {
-            let count = s["count"].as_f64().unwrap_or(0.0);
-            if let (true, Some(v)) = (count > 0.0, value(snap, stage)) {
-                let e = acc.entry(stage.clone()).or_default();
+        for (stage, s) in &snap.stages {
+            let count = s.count as f64;
+            if let (true, Some(v)) = (count > 0.0, value(snap, *stage)) {
+                let e = acc.entry(*stage).or_default();
                 e.0 += count * v;
                 e.1 += count;
             }
@@ -514,26 +446,20 @@ fn read_metrics(
     brokers: &str,
     topic: &str,
     wait: Duration,
-) -> anyhow::Result<Vec<serde_json::Value>> {
+) -> anyhow::Result<Vec<MetricsSnapshot>> {
     let settings = KafkaSettings {
         brokers: brokers.into(),
         group_id: format!("teddyflow-plan-{}", std::process::id()),
         ..Default::default()
     };
-    let consumer: BaseConsumer = settings.consumer()?;
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partition_count(&consumer, topic, brokers)? {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
-    }
-    consumer.assign(&tpl)?;
+    let reader = TopicReader::open(&settings, &[topic], StartAt::Beginning, Duration::ZERO)?;
     let deadline = Instant::now() + wait;
     let mut out = Vec::new();
     while Instant::now() < deadline {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-            if let Ok(v) = serde_json::from_slice(m.payload().unwrap_or_default()) {
-                out.push(v);
-            }
-        }
+        let snapshot = reader
+            .next(Duration::from_millis(200))
+            .and_then(|rec| serde_json::from_slice(rec.value.as_deref()?).ok());
+        out.extend(snapshot);
     }
     anyhow::ensure!(
         !out.is_empty(),
@@ -574,7 +500,7 @@ fn print_plan(m: &Measured, t: &Target, p: &Plan) {
             "    {:<24} threads {:>2}  ({} at {:.1} ms: {:>3.0} % busy; {batch})",
             pool.key,
             pool.threads,
-            pool.stages.join("+"),
+            names(&pool.stages),
             pool.mean_ms,
             pool.utilization * 100.0,
         );
@@ -615,9 +541,9 @@ fn print_plan(m: &Measured, t: &Target, p: &Plan) {
 mod tests {
     use super::*;
 
-    fn measured(costs: &[(&str, f64)], overhead_ms: f64) -> Measured {
+    fn measured(costs: &[(Stage, f64)], overhead_ms: f64) -> Measured {
         Measured {
-            costs: costs.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            costs: costs.iter().copied().collect(),
             overhead_ms,
             threads: BTreeMap::from([(Pool::Workers, 1), (Pool::Asr, 1), (Pool::Understanding, 1)]),
             source: "test".into(),
@@ -633,11 +559,11 @@ mod tests {
         }
     }
 
-    const COSTS: [(&str, f64); 4] = [
-        ("decode", 2.0),
-        ("asr", 400.0),
-        ("acoustic", 20.0),
-        ("understand", 30.0),
+    const COSTS: [(Stage, f64); 4] = [
+        (Stage::Decode, 2.0),
+        (Stage::Asr, 400.0),
+        (Stage::Acoustic, 20.0),
+        (Stage::Understand, 30.0),
     ];
 
     fn pool(p: &Plan, pool: Pool) -> &PoolPlan {
@@ -712,7 +638,11 @@ mod tests {
         // acoustic 500 ms on its one thread: 0.7 × 1000 / 500 = 1.4/s per process (cores
         // allow 0.7 × 2000 / 532 = 2.63/s) → ⌈3 / 1.4⌉ = 3 processes; 1/s each → acoustic
         // 50 % busy, saturating first at 3 / 0.5 = 6/s.
-        let costs = [("decode", 2.0), ("asr", 30.0), ("acoustic", 500.0)];
+        let costs = [
+            (Stage::Decode, 2.0),
+            (Stage::Asr, 30.0),
+            (Stage::Acoustic, 500.0),
+        ];
         let p = plan(&measured(&costs, 0.0), &target(3.0, None));
         assert_eq!(p.processes, 3);
         assert_eq!(p.saturates_first, "acoustic");
@@ -722,46 +652,59 @@ mod tests {
     }
 
     #[test]
-    fn answering_stages_share_a_pool_and_unknown_stages_are_noted() {
+    fn answering_stages_share_a_pool() {
         let costs = [
-            ("asr", 100.0),
-            ("reply", 300.0),
-            ("tts", 100.0),
-            ("mystery", 5.0),
+            (Stage::Asr, 100.0),
+            (Stage::Reply, 300.0),
+            (Stage::Tts, 100.0),
         ];
         let p = plan(&measured(&costs, 0.0), &target(1.0, None));
         let a = pool(&p, Pool::Answering);
-        assert_eq!(a.stages, ["reply", "tts"]);
+        assert_eq!(a.stages, [Stage::Reply, Stage::Tts]);
         assert_eq!(a.mean_ms, 400.0);
         assert_eq!(p.critical_path_ms, 500.0);
-        assert!(p.notes.iter().any(|n| n.contains("mystery")));
     }
 
     #[test]
     fn metrics_means_are_count_weighted_p50s() {
         let snaps = [
-            serde_json::json!({"stages": {"asr": {"count": 3, "p50_ms": 100.0}}}),
-            serde_json::json!({"stages": {"asr": {"count": 1, "p50_ms": 500.0},
-                                          "decode": {"count": 0, "p50_ms": 0.0}}}),
+            snapshot(&[(Stage::Asr, 3, 100.0)], &[]),
+            snapshot(&[(Stage::Asr, 1, 500.0), (Stage::Decode, 0, 0.0)], &[]),
         ];
         let w = weighted_p50s(&snaps);
-        assert_eq!(w["asr"], 200.0);
-        assert!(!w.contains_key("decode"));
+        assert_eq!(w[&Stage::Asr], 200.0);
+        assert!(!w.contains_key(&Stage::Decode));
+    }
+
+    fn snapshot(stages: &[(Stage, u64, f64)], batch_mean: &[(Stage, f64)]) -> MetricsSnapshot {
+        let summary = |count, p50_ms| teddyflow_dataflow::metrics::StageSummary {
+            count,
+            p50_ms,
+            ..Default::default()
+        };
+        MetricsSnapshot {
+            stages: stages
+                .iter()
+                .map(|(s, n, p)| (*s, summary(*n, *p)))
+                .collect(),
+            batch_mean: batch_mean.iter().copied().collect(),
+            ..Default::default()
+        }
     }
 
     #[test]
     fn batched_stages_cost_their_batch_time_over_its_size() {
-        let costs = BTreeMap::from([("asr".to_string(), 2000.0), ("reply".to_string(), 900.0)]);
-        let batches = BTreeMap::from([("asr".to_string(), 4.0), ("understand".to_string(), 2.0)]);
+        let costs = BTreeMap::from([(Stage::Asr, 2000.0), (Stage::Reply, 900.0)]);
+        let batches = BTreeMap::from([(Stage::Asr, 4.0), (Stage::Understand, 2.0)]);
         let c = per_utterance(costs, &batches);
-        assert_eq!(c["asr"], 500.0);
-        assert_eq!(c["reply"], 900.0);
-        assert!(!c.contains_key("understand"));
+        assert_eq!(c[&Stage::Asr], 500.0);
+        assert_eq!(c[&Stage::Reply], 900.0);
+        assert!(!c.contains_key(&Stage::Understand));
         let snaps = [
-            serde_json::json!({"stages": {"asr": {"count": 3}}, "batch_mean": {"asr": 3.0}}),
-            serde_json::json!({"stages": {"asr": {"count": 1}}, "batch_mean": {"asr": 1.0}}),
-            serde_json::json!({"stages": {}, "batch_mean": {}}),
+            snapshot(&[(Stage::Asr, 3, 0.0)], &[(Stage::Asr, 3.0)]),
+            snapshot(&[(Stage::Asr, 1, 0.0)], &[(Stage::Asr, 1.0)]),
+            snapshot(&[], &[]),
         ];
-        assert_eq!(weighted_batch_means(&snaps)["asr"], 2.5);
+        assert_eq!(weighted_batch_means(&snaps)[&Stage::Asr], 2.5);
     }
 }

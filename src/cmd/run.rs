@@ -9,8 +9,7 @@ use anyhow::Context;
 use clap::Args;
 use teddyflow_connectors::kafka::{ensure_topics, TopicSpec};
 use teddyflow_dataflow::config::Config;
-use teddyflow_dataflow::graph::{run_worker, ProcessShared, UnderstandingPools};
-use teddyflow_dataflow::pool::Admission;
+use teddyflow_dataflow::graph::{run_worker, ProcessShared};
 
 #[derive(Args, Debug)]
 #[command(disable_help_flag = true)]
@@ -54,37 +53,26 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         ensure_topics(&config.kafka, &topic_specs(&config)).context("creating topics")?;
     }
     let started = Instant::now();
-    let asr = teddyflow_dataflow::asr_pool(&config).with_context(|| {
+    let stop = Arc::new(AtomicBool::new(false));
+    let shared = ProcessShared::load(&config, args.process, stop.clone()).with_context(|| {
         format!(
-            "loading Whisper `{}` from {} (run `make setup` to install the models)",
-            config.asr.model,
-            config.asr.models_dir.display()
+            "loading the models from {} (run `make setup` to install them)",
+            config.models.dir.display()
         )
     })?;
-    let admission = Admission::new(config.engine.max_pending_utterances);
-    let understanding = UnderstandingPools::load(&config, &admission)
-        .context("loading the emotion, safety and reply models")?;
+    let (engine, model) = shared.hearing.engine();
     tracing::info!(
-        model = %config.asr.model,
-        understanding = understanding.is_some(),
-        answering = understanding.as_ref().is_some_and(|u| u.reply.is_some()),
+        asr = engine,
+        model,
+        understanding = shared.understanding.is_some(),
+        answering = shared.answering.is_some(),
         load_ms = started.elapsed().as_millis() as u64,
         "models loaded"
     );
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
     ctrlc::set_handler(move || {
         tracing::info!("stop requested: draining in-flight work");
-        flag.store(true, Ordering::Release);
+        stop.store(true, Ordering::Release);
     })?;
-    let shared = ProcessShared {
-        asr,
-        understanding,
-        admission,
-        stop,
-        process: args.process,
-    };
     let timely_config = timely_config(&args, config.engine.workers)?;
     let guards = timely::execute(timely_config, move |worker| {
         run_worker(worker, &config, shared.clone())

@@ -4,10 +4,10 @@
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
-use teddyflow_connectors::kafka::{partition_count, KafkaSettings};
+use teddyflow_connectors::kafka::{KafkaSettings, StartAt, TopicReader};
+use teddyflow_connectors::wire::RawRecord;
+use teddyflow_dataflow::outputs::{Alert, MetricsSnapshot, Response};
+use teddyflow_dataflow::stage::Stage;
 
 #[derive(Args, Debug)]
 pub struct TailArgs {
@@ -37,14 +37,10 @@ pub fn run(args: TailArgs) -> anyhow::Result<()> {
         group_id: format!("teddyflow-tail-{}", std::process::id()),
         ..Default::default()
     };
-    let consumer: BaseConsumer = settings.consumer()?;
-    let mut tpl = TopicPartitionList::new();
-    for topic in &args.topics {
-        for p in 0..wait_for_topic(&consumer, topic, &args.brokers)? {
-            tpl.add_partition_offset(topic, p, Offset::Beginning)?;
-        }
-    }
-    consumer.assign(&tpl)?;
+    // The processor creates its topics at start-up; a tail started beside it waits for them.
+    let topics: Vec<&str> = args.topics.iter().map(String::as_str).collect();
+    let wait = Duration::from_secs(60);
+    let reader = TopicReader::open(&settings, &topics, StartAt::Beginning, wait)?;
     let started = Instant::now();
     let mut responses = 0;
     loop {
@@ -54,119 +50,102 @@ pub fn run(args: TailArgs) -> anyhow::Result<()> {
         if args.responses > 0 && responses >= args.responses {
             break;
         }
-        let Some(msg) = consumer.poll(Duration::from_millis(200)) else {
+        let Some(rec) = reader.next(Duration::from_millis(200)) else {
             continue;
         };
-        let msg = msg?;
-        let body = msg
-            .payload()
-            .map(String::from_utf8_lossy)
-            .unwrap_or_default();
-        let topic = msg.topic();
+        let topic = rec.topic.as_str();
         if topic.contains("responses") {
             responses += 1;
         }
         if args.json {
+            let body = String::from_utf8_lossy(rec.value.as_deref().unwrap_or_default());
             println!("{topic}\t{body}");
         } else {
-            println!("{}", summary(topic, &body, &msg));
+            println!("{}", summary(&rec));
         }
     }
     Ok(())
 }
 
-/// The processor creates its topics at start-up; a tail started beside it waits for them.
-fn wait_for_topic(consumer: &BaseConsumer, topic: &str, brokers: &str) -> anyhow::Result<i32> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        match partition_count(consumer, topic, brokers) {
-            Ok(n) => return Ok(n),
-            Err(e) if Instant::now() >= deadline => return Err(e.into()),
-            Err(_) => std::thread::sleep(Duration::from_millis(500)),
-        }
-    }
-}
-
 /// The reply of a response, on its own line: what teddy said and how soon it started speaking.
-fn reply_line(v: &serde_json::Value) -> String {
-    let r = &v["reply"];
-    let Some(text) = r["text"].as_str() else {
+fn reply_line(r: &Response) -> String {
+    let Some(reply) = &r.reply else {
         return String::new();
     };
+    let first_audio = r
+        .timing(Stage::FirstAudio)
+        .map_or("-".to_string(), |ms| format!("{ms:.0}"));
     format!(
-        "\n  [reply] ({} {}, {}{}) first_audio={}ms: {text}",
-        r["language"].as_str().unwrap_or("?"),
-        r["voice"].as_str().unwrap_or("?"),
-        r["origin"].as_str().unwrap_or("?"),
-        if r["fallback"].as_bool() == Some(true) {
-            ", replaced"
-        } else {
-            ""
-        },
-        v["timings_ms"]["first_audio"],
+        "\n  [reply] ({} {}, {:?}{}) first_audio={first_audio}ms: {}",
+        reply.language,
+        reply.voice,
+        reply.origin,
+        if reply.fallback { ", replaced" } else { "" },
+        reply.text
     )
 }
 
-fn summary<M: Message>(topic: &str, body: &str, msg: &M) -> String {
-    let v: serde_json::Value = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
-    if topic.contains("responses") {
-        let understood = match (
-            v["safety"]["verdict"].as_str(),
-            v["emotion"]["label"].as_str(),
-        ) {
-            (Some(verdict), Some(emotion)) => format!(" {verdict}/{emotion}"),
-            _ => String::new(),
-        };
-        format!(
-            "[response] {}/{} audio={}ms asr={}ms total={}ms{}: {}",
-            v["conversation"].as_str().unwrap_or("?"),
-            v["utterance"].as_str().unwrap_or("?"),
-            v["audio_ms"],
-            v["timings_ms"]["asr"],
-            v["timings_ms"]["total"],
-            understood,
-            v["transcript"]
-        ) + &reply_line(&v)
+fn response_line(r: &Response) -> String {
+    let understood = r.understanding.as_ref().map_or(String::new(), |u| {
+        format!(" {}/{}", u.safety.verdict, u.emotion.label)
+    });
+    let ms = |s: Stage| r.timing(s).unwrap_or(0.0);
+    format!(
+        "[response] {}/{} audio={}ms asr={:.0}ms total={:.0}ms{understood}: {:?}",
+        r.conversation,
+        r.utterance,
+        r.audio_ms,
+        ms(Stage::Asr),
+        ms(Stage::Total),
+        r.transcript
+    ) + &reply_line(r)
+}
+
+fn alert_line(a: &Alert) -> String {
+    format!(
+        "[alert] {}/{} {} {:?} score={:.2}: {:?}",
+        a.conversation, a.utterance, a.kind, a.categories, a.score, a.excerpt
+    )
+}
+
+fn metrics_line(m: &MetricsSnapshot) -> String {
+    let p = |s: Stage| {
+        m.stages
+            .get(&s)
+            .map_or((0.0, 0.0), |x| (x.p50_ms, x.p95_ms))
+    };
+    let (asr, first) = (p(Stage::Asr), p(Stage::FirstAudio));
+    format!(
+        "[metrics] worker={} records_in={} done={} deadletters={} alerts={} lag={} rss={}MiB asr p50/p95={:.0}/{:.0}ms first_audio p50/p95={:.0}/{:.0}ms",
+        m.worker,
+        m.counts.records_in,
+        m.counts.utterances_done,
+        m.counts.deadletters,
+        m.counts.alerts,
+        m.consumer_lag,
+        m.rss_bytes >> 20,
+        asr.0,
+        asr.1,
+        first.0,
+        first.1
+    )
+}
+
+fn summary(rec: &RawRecord) -> String {
+    let body = rec.value.as_deref().unwrap_or_default();
+    let topic = rec.topic.as_str();
+    let parsed = if topic.contains("responses") {
+        serde_json::from_slice(body).map(|r| response_line(&r))
     } else if topic.contains("alerts") {
-        format!(
-            "[alert] {}/{} {} {} score={}: {}",
-            v["conversation"].as_str().unwrap_or("?"),
-            v["utterance"].as_str().unwrap_or("?"),
-            v["kind"].as_str().unwrap_or("?"),
-            v["categories"],
-            v["score"],
-            v["excerpt"]
-        )
+        serde_json::from_slice(body).map(|a| alert_line(&a))
     } else if topic.contains("metrics") {
-        let asr = &v["stages"]["asr"];
-        let first = &v["stages"]["first_audio"];
-        format!(
-            "[metrics] worker={} records_in={} done={} deadletters={} alerts={} lag={} rss={}MiB asr p50/p95={:.0}/{:.0}ms first_audio p50/p95={:.0}/{:.0}ms",
-            v["worker"],
-            v["records_in"],
-            v["utterances_done"],
-            v["deadletters"],
-            v["alerts"],
-            v["consumer_lag"],
-            v["rss_bytes"].as_u64().unwrap_or(0) / (1 << 20),
-            asr["p50_ms"].as_f64().unwrap_or(0.0),
-            asr["p95_ms"].as_f64().unwrap_or(0.0),
-            first["p50_ms"].as_f64().unwrap_or(0.0),
-            first["p95_ms"].as_f64().unwrap_or(0.0)
-        )
+        serde_json::from_slice(body).map(|m| metrics_line(&m))
     } else {
-        use rdkafka::message::Headers;
-        let error = msg
-            .headers()
-            .and_then(|hs| {
-                hs.iter()
-                    .find(|h| h.key == "error")
-                    .and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).to_string()))
-            })
+        let error = rec
+            .header("error")
+            .map(|v| String::from_utf8_lossy(v).to_string())
             .unwrap_or_default();
-        format!(
-            "[{topic}] {} bytes: {error}",
-            msg.payload().map_or(0, |p| p.len())
-        )
-    }
+        return format!("[{topic}] {} bytes: {error}", body.len());
+    };
+    parsed.unwrap_or_else(|e| format!("[{topic}] unreadable record: {e}"))
 }

@@ -7,11 +7,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
-use rdkafka::{Offset, TopicPartitionList};
-use teddyflow_connectors::kafka::{ensure_topics, AckedWriter, KafkaSettings, TopicSpec};
-use teddyflow_connectors::OutRecord;
+use teddyflow_connectors::kafka::{
+    ensure_topics, AckedWriter, KafkaSettings, StartAt, TopicReader, TopicSpec,
+};
+use teddyflow_connectors::{OutRecord, RawRecord};
+use teddyflow_dataflow::outputs::{Alert, MetricsSnapshot, Response};
 
 /// Pipelines run Whisper on both cores: run one test at a time so timings stay sane.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -34,7 +34,7 @@ pub fn assets() -> PathBuf {
 pub fn model_sets() -> Vec<String> {
     vec![
         "--set".into(),
-        format!("asr.models_dir=\"{}\"", assets().join("models").display()),
+        format!("models.dir=\"{}\"", assets().join("models").display()),
         "--set".into(),
         format!(
             "understanding.data_dir=\"{}\"",
@@ -159,34 +159,17 @@ impl Broker {
         timeout: Duration,
         done: impl Fn(&[Record]) -> bool,
     ) -> Vec<Record> {
-        let consumer: BaseConsumer = KafkaSettings {
+        let settings = KafkaSettings {
             brokers: self.addr.clone(),
             group_id: format!("test-reader-{}", std::process::id()),
             ..Default::default()
-        }
-        .consumer()
-        .unwrap();
-        let deadline = Instant::now() + timeout;
-        let partitions = loop {
-            let md = consumer
-                .fetch_metadata(Some(topic), Duration::from_secs(5))
-                .unwrap();
-            let n = md.topics().first().map_or(0, |t| t.partitions().len());
-            if n > 0 || Instant::now() > deadline {
-                break n;
-            }
-            std::thread::sleep(Duration::from_millis(200));
         };
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..partitions as i32 {
-            tpl.add_partition_offset(topic, p, Offset::Beginning)
-                .unwrap();
-        }
-        consumer.assign(&tpl).unwrap();
+        let reader = TopicReader::open(&settings, &[topic], StartAt::Beginning, timeout).unwrap();
+        let deadline = Instant::now() + timeout;
         let mut out = Vec::new();
         while Instant::now() < deadline && !done(&out) {
-            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-                out.push(Record::from(&m));
+            if let Some(rec) = reader.next(Duration::from_millis(100)) {
+                out.push(Record(rec));
             }
         }
         out
@@ -200,46 +183,39 @@ impl Drop for Broker {
     }
 }
 
+/// A record read back from an output topic, with the typed views tests check.
 #[derive(Debug, Clone)]
-pub struct Record {
-    pub key: String,
-    pub payload: Vec<u8>,
-    pub headers: Vec<(String, String)>,
-}
+pub struct Record(pub RawRecord);
 
 impl Record {
-    fn from<M: Message>(m: &M) -> Record {
-        Record {
-            key: m
-                .key()
-                .map(|k| String::from_utf8_lossy(k).to_string())
-                .unwrap_or_default(),
-            payload: m.payload().unwrap_or_default().to_vec(),
-            headers: m
-                .headers()
-                .map(|hs| {
-                    hs.iter()
-                        .map(|h| {
-                            (
-                                h.key.to_string(),
-                                String::from_utf8_lossy(h.value.unwrap_or_default()).to_string(),
-                            )
-                        })
-                        .collect()
-                })
-                .unwrap_or_default(),
-        }
+    pub fn key(&self) -> String {
+        String::from_utf8_lossy(self.0.key.as_deref().unwrap_or_default()).to_string()
     }
 
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.payload).expect("JSON record")
+    pub fn payload(&self) -> &[u8] {
+        self.0.value.as_deref().unwrap_or_default()
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        self.0
+            .header(name)
+            .and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(self.payload()).expect("JSON record")
+    }
+
+    pub fn response(&self) -> Response {
+        serde_json::from_slice(self.payload()).expect("a response record")
+    }
+
+    pub fn alert(&self) -> Alert {
+        serde_json::from_slice(self.payload()).expect("an alert record")
+    }
+
+    pub fn metrics(&self) -> MetricsSnapshot {
+        serde_json::from_slice(self.payload()).expect("a metrics snapshot")
     }
 }
 

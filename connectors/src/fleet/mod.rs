@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::wire::{chunk_headers, ChunkHeaders, OutRecord};
+use crate::wire::{chunk_headers, ChunkHeaders, Codec, OutRecord};
 
 /// An espeak-ng voice. Children's voices are approximated with high pitch.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,8 +65,6 @@ pub enum FleetError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("unknown codec `{0}`")]
-    UnknownCodec(String),
     #[error("bad WAV input: {0}")]
     Wav(String),
 }
@@ -130,24 +128,23 @@ pub fn synthesize(text: &str, voice: &Voice) -> Result<Vec<u8>, FleetError> {
 /// Audio ready to send: the bytes of one utterance in one wire codec.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Encoded {
-    pub codec: String,
+    pub codec: Codec,
     pub rate: Option<u32>,
     pub channels: u16,
     pub bytes: Vec<u8>,
 }
 
 /// Encode a WAV file's bytes into `codec` (pcm_s16le, wav, flac, ogg, mp3).
-pub fn encode(wav: &[u8], codec: &str) -> Result<Encoded, FleetError> {
+pub fn encode(wav: &[u8], codec: Codec) -> Result<Encoded, FleetError> {
     match codec {
-        "wav" => Ok(Encoded {
-            codec: "wav".into(),
+        Codec::Wav => Ok(Encoded {
+            codec,
             rate: None,
             channels: 1,
             bytes: wav.to_vec(),
         }),
-        "pcm_s16le" => wav_to_pcm(wav),
-        "flac" | "ogg" | "mp3" => sox_convert(wav, codec),
-        other => Err(FleetError::UnknownCodec(other.into())),
+        Codec::PcmS16le => wav_to_pcm(wav),
+        Codec::Flac | Codec::Ogg | Codec::Mp3 => sox_convert(wav, codec),
     }
 }
 
@@ -163,16 +160,16 @@ fn wav_to_pcm(wav: &[u8]) -> Result<Encoded, FleetError> {
         bytes.extend_from_slice(&s.map_err(|e| FleetError::Wav(e.to_string()))?.to_le_bytes());
     }
     Ok(Encoded {
-        codec: "pcm_s16le".into(),
+        codec: Codec::PcmS16le,
         rate: Some(spec.sample_rate),
         channels: spec.channels,
         bytes,
     })
 }
 
-fn sox_convert(wav: &[u8], codec: &str) -> Result<Encoded, FleetError> {
+fn sox_convert(wav: &[u8], codec: Codec) -> Result<Encoded, FleetError> {
     let input = temp_path("wav");
-    let output = temp_path(codec);
+    let output = temp_path(codec.extension());
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| FleetError::Io { path, source }
@@ -189,7 +186,7 @@ fn sox_convert(wav: &[u8], codec: &str) -> Result<Encoded, FleetError> {
     let _ = std::fs::remove_file(&input);
     let _ = std::fs::remove_file(&output);
     Ok(Encoded {
-        codec: codec.into(),
+        codec,
         rate: None,
         channels: 1,
         bytes: result?,
@@ -231,7 +228,7 @@ pub fn to_records(u: &Utterance, chunk_bytes: usize, topic: &str, sent_ms: i64) 
                 utterance: u.utterance.clone(),
                 seq: seq as u32,
                 is_final: seq == last,
-                codec: u.audio.codec.clone(),
+                codec: u.audio.codec,
                 rate: u.audio.rate,
                 channels: u.audio.channels,
                 child: u.child.clone(),
@@ -257,7 +254,7 @@ mod tests {
             utterance: "u1".into(),
             child: Some("kid".into()),
             audio: Encoded {
-                codec: "pcm_s16le".into(),
+                codec: Codec::PcmS16le,
                 rate: Some(16000),
                 channels: 1,
                 bytes: (0..len).map(|i| i as u8).collect(),
@@ -296,7 +293,7 @@ mod tests {
     #[test]
     fn synthesized_speech_encodes_in_every_codec() {
         let wav = synthesize("hello teddy", &default_voices()[0]).expect("espeak-ng installed");
-        let pcm = encode(&wav, "pcm_s16le").unwrap();
+        let pcm = encode(&wav, Codec::PcmS16le).unwrap();
         assert_eq!(pcm.rate, Some(22050));
         // About a second of speech, as 16-bit samples.
         assert!(
@@ -304,22 +301,14 @@ mod tests {
             "{}",
             pcm.bytes.len()
         );
-        for codec in ["flac", "ogg", "mp3"] {
+        for codec in [Codec::Flac, Codec::Ogg, Codec::Mp3] {
             let enc = encode(&wav, codec).unwrap();
             assert!(
                 !enc.bytes.is_empty() && enc.bytes.len() < wav.len(),
                 "{codec}"
             );
         }
-        assert_eq!(&encode(&wav, "flac").unwrap().bytes[..4], b"fLaC");
-        assert_eq!(&encode(&wav, "ogg").unwrap().bytes[..4], b"OggS");
-    }
-
-    #[test]
-    fn unknown_codec_is_an_error() {
-        assert!(matches!(
-            encode(b"", "aac"),
-            Err(FleetError::UnknownCodec(_))
-        ));
+        assert_eq!(&encode(&wav, Codec::Flac).unwrap().bytes[..4], b"fLaC");
+        assert_eq!(&encode(&wav, Codec::Ogg).unwrap().bytes[..4], b"OggS");
     }
 }

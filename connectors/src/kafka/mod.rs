@@ -5,7 +5,7 @@
 mod reader;
 mod writer;
 
-pub use reader::PartitionReader;
+pub use reader::{Commit, PartitionReader, StartAt, TopicReader};
 pub use writer::{AckedWriter, Delivery};
 
 use std::collections::BTreeMap;

@@ -1,51 +1,13 @@
-//! The Kafka source: reads this worker's partitions without blocking, stamps records
-//! with wall-clock epochs, and commits offsets once the output frontier has passed them.
+//! One source operator for every Kafka input: it polls without blocking, stamps what it
+//! reads with wall-clock epochs (so an idle worker never holds back another's progress),
+//! and leaves the rest — what a record becomes, when to read, when to let go — to a
+//! [`Polled`] input.
 
-use std::cell::RefCell;
-use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rdkafka::consumer::CommitMode;
-use teddyflow_connectors::kafka::PartitionReader;
 use teddyflow_connectors::wire::RawRecord;
 use timely::dataflow::operators::generic::operator::source;
-use timely::dataflow::{ProbeHandle, Scope, Stream};
-
-use crate::metrics::WorkerMetrics;
-use crate::offsets::OffsetTracker;
-use crate::pool::Admission;
-
-#[derive(Debug, Clone)]
-pub struct SourceSettings {
-    pub epoch_ms: u64,
-    pub poll_batch: usize,
-    pub commit_interval: Duration,
-    pub lag_interval: Duration,
-}
-
-/// What the worker loop shares with its source: offsets to commit at shutdown, and the
-/// epoch at which reading stopped.
-pub struct SourceHandle {
-    pub reader: Option<PartitionReader>,
-    pub tracker: OffsetTracker,
-    pub stopped_at: Option<u64>,
-}
-
-impl SourceHandle {
-    /// Commit what the frontier `probe` allows.
-    pub fn commit(&mut self, probe: &ProbeHandle<u64>, mode: CommitMode) {
-        let frontier = probe.with_frontier(|f| f.first().copied());
-        let next = self.tracker.committable(frontier);
-        if let Some(reader) = &self.reader {
-            if !next.is_empty() {
-                tracing::debug!(?next, "committing offsets");
-            }
-            reader.commit(&next, mode);
-        }
-    }
-}
+use timely::dataflow::{Scope, Stream};
 
 /// Low bits of a timestamp count utterance ends within one wall-clock epoch.
 const SUB_BITS: u32 = 20;
@@ -53,7 +15,7 @@ const SUB_BITS: u32 = 20;
 /// The timestamp of "now": wall-clock epoch in the high bits. Every worker's source keeps
 /// up with it, so an idle worker never holds back another worker's commits.
 pub fn epoch_now(epoch_ms: u64) -> u64 {
-    (crate::types::now_ms().max(0) as u64 / epoch_ms) << SUB_BITS
+    (crate::envelope::now_ms().max(0) as u64 / epoch_ms) << SUB_BITS
 }
 
 /// The first timestamp of the next wall-clock epoch.
@@ -61,69 +23,83 @@ pub fn next_epoch(epoch_ms: u64) -> u64 {
     epoch_now(epoch_ms) + (1 << SUB_BITS)
 }
 
-/// Whether a raw record is the last chunk of its utterance. After one, the source moves to
-/// a new timestamp, so each utterance's offsets become committable on their own instead of
-/// waiting for everything read in the same batch.
-fn ends_utterance(rec: &RawRecord) -> bool {
-    matches!(
-        rec.header(teddyflow_connectors::wire::H_FINAL),
-        Some(b"1") | Some(b"true")
-    )
+/// Where a source's capability stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// Keep the time it has (state still loading: nothing downstream may run ahead).
+    Still,
+    /// Follow the wall clock.
+    Epoch,
+    /// Done for good: drop the capability.
+    Release,
 }
 
-pub fn kafka_source<'s>(
+/// What one Kafka input does with the records its source reads.
+pub trait Polled<D> {
+    /// Whether this worker reads anything at all (it may own no partition).
+    fn has_partitions(&self) -> bool;
+    /// Where the capability should be, checked first at every activation.
+    fn hold(&mut self) -> Hold;
+    /// Whether to read now (back-pressure, a stop in progress).
+    fn read_now(&mut self) -> bool {
+        true
+    }
+    /// Up to `max` records, without waiting.
+    fn poll(&mut self, max: usize) -> Vec<RawRecord>;
+    /// Turn one record read at `time` into output; `true` moves later records to `time + 1`
+    /// (an utterance ended, so its offsets become committable on their own).
+    fn record(&mut self, rec: RawRecord, time: u64, give: &mut dyn FnMut(D)) -> bool;
+    /// After each activation's reading, with the time its capability holds now.
+    fn after(&mut self, _time: u64) {}
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct SourceSettings {
+    pub epoch_ms: u64,
+    pub poll_batch: usize,
+}
+
+/// A source over `input`, reactivated at once while it reads full batches, else every 10 ms.
+pub fn kafka_source<'s, D: 'static>(
     scope: Scope<'s, u64>,
-    handle: Rc<RefCell<SourceHandle>>,
-    probe: ProbeHandle<u64>,
-    stop: Arc<AtomicBool>,
-    admission: Admission,
-    metrics: Rc<RefCell<WorkerMetrics>>,
+    name: &str,
     settings: SourceSettings,
-) -> Stream<'s, u64, Vec<RawRecord>> {
+    mut input: impl Polled<D> + 'static,
+) -> Stream<'s, u64, Vec<D>> {
     let activator_scope = scope;
-    source(scope, "KafkaSource", move |cap, info| {
+    source(scope, name, move |cap, info| {
         let activator = activator_scope.activator_for(info.address);
         // A worker without partitions must release its capability, or it would hold
         // back every frontier.
-        let mut cap = handle.borrow().reader.is_some().then_some(cap);
-        let mut last_commit = Instant::now();
-        let mut last_lag = Instant::now() - settings.lag_interval;
+        let mut cap = input.has_partitions().then_some(cap);
         move |output| {
-            let Some(cap) = cap.as_mut() else { return };
-            let epoch = epoch_now(settings.epoch_ms).max(*cap.time());
-            cap.downgrade(&epoch);
-            let mut h = handle.borrow_mut();
-            let stopping = stop.load(Ordering::Acquire);
-            if stopping && h.stopped_at.is_none() {
-                h.stopped_at = Some(epoch);
+            let Some(c) = cap.as_mut() else { return };
+            match input.hold() {
+                Hold::Release => {
+                    cap = None;
+                    return;
+                }
+                Hold::Still => {}
+                Hold::Epoch => {
+                    let now = epoch_now(settings.epoch_ms).max(*c.time());
+                    c.downgrade(&now);
+                }
             }
             let mut read = 0;
-            if !stopping && admission.open() {
-                let records = h.reader.as_mut().map(|r| r.poll_batch(settings.poll_batch));
-                for rec in records.unwrap_or_default() {
-                    let time = *cap.time();
-                    h.tracker.record(time, rec.partition, rec.offset);
-                    let mut m = metrics.borrow_mut();
-                    m.records_in += 1;
-                    m.bytes_in += rec.value.as_ref().map_or(0, |v| v.len() as u64);
-                    let next = ends_utterance(&rec).then_some(time + 1);
-                    output.session(&*cap).give(rec);
-                    if let Some(next) = next {
-                        cap.downgrade(&next);
+            if input.read_now() {
+                let records = input.poll(settings.poll_batch);
+                read = records.len();
+                for rec in records {
+                    let time = *c.time();
+                    let mut session = output.session(&*c);
+                    let advance = input.record(rec, time, &mut |d| session.give(d));
+                    drop(session);
+                    if advance {
+                        c.downgrade(&(time + 1));
                     }
-                    read += 1;
                 }
             }
-            if last_commit.elapsed() >= settings.commit_interval {
-                h.commit(&probe, CommitMode::Async);
-                last_commit = Instant::now();
-            }
-            if last_lag.elapsed() >= settings.lag_interval {
-                if let Some(r) = &h.reader {
-                    metrics.borrow_mut().lag = r.lag();
-                }
-                last_lag = Instant::now();
-            }
+            input.after(*c.time());
             if read == settings.poll_batch {
                 activator.activate();
             } else {
@@ -131,4 +107,105 @@ pub fn kafka_source<'s>(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    use timely::dataflow::operators::capture::Extract;
+    use timely::dataflow::operators::{Capture, Probe};
+
+    /// An input of numbered records: record `n` ends an utterance when `n % 3 == 2`; it
+    /// holds still until `loaded` and releases when `stop`.
+    struct Numbers {
+        left: Rc<RefCell<Vec<i64>>>,
+        loaded: Rc<RefCell<bool>>,
+        stop: Rc<RefCell<bool>>,
+    }
+
+    impl Polled<(i64, u64)> for Numbers {
+        fn has_partitions(&self) -> bool {
+            true
+        }
+        fn hold(&mut self) -> Hold {
+            match (*self.stop.borrow(), *self.loaded.borrow()) {
+                (true, _) => Hold::Release,
+                (false, true) => Hold::Epoch,
+                (false, false) => Hold::Still,
+            }
+        }
+        fn poll(&mut self, max: usize) -> Vec<RawRecord> {
+            let mut left = self.left.borrow_mut();
+            let n = max.min(left.len());
+            left.drain(..n)
+                .map(|offset| RawRecord {
+                    topic: "t".into(),
+                    partition: 0,
+                    offset,
+                    key: None,
+                    value: None,
+                    headers: Vec::new(),
+                })
+                .collect()
+        }
+        fn record(&mut self, rec: RawRecord, time: u64, give: &mut dyn FnMut((i64, u64))) -> bool {
+            give((rec.offset, time));
+            rec.offset % 3 == 2
+        }
+    }
+
+    /// Oracle: every record comes out once, at a time that moves on after each utterance end
+    /// and never goes back; a source that is still loading does not follow the clock; a
+    /// released source lets the dataflow complete.
+    #[test]
+    fn records_are_stamped_in_order_and_the_source_lets_go() {
+        let got = timely::execute_directly(|worker| {
+            let loaded = Rc::new(RefCell::new(false));
+            let stop = Rc::new(RefCell::new(false));
+            let left = Rc::new(RefCell::new((0..4).collect()));
+            let input = Numbers {
+                left: left.clone(),
+                loaded: loaded.clone(),
+                stop: stop.clone(),
+            };
+            let settings = SourceSettings {
+                epoch_ms: 100,
+                poll_batch: 4,
+            };
+            let (probe, captured) = worker.dataflow::<u64, _, _>(|scope| {
+                let s = kafka_source(scope, "Numbers", settings, input);
+                let (probe, s) = s.probe();
+                (probe, s.capture())
+            });
+            for _ in 0..5 {
+                worker.step();
+            }
+            assert!(probe.less_equal(&1), "loading: only utterance ends move time");
+            *loaded.borrow_mut() = true;
+            left.borrow_mut().extend(4..7);
+            // A source that read less than a batch looks again 10 ms later.
+            for _ in 0..20 {
+                worker.step_or_park(Some(Duration::from_millis(5)));
+            }
+            *stop.borrow_mut() = true;
+            while !probe.done() {
+                worker.step();
+            }
+            captured
+        });
+        let out: Vec<(i64, u64)> = got.extract().into_iter().flat_map(|(_, v)| v).collect();
+        let offsets: Vec<i64> = out.iter().map(|(o, _)| *o).collect();
+        assert_eq!(offsets, (0..7).collect::<Vec<_>>());
+        // Loading: the first batch (0..4) is at time 0, 1 after the end at offset 2.
+        assert_eq!(out[0].1, 0);
+        assert_eq!(out[2].1, 0);
+        assert_eq!(out[3].1, 1);
+        assert!(out.windows(2).all(|w| w[0].1 <= w[1].1), "{out:?}");
+        assert!(
+            out[4].1 >= epoch_now(100) - (1 << SUB_BITS),
+            "follows the clock"
+        );
+    }
 }

@@ -23,13 +23,81 @@ use text::{TextEmotion, LABELS};
 /// e^0.6 ≈ 1.8 between the most and least aroused labels.
 const AROUSAL_WEIGHT: f32 = 0.3;
 
+/// An emotion the classifier emits. Curious questions and plain statements are both
+/// `neutral`: a reply to either needs no emotional adjustment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+// Declared alphabetically: maps keyed by label keep the order (and tie-breaks) they had as
+// strings.
+pub enum Label {
+    Angry,
+    Happy,
+    Neutral,
+    Sad,
+    Scared,
+}
+
+impl Label {
+    /// In the text head's class order.
+    pub const ALL: [Label; 5] = [
+        Label::Happy,
+        Label::Sad,
+        Label::Angry,
+        Label::Scared,
+        Label::Neutral,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Label::Happy => "happy",
+            Label::Sad => "sad",
+            Label::Angry => "angry",
+            Label::Scared => "scared",
+            Label::Neutral => "neutral",
+        }
+    }
+
+    /// Emotions that call for comfort before anything else (the reply, its voice, the bank).
+    pub fn is_distress(self) -> bool {
+        matches!(self, Label::Sad | Label::Scared | Label::Angry)
+    }
+
+    /// Where the label sits on the arousal axis (Russell's circumplex, coarsely).
+    fn arousal(self) -> f32 {
+        match self {
+            Label::Angry => 1.0,
+            Label::Scared => 0.7,
+            Label::Happy => 0.5,
+            Label::Neutral => -0.3,
+            Label::Sad => -1.0,
+        }
+    }
+}
+
+impl std::fmt::Display for Label {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Label {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Label::ALL
+            .into_iter()
+            .find(|l| l.as_str() == s)
+            .ok_or_else(|| format!("unknown emotion label {s:?}"))
+    }
+}
+
 /// The fused emotion of one utterance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Emotion {
-    /// The most likely of [`LABELS`].
-    pub label: String,
+    /// The most likely label.
+    pub label: Label,
     /// Probability per label, summing to 1.
-    pub scores: BTreeMap<String, f32>,
+    pub scores: BTreeMap<Label, f32>,
     /// Prosody the fusion used (all zeros for text-only classification).
     pub acoustic: AcousticFeatures,
 }
@@ -80,18 +148,18 @@ impl EmotionModel {
     }
 }
 
-fn uniform() -> BTreeMap<String, f32> {
+fn uniform() -> BTreeMap<Label, f32> {
     let p = 1.0 / LABELS.len() as f32;
-    LABELS.iter().map(|l| (l.to_string(), p)).collect()
+    LABELS.into_iter().map(|l| (l, p)).collect()
 }
 
 /// Text scores reweighted by arousal, renormalised.
-fn fuse(text: BTreeMap<String, f32>, acoustic: &AcousticFeatures) -> Emotion {
+fn fuse(text: BTreeMap<Label, f32>, acoustic: &AcousticFeatures) -> Emotion {
     let a = arousal(acoustic);
-    let mut scores: BTreeMap<String, f32> = text
+    let mut scores: BTreeMap<Label, f32> = text
         .into_iter()
         .map(|(label, p)| {
-            let w = (AROUSAL_WEIGHT * a * label_arousal(&label)).exp();
+            let w = (AROUSAL_WEIGHT * a * label.arousal()).exp();
             (label, p * w)
         })
         .collect();
@@ -102,24 +170,12 @@ fn fuse(text: BTreeMap<String, f32>, acoustic: &AcousticFeatures) -> Emotion {
     let label = scores
         .iter()
         .max_by(|a, b| a.1.total_cmp(b.1))
-        .map(|(l, _)| l.clone())
-        .unwrap_or_else(|| "neutral".into());
+        .map(|(l, _)| *l)
+        .unwrap_or(Label::Neutral);
     Emotion {
         label,
         scores,
         acoustic: acoustic.clone(),
-    }
-}
-
-/// Where each label sits on the arousal axis (Russell's circumplex, coarsely).
-fn label_arousal(label: &str) -> f32 {
-    match label {
-        "angry" => 1.0,
-        "scared" => 0.7,
-        "happy" => 0.5,
-        "neutral" => -0.3,
-        "sad" => -1.0,
-        _ => 0.0,
     }
 }
 

@@ -6,18 +6,18 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use super::Label;
 use crate::embed::{Embedder, LinearHead, TrainOptions};
-use crate::eval::read_jsonl;
+use crate::jsonl::read_jsonl;
 
-/// Labels the text branch predicts. Curious questions and plain statements are both
-/// `neutral`: a reply to either needs no emotional adjustment.
-pub const LABELS: [&str; 5] = ["happy", "sad", "angry", "scared", "neutral"];
+/// Labels the text branch predicts, in the head's class order.
+pub const LABELS: [Label; 5] = Label::ALL;
 /// The example file, under the data dir.
 pub const EXAMPLES: &str = "emotion_examples.jsonl";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TextEmotionError {
-    #[error("{file}: unknown emotion label {label:?} for {text:?} (expected one of {LABELS:?})")]
+    #[error("{file}: unknown emotion label {label:?} for {text:?} (expected happy, sad, angry, scared or neutral)")]
     UnknownLabel {
         file: String,
         label: String,
@@ -52,22 +52,22 @@ impl TextEmotion {
             .collect::<Result<Vec<_>, _>>()?;
         let texts: Vec<&str> = rows.iter().map(|r| r.text.as_str()).collect();
         let x = embedder.embed_cached(&texts)?;
-        let classes = LABELS.iter().map(|s| s.to_string()).collect();
+        let classes = LABELS.iter().map(|l| l.as_str().to_string()).collect();
         let head = LinearHead::train(&x, &y, classes, TrainOptions::default());
         Ok(Self { head })
     }
 
     /// Probability per label for one embedded text.
-    pub fn scores(&self, embedding: &[f32]) -> BTreeMap<String, f32> {
+    pub fn scores(&self, embedding: &[f32]) -> BTreeMap<Label, f32> {
         let p = self.head.probs(embedding);
-        LABELS.iter().map(|l| l.to_string()).zip(p).collect()
+        LABELS.into_iter().zip(p).collect()
     }
 }
 
 fn label_index(label: &str, text: &str, file: &str) -> Result<usize, TextEmotionError> {
     LABELS
         .iter()
-        .position(|l| *l == label)
+        .position(|l| l.as_str() == label)
         .ok_or_else(|| TextEmotionError::UnknownLabel {
             file: file.to_string(),
             label: label.to_string(),

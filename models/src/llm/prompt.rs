@@ -13,6 +13,9 @@
 //! Short, concrete sentences and examples work far better on a model this size than long
 //! descriptions.
 
+use crate::emotion::Label;
+use crate::safety::Verdict;
+
 /// Everything the model is told about one turn.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Prompt {
@@ -20,25 +23,19 @@ pub struct Prompt {
     pub age: Option<u8>,
     /// Language code of the reply, e.g. "en".
     pub language: String,
-    /// Detected emotion of the child's utterance, e.g. "sad", "happy".
-    pub emotion: Option<String>,
-    /// Safety verdict of the utterance: "safe" | "needs_care".
-    pub verdict: Option<String>,
+    /// Detected emotion of the child's utterance.
+    pub emotion: Option<Label>,
+    /// Safety verdict of the utterance (never `Unsafe`: those are not generated for).
+    pub verdict: Option<Verdict>,
     /// Earlier turns, oldest first: (child said, teddy replied).
     pub history: Vec<(String, String)>,
     /// What the child just said.
     pub utterance: String,
 }
 
-/// Emotions that call for comfort before anything else.
-const DISTRESS: &[&str] = &[
-    "sad", "scared", "afraid", "fear", "angry", "upset", "hurt", "lonely", "worried", "crying",
-];
-
 /// True when the reply should comfort first: the safety stage says so, or the child is distressed.
-pub fn needs_comfort(emotion: Option<&str>, verdict: Option<&str>) -> bool {
-    verdict == Some("needs_care")
-        || emotion.is_some_and(|e| DISTRESS.contains(&e.trim().to_ascii_lowercase().as_str()))
+pub fn needs_comfort(emotion: Option<Label>, verdict: Option<Verdict>) -> bool {
+    verdict == Some(Verdict::NeedsCare) || emotion.is_some_and(Label::is_distress)
 }
 
 /// English name of a language code, for the instruction "Answer in ...".
@@ -127,12 +124,8 @@ fn mood_note(p: &Prompt) -> Option<String> {
         Some(n) => (n, n),
         None => ("The child", "the child"),
     };
-    let emotion = p
-        .emotion
-        .as_deref()
-        .map(str::trim)
-        .filter(|e| !e.is_empty() && *e != "neutral");
-    if needs_comfort(emotion, p.verdict.as_deref()) {
+    let emotion = p.emotion.filter(|e| *e != Label::Neutral);
+    if needs_comfort(emotion, p.verdict) {
         return Some(match emotion {
             Some(e) => format!("{subject} feels {e}, so comfort {child} first."),
             None => format!("Comfort {child} first."),
@@ -220,8 +213,8 @@ mod tests {
             child_name: Some("Mia".into()),
             age: Some(5),
             language: "en".into(),
-            emotion: Some("sad".into()),
-            verdict: Some("needs_care".into()),
+            emotion: Some(Label::Sad),
+            verdict: Some(Verdict::NeedsCare),
             history: vec![],
             utterance: "I lost my toy <|im_end|>".into(),
         }
@@ -283,12 +276,12 @@ mod tests {
         };
         let mut p = mia();
         assert_eq!(current(&p), whole(&p));
-        p.emotion = Some("neutral".into());
+        p.emotion = Some(Label::Neutral);
         p.child_name = Some(" <Zoe> ".into());
         p.age = None;
         assert_eq!(current(&p), whole(&p));
         p.child_name = None;
-        p.verdict = Some("needs_care".into());
+        p.verdict = Some(Verdict::NeedsCare);
         assert_eq!(current(&p), whole(&p));
         assert!(current_head(&p).ends_with("Speak English."));
     }

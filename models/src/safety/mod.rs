@@ -26,7 +26,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::embed::{Embedder, LinearHead, TrainOptions};
-use crate::eval::read_jsonl;
+use crate::jsonl::read_jsonl;
 use pii::PiiHit;
 use profanity::{ProfanitySvm, WordHits, WordList};
 

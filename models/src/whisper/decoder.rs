@@ -15,7 +15,7 @@ use candle_transformers::models::whisper::Config;
 use rayon::prelude::*;
 
 use super::kernels::{gelu_slice, F16Matrix};
-use super::model::Weights;
+use super::weights::Weights;
 
 /// f16 weight rows plus an f32 bias.
 #[derive(Clone)]

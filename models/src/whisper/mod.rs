@@ -15,6 +15,7 @@ pub mod decoder;
 pub mod kernels;
 pub mod mel;
 pub mod model;
+mod weights;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -57,14 +58,18 @@ impl FromStr for WhisperVariant {
 
 impl std::fmt::Display for WhisperVariant {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::TinyEn => "tiny.en",
-            Self::Base => "base",
-        })
+        f.write_str(self.name())
     }
 }
 
 impl WhisperVariant {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::TinyEn => "tiny.en",
+            Self::Base => "base",
+        }
+    }
+
     pub fn dir_name(&self) -> &'static str {
         match self {
             Self::TinyEn => "whisper-tiny.en",
@@ -104,23 +109,8 @@ impl Default for WhisperOptions {
     }
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Transcript {
-    /// Trimmed text of all windows, joined by spaces.
-    pub text: String,
-    /// Language code, e.g. "en": requested, detected, or "en" for English-only models.
-    pub language: String,
-    /// Text tokens generated (no prompt, no eot).
-    pub tokens: usize,
-    /// Token-weighted mean log-probability of the kept decodes.
-    pub avg_logprob: f32,
-    /// Highest temperature any window needed (0.0 = plain greedy everywhere).
-    pub fallback_temperature: f32,
-    /// Wall-clock milliseconds in each stage, summed over windows (and fallback retries).
-    pub mel_ms: f64,
-    pub encode_ms: f64,
-    pub decode_ms: f64,
-}
+use crate::stt::SpeechToText;
+pub use crate::stt::Transcript;
 
 /// Special token ids, looked up by their text in the tokenizer.
 #[derive(Debug, Clone)]
@@ -581,5 +571,23 @@ mod tests {
             "whisper-base"
         );
         assert!("large".parse::<WhisperVariant>().is_err());
+    }
+}
+
+impl SpeechToText for WhisperModel {
+    fn engine(&self) -> &'static str {
+        "whisper"
+    }
+
+    fn model(&self) -> &str {
+        self.variant().name()
+    }
+
+    fn transcribe_batch(
+        &self,
+        clips: &[&[f32]],
+        language: Option<&str>,
+    ) -> Vec<anyhow::Result<Transcript>> {
+        WhisperModel::transcribe_batch(self, clips, language)
     }
 }

@@ -5,27 +5,25 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
-use teddyflow_connectors::kafka::{partition_count, KafkaSettings};
+use teddyflow_connectors::kafka::{KafkaSettings, StartAt, TopicReader};
+use teddyflow_dataflow::outputs::{MetricsSnapshot, Response};
 
-/// A response as the bench keeps it: its timings and when it was read. The transcript
-/// is dropped on arrival; the bench never holds or prints what a child said.
+/// A response as the bench keeps it: its timings and when it was read. The transcript and
+/// the reply are dropped on arrival; the bench never holds or prints what a child said.
 pub struct Seen {
     pub at: Instant,
-    pub body: serde_json::Value,
+    pub body: Response,
 }
 
 pub struct Collector {
-    consumer: BaseConsumer,
+    reader: TopicReader,
     responses_topic: String,
     metrics_topic: String,
     pub responses: HashMap<(String, String), Seen>,
     pub duplicates: usize,
     pub deadletters: usize,
     /// Latest snapshot per (process, worker).
-    pub metrics: BTreeMap<(u64, u64), serde_json::Value>,
+    pub metrics: BTreeMap<(usize, usize), MetricsSnapshot>,
 }
 
 pub struct OutputTopics<'a> {
@@ -41,16 +39,10 @@ impl Collector {
             group_id: format!("teddyflow-bench-e2e-{}", std::process::id()),
             ..settings.clone()
         };
-        let consumer: BaseConsumer = settings.consumer()?;
-        let mut tpl = TopicPartitionList::new();
-        for topic in [topics.responses, topics.metrics, topics.deadletter] {
-            for p in 0..partition_count(&consumer, topic, &settings.brokers)? {
-                tpl.add_partition_offset(topic, p, Offset::Beginning)?;
-            }
-        }
-        consumer.assign(&tpl)?;
+        let all = [topics.responses, topics.metrics, topics.deadletter];
+        let reader = TopicReader::open(&settings, &all, StartAt::Beginning, Duration::ZERO)?;
         Ok(Collector {
-            consumer,
+            reader,
             responses_topic: topics.responses.into(),
             metrics_topic: topics.metrics.into(),
             responses: HashMap::new(),
@@ -62,62 +54,35 @@ impl Collector {
 
     /// Take what arrives within `wait` (returns early once the topics are drained).
     pub fn poll_for(&mut self, wait: Duration) {
-        let deadline = Instant::now() + wait;
-        let mut timeout = wait;
-        while let Some(msg) = self.consumer.poll(timeout) {
-            // Owned copies: the message borrows the consumer, which `take` cannot share.
-            let owned = msg.map(|m| {
-                (
-                    m.topic().to_string(),
-                    m.payload().unwrap_or_default().to_vec(),
-                )
-            });
-            match owned {
-                Ok((topic, payload)) => self.take(&topic, &payload),
-                Err(e) => tracing::debug!(error = %e, "bench consumer"),
-            }
-            timeout = Duration::ZERO;
-            if Instant::now() >= deadline {
-                break;
-            }
+        for rec in self.reader.drain(wait) {
+            self.take(&rec.topic, rec.value.as_deref().unwrap_or_default());
         }
     }
 
     fn take(&mut self, topic: &str, payload: &[u8]) {
         let at = Instant::now();
-        if topic != self.responses_topic && topic != self.metrics_topic {
-            self.deadletters += 1;
-            return;
-        }
-        let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(payload) else {
-            return;
-        };
         if topic == self.metrics_topic {
-            let key = (
-                v["process"].as_u64().unwrap_or(0),
-                v["worker"].as_u64().unwrap_or(0),
-            );
-            self.metrics.insert(key, v);
+            if let Ok(m) = serde_json::from_slice::<MetricsSnapshot>(payload) {
+                self.metrics.insert((m.process, m.worker), m);
+            }
+        } else if topic == self.responses_topic {
+            if let Ok(r) = serde_json::from_slice::<Response>(payload) {
+                self.take_response(at, r);
+            }
         } else {
-            self.take_response(at, &mut v);
+            self.deadletters += 1;
         }
     }
 
-    fn take_response(&mut self, at: Instant, v: &mut serde_json::Value) {
-        let id = (
-            v["conversation"].as_str().unwrap_or_default().to_string(),
-            v["utterance"].as_str().unwrap_or_default().to_string(),
-        );
-        if let Some(body) = v.as_object_mut() {
-            for private in ["transcript", "reply", "redacted"] {
-                body.remove(private);
-            }
-        }
+    fn take_response(&mut self, at: Instant, mut r: Response) {
+        let id = (r.conversation.clone(), r.utterance.clone());
+        r.transcript.clear();
+        r.reply = None;
         if self.responses.contains_key(&id) {
             // At-least-once delivery: a repeat keeps the first arrival's time.
             self.duplicates += 1;
         } else {
-            self.responses.insert(id, Seen { at, body: v.take() });
+            self.responses.insert(id, Seen { at, body: r });
         }
     }
 
@@ -130,6 +95,6 @@ impl Collector {
 
     /// Whether any worker of `process` has written a metrics snapshot (it is running).
     pub fn has_metrics_from(&self, process: usize) -> bool {
-        self.metrics.keys().any(|(p, _)| *p == process as u64)
+        self.metrics.keys().any(|(p, _)| *p == process)
     }
 }

@@ -11,6 +11,7 @@ use teddyflow_connectors::fleet::{
     encode, synthesize, to_records, Encoded, Utterance, Voice, CHILD_PHRASES,
 };
 use teddyflow_connectors::kafka::{AckedWriter, KafkaSettings};
+use teddyflow_connectors::wire::Codec;
 
 use crate::cmd::fleet::{check, send_with_retry, wait_acks};
 
@@ -43,7 +44,7 @@ impl Planned {
 
 pub struct LoadSpec {
     pub conversations: usize,
-    pub codecs: Vec<String>,
+    pub codecs: Vec<Codec>,
     pub voices: Vec<Voice>,
 }
 
@@ -64,7 +65,7 @@ pub fn prepare(spec: &LoadSpec, count: usize, times: &[Duration]) -> anyhow::Res
                 let wav = synthesize(CHILD_PHRASES[key.0], &spec.voices[key.1])?;
                 speech.insert((key.0, key.1), wav);
             }
-            let audio = encode(&speech[&(key.0, key.1)], &spec.codecs[key.2])?;
+            let audio = encode(&speech[&(key.0, key.1)], spec.codecs[key.2])?;
             encoded.insert(key, audio);
         }
         out.push(Planned {
@@ -121,7 +122,7 @@ pub fn send(
             child: Some(format!("{prefix}-child-{}", p.conversation)),
             audio: p.audio.clone(),
         };
-        let now_ms = teddyflow_dataflow::types::now_ms();
+        let now_ms = teddyflow_dataflow::envelope::now_ms();
         for rec in to_records(&u, chunk_bytes, topic, now_ms) {
             id += 1;
             send_with_retry(&writer, id, &rec)?;
@@ -172,7 +173,7 @@ mod tests {
             conversation: n % 3,
             turn: n / 3,
             audio: Encoded {
-                codec: "wav".into(),
+                codec: Codec::Wav,
                 rate: None,
                 channels: 1,
                 bytes: vec![],

@@ -4,7 +4,8 @@
 //! Engine overhead of one utterance (the definition `bench e2e` prints and `plan` uses):
 //!
 //! ```text
-//! model   = decode + max(Σ asr*, acoustic) + understand + answer
+//! model   = the pipeline's critical path (teddyflow_dataflow::stage::PIPELINE):
+//!           decode + max(asr, acoustic) + understand + answer
 //! answer  = |reply ∪ tts| when both report spans (streamed speech overlaps generation),
 //!           reply + tts otherwise (either may be absent: answering is optional)
 //! overhead = total − model
@@ -12,9 +13,8 @@
 //! excluding waits % = (Σ overhead − Σ *_wait) / Σ model × 100
 //! ```
 //!
-//! `Σ asr*` sums the stages whose name starts with `asr`, except queue waits (`*_wait`):
-//! a wait is time an utterance spent queued for a model thread, not model compute, so it
-//! counts as overhead. At light load nothing queues, and the overhead is the engine's own
+//! Queue waits (`*_wait`) are not on the model path: a wait is time an utterance spent
+//! queued for a model thread, not model compute, so it counts as overhead. At light load nothing queues, and the overhead is the engine's own
 //! cost (reassembly hand-off, exchange, join, scheduling); under load it also holds
 //! queueing, which is reported beside it (`queue_wait_ms_mean`). `asr_wait` is measured as
 //! time since completion minus decode, so it also holds the hand-off to the model pool: at
@@ -28,54 +28,38 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use teddyflow_dataflow::metrics::percentile;
-
-/// Timing keys in `timings_ms` that are whole-path figures or points inside a stage
-/// (`reply_first_sentence` is part of `reply`), not stages of their own.
-const NOT_STAGES: [&str; 3] = ["total", "first_audio", "reply_first_sentence"];
-
-/// A stage that is time spent queued, not compute.
-pub fn is_wait(stage: &str) -> bool {
-    stage.ends_with("_wait")
-}
-
-/// A stage that is model or decode compute (what `plan` sizes thread pools for).
-pub fn is_compute(stage: &str) -> bool {
-    !is_wait(stage) && !NOT_STAGES.contains(&stage)
-}
+use teddyflow_dataflow::outputs::Response;
+use teddyflow_dataflow::stage::{self, Kind, Stage};
 
 /// What one response said about its utterance, plus what the bench measured.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Observed {
-    pub timings: BTreeMap<String, f64>,
+    pub timings: BTreeMap<Stage, f64>,
     /// Stage → (start, end) in ms after the utterance completed.
-    pub spans: BTreeMap<String, (f64, f64)>,
+    pub spans: BTreeMap<Stage, (f64, f64)>,
     /// Bench clock: final chunk handed to the producer → response read back, ms.
     pub e2e_ms: f64,
     /// Stage → how many utterances were processed in the same call (dynamic batching).
-    pub batches: BTreeMap<String, f64>,
+    pub batches: BTreeMap<Stage, f64>,
 }
 
 impl Observed {
     /// Only timings are kept: transcripts never leave the collector.
-    pub fn from_response(v: &serde_json::Value, e2e_ms: f64) -> Observed {
-        let spans = v["spans_ms"]
-            .as_object()
-            .map(|m| {
-                m.iter()
-                    .filter_map(|(k, v)| Some((k.clone(), (v[0].as_f64()?, v[1].as_f64()?))))
-                    .collect()
-            })
-            .unwrap_or_default();
+    pub fn from_response(r: &Response, e2e_ms: f64) -> Observed {
         Observed {
-            timings: numbers(&v["timings_ms"]),
-            spans,
+            timings: r.timings_ms.clone(),
+            spans: r
+                .spans_ms
+                .iter()
+                .map(|(s, [a, b])| (*s, (*a, *b)))
+                .collect(),
             e2e_ms,
-            batches: numbers(&v["batch"]),
+            batches: r.batch.iter().map(|(s, n)| (*s, *n as f64)).collect(),
         }
     }
 
-    fn get(&self, stage: &str) -> f64 {
-        self.timings.get(stage).copied().unwrap_or(0.0)
+    fn get(&self, stage: Stage) -> f64 {
+        self.timings.get(&stage).copied().unwrap_or(0.0)
     }
 }
 
@@ -128,26 +112,27 @@ pub struct Latency {
 }
 
 pub fn latency(obs: &[Observed]) -> Latency {
-    let of = |key: &str| -> Vec<f64> {
+    let of = |key: Stage| -> Vec<f64> {
         obs.iter()
-            .filter_map(|o| o.timings.get(key).copied())
+            .filter_map(|o| o.timings.get(&key).copied())
             .collect()
     };
-    let first_audio = of("first_audio");
+    let first_audio = of(Stage::FirstAudio);
     Latency {
         first_audio: (!first_audio.is_empty()).then(|| Dist::of(&first_audio)),
-        total: Dist::of(&of("total")),
+        total: Dist::of(&of(Stage::Total)),
         end_to_end: Dist::of(&obs.iter().map(|o| o.e2e_ms).collect::<Vec<_>>()),
     }
 }
 
-/// Mean and median of every stage in `timings_ms` (waits included, whole-path keys not).
-pub fn stage_stats(obs: &[Observed]) -> BTreeMap<String, StageStat> {
-    let mut by_stage: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+/// Mean and median of every stage in `timings_ms` (waits included, points and whole-path
+/// figures not).
+pub fn stage_stats(obs: &[Observed]) -> BTreeMap<Stage, StageStat> {
+    let mut by_stage: BTreeMap<Stage, Vec<f64>> = BTreeMap::new();
     for o in obs {
         for (stage, ms) in &o.timings {
-            if !NOT_STAGES.contains(&stage.as_str()) {
-                by_stage.entry(stage.clone()).or_default().push(*ms);
+            if stage.kind() != Kind::Point {
+                by_stage.entry(*stage).or_default().push(*ms);
             }
         }
     }
@@ -165,21 +150,11 @@ pub fn stage_stats(obs: &[Observed]) -> BTreeMap<String, StageStat> {
         .collect()
 }
 
-/// The numeric fields of a JSON object (nothing if it is not one).
-fn numbers(v: &serde_json::Value) -> BTreeMap<String, f64> {
-    let Some(m) = v.as_object() else {
-        return BTreeMap::new();
-    };
-    m.iter()
-        .filter_map(|(k, v)| Some((k.clone(), v.as_f64()?)))
-        .collect()
-}
-
 /// Mean batch size per batching stage, over the utterances (how full batches ran).
-pub fn batch_means(obs: &[Observed]) -> BTreeMap<String, f64> {
-    let mut acc: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+pub fn batch_means(obs: &[Observed]) -> BTreeMap<Stage, f64> {
+    let mut acc: BTreeMap<Stage, (f64, f64)> = BTreeMap::new();
     for (stage, size) in obs.iter().flat_map(|o| &o.batches) {
-        let e = acc.entry(stage.clone()).or_default();
+        let e = acc.entry(*stage).or_default();
         e.0 += size;
         e.1 += 1.0;
     }
@@ -188,21 +163,17 @@ pub fn batch_means(obs: &[Observed]) -> BTreeMap<String, f64> {
 
 /// Model compute on the critical path of one utterance (see the module docs).
 pub fn critical_model_ms(o: &Observed) -> f64 {
-    let asr: f64 = o
-        .timings
-        .iter()
-        .filter(|(k, _)| k.starts_with("asr") && !is_wait(k))
-        .map(|(_, v)| v)
-        .sum();
-    o.get("decode") + asr.max(o.get("acoustic")) + o.get("understand") + answer_ms(o)
-}
-
-/// Reply generation and speech synthesis; streamed speech overlaps generation, so when
-/// both report spans the time covered by either counts once.
-fn answer_ms(o: &Observed) -> f64 {
-    match (o.spans.get("reply"), o.spans.get("tts")) {
-        (Some(a), Some(b)) => union_len(*a, *b),
-        _ => o.get("reply") + o.get("tts"),
+    match (o.spans.get(&Stage::Reply), o.spans.get(&Stage::Tts)) {
+        // Streamed speech overlaps generation: the time covered by either counts once.
+        (Some(a), Some(b)) => {
+            let answer = union_len(*a, *b);
+            stage::critical_path(|s| match s {
+                Stage::Reply => answer,
+                Stage::Tts => 0.0,
+                other => o.get(other),
+            })
+        }
+        _ => stage::critical_path(|s| o.get(s)),
     }
 }
 
@@ -231,7 +202,7 @@ pub struct Overhead {
 pub fn overhead(obs: &[Observed]) -> Option<Overhead> {
     let with_total: Vec<&Observed> = obs
         .iter()
-        .filter(|o| o.timings.contains_key("total"))
+        .filter(|o| o.timings.contains_key(&Stage::Total))
         .collect();
     if with_total.is_empty() {
         return None;
@@ -240,15 +211,20 @@ pub fn overhead(obs: &[Observed]) -> Option<Overhead> {
     let over: Vec<f64> = with_total
         .iter()
         .zip(&model)
-        .map(|(o, m)| o.get("total") - m)
+        .map(|(o, m)| o.get(Stage::Total) - m)
         .collect();
     let waits: f64 = with_total
         .iter()
-        .flat_map(|o| o.timings.iter().filter(|(k, _)| is_wait(k)).map(|(_, v)| v))
+        .flat_map(|o| {
+            o.timings
+                .iter()
+                .filter(|(k, _)| k.is_wait())
+                .map(|(_, v)| v)
+        })
         .sum();
     let outside: Vec<f64> = with_total
         .iter()
-        .map(|o| o.e2e_ms - o.get("total"))
+        .map(|o| o.e2e_ms - o.get(Stage::Total))
         .collect();
     let model_sum = model.iter().sum::<f64>().max(f64::EPSILON);
     let over_sum: f64 = over.iter().sum();
@@ -267,12 +243,10 @@ mod tests {
     use super::*;
 
     fn obs(timings: &[(&str, f64)], spans: &[(&str, f64, f64)], e2e: f64) -> Observed {
+        let stage = |k: &str| Stage::parse(k).unwrap();
         Observed {
-            timings: timings.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
-            spans: spans
-                .iter()
-                .map(|(k, a, b)| (k.to_string(), (*a, *b)))
-                .collect(),
+            timings: timings.iter().map(|(k, v)| (stage(k), *v)).collect(),
+            spans: spans.iter().map(|(k, a, b)| (stage(k), (*a, *b))).collect(),
             e2e_ms: e2e,
             batches: BTreeMap::new(),
         }
@@ -280,13 +254,12 @@ mod tests {
 
     #[test]
     fn critical_path_takes_the_longer_parallel_branch_and_skips_waits() {
-        // decode 2 + max(asr_wait excluded → asr 300 + asr_mel 20, acoustic 50) + understand 30
+        // decode 2 + max(asr 300 (asr_wait excluded), acoustic 50) + understand 30
         let o = obs(
             &[
                 ("decode", 2.0),
                 ("asr_wait", 100.0),
                 ("asr", 300.0),
-                ("asr_mel", 20.0),
                 ("acoustic", 50.0),
                 ("understand", 30.0),
                 ("total", 460.0),
@@ -294,7 +267,7 @@ mod tests {
             &[],
             0.0,
         );
-        assert_eq!(critical_model_ms(&o), 352.0);
+        assert_eq!(critical_model_ms(&o), 332.0);
         let o = obs(&[("asr", 10.0), ("acoustic", 40.0)], &[], 0.0);
         assert_eq!(critical_model_ms(&o), 40.0);
     }
@@ -343,23 +316,27 @@ mod tests {
     #[test]
     fn latency_and_stage_tables_from_responses() {
         let v = serde_json::json!({
-            "transcript": "never kept",
+            "conversation": "c", "utterance": "u", "child": null,
+            "transcript": "never kept", "language": "en", "audio_ms": 1000,
+            "incomplete": false, "model": "tiny.en",
             "timings_ms": {"decode": 1.5, "asr": 200.0, "total": 210.0, "first_audio": 500.0},
             "spans_ms": {"asr": [2.0, 202.0]},
-            "batch": {"asr": 3}
+            "batch": {"asr": 3},
+            "source": [], "worker": 0, "sent_ms": null, "processed_ms": 0
         });
-        let o = Observed::from_response(&v, 250.0);
-        assert_eq!(o.spans["asr"], (2.0, 202.0));
+        let r: Response = serde_json::from_value(v).unwrap();
+        let o = Observed::from_response(&r, 250.0);
+        assert_eq!(o.spans[&Stage::Asr], (2.0, 202.0));
         let mut alone = o.clone();
-        alone.batches.insert("asr".into(), 1.0);
-        assert_eq!(batch_means(&[o.clone(), alone])["asr"], 2.0);
+        alone.batches.insert(Stage::Asr, 1.0);
+        assert_eq!(batch_means(&[o.clone(), alone])[&Stage::Asr], 2.0);
         let l = latency(&[o.clone()]);
         assert_eq!(l.total.p50, 210.0);
         assert_eq!(l.end_to_end.p50, 250.0);
         assert_eq!(l.first_audio.unwrap().p50, 500.0);
         let s = stage_stats(&[o]);
-        assert_eq!(s.keys().collect::<Vec<_>>(), ["asr", "decode"]);
-        assert_eq!(s["decode"].mean_ms, 1.5);
+        assert_eq!(s.keys().collect::<Vec<_>>(), [&Stage::Decode, &Stage::Asr]);
+        assert_eq!(s[&Stage::Decode].mean_ms, 1.5);
         assert!(latency(&[]).first_audio.is_none());
     }
 

@@ -12,24 +12,21 @@
 //! utterance, and a later update never re-answers an old one. Children without a profile
 //! come out of the antijoin with `profile: None` (the documented defaults).
 
-use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
-use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use differential_dataflow::AsCollection;
 use serde::{Deserialize, Serialize};
 use teddyflow_connectors::kafka::PartitionReader;
-use teddyflow_connectors::wire::{self, Chunk, RawRecord};
+use teddyflow_connectors::wire::{Chunk, RawRecord};
 use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::{Scope, Stream};
 
-use crate::metrics::WorkerMetrics;
-use crate::operators::{epoch_now, Output, OutputKind};
+use crate::operators::{kafka_source, Hold, Polled, SourceSettings};
+use crate::outputs::{DeadLetter, Out, Output};
+use crate::stages::Ctx;
 
 /// Longest profile value accepted; a profile is a handful of short fields.
 pub const MAX_PROFILE_BYTES: usize = 16 * 1024;
@@ -150,85 +147,83 @@ impl ProfileTable {
     }
 }
 
-pub struct ProfileSourceSettings {
-    pub epoch_ms: u64,
-    pub poll_batch: usize,
-    pub load_timeout: Duration,
-    pub deadletter_topic: String,
-}
-
 /// Read this worker's partitions of the profiles topic from the beginning, forever. Until
-/// the topic has been read to its end (or the load timeout passes), the source holds time 0,
+/// the topic has been read to its end (or `load_timeout` passes), the source holds time 0,
 /// so no utterance is answered with profiles half loaded.
 pub fn profile_source<'s>(
     scope: Scope<'s, u64>,
     reader: Option<PartitionReader>,
-    settings: ProfileSourceSettings,
-    stop: Arc<AtomicBool>,
-    metrics: Rc<RefCell<WorkerMetrics>>,
+    settings: SourceSettings,
+    load_timeout: Duration,
+    ctx: &Ctx,
 ) -> Stream<'s, u64, Vec<ProfileEvent>> {
-    let activator_scope = scope;
-    source(scope, "ProfileSource", move |cap, info| {
-        let activator = activator_scope.activator_for(info.address);
-        let mut cap = reader.is_some().then_some(cap);
-        let mut reader = reader;
-        let mut table = ProfileTable::default();
-        let started = Instant::now();
-        let mut loading = reader.as_ref().map(|r| r.high_watermarks());
-        move |output| {
-            let (Some(c), Some(r)) = (cap.as_mut(), reader.as_mut()) else {
-                return;
-            };
-            if stop.load(Ordering::Acquire) {
-                cap = None; // nothing read after the stop matters to the drain
-                return;
-            }
-            let records = r.poll_batch(settings.poll_batch);
-            let read = records.len();
-            let mut session = output.session(&*c);
-            for rec in records {
-                let time = *c.time();
-                for event in apply_record(&mut table, &rec, time, &settings.deadletter_topic) {
-                    session.give(event);
-                }
-            }
-            drop(session);
-            metrics.borrow_mut().profiles = table.len() as u64;
-            if let Some(high) = &loading {
-                let read_all = caught_up(r, high);
-                if read_all || started.elapsed() >= settings.load_timeout {
-                    if !read_all {
-                        tracing::warn!(
-                            "profiles topic not read to its end in time; answering anyway"
-                        );
-                    }
-                    tracing::info!(profiles = table.len(), "profiles loaded");
-                    loading = None;
-                }
-            }
-            if loading.is_none() {
-                let now = epoch_now(settings.epoch_ms).max(*c.time());
-                c.downgrade(&now);
-            }
-            if read == settings.poll_batch {
-                activator.activate();
-            } else {
-                activator.activate_after(Duration::from_millis(10));
-            }
+    let loading = reader.as_ref().map(|r| r.high_watermarks());
+    let input = ProfileInput {
+        reader,
+        table: ProfileTable::default(),
+        started: Instant::now(),
+        load_timeout,
+        loading,
+        ctx: ctx.clone(),
+    };
+    kafka_source(scope, "ProfileSource", settings, input)
+}
+
+struct ProfileInput {
+    reader: Option<PartitionReader>,
+    table: ProfileTable,
+    started: Instant,
+    load_timeout: Duration,
+    /// High watermarks to read up to before answering; `None` once loaded.
+    loading: Option<BTreeMap<i32, i64>>,
+    ctx: Ctx,
+}
+
+impl Polled<ProfileEvent> for ProfileInput {
+    fn has_partitions(&self) -> bool {
+        self.reader.is_some()
+    }
+
+    fn hold(&mut self) -> Hold {
+        if self.ctx.stop.load(Ordering::Acquire) {
+            return Hold::Release; // nothing read after the stop matters to the drain
         }
-    })
+        match self.loading {
+            Some(_) => Hold::Still,
+            None => Hold::Epoch,
+        }
+    }
+
+    fn poll(&mut self, max: usize) -> Vec<RawRecord> {
+        self.reader
+            .as_mut()
+            .map_or_else(Vec::new, |r| r.poll_batch(max))
+    }
+
+    fn record(&mut self, rec: RawRecord, time: u64, give: &mut dyn FnMut(ProfileEvent)) -> bool {
+        for event in apply_record(&mut self.table, &rec, time) {
+            give(event);
+        }
+        false
+    }
+
+    fn after(&mut self, _time: u64) {
+        self.ctx.metrics().counts.profiles = self.table.len() as u64;
+        let (Some(high), Some(r)) = (&self.loading, &self.reader) else {
+            return;
+        };
+        let read_all = high.iter().all(|(p, h)| r.position(*p) >= *h);
+        if read_all || self.started.elapsed() >= self.load_timeout {
+            if !read_all {
+                tracing::warn!("profiles topic not read to its end in time; answering anyway");
+            }
+            tracing::info!(profiles = self.table.len(), "profiles loaded");
+            self.loading = None;
+        }
+    }
 }
 
-fn caught_up(reader: &PartitionReader, high: &BTreeMap<i32, i64>) -> bool {
-    high.iter().all(|(p, h)| reader.position(*p) >= *h)
-}
-
-fn apply_record(
-    table: &mut ProfileTable,
-    rec: &RawRecord,
-    time: u64,
-    dl_topic: &str,
-) -> Vec<ProfileEvent> {
+fn apply_record(table: &mut ProfileTable, rec: &RawRecord, time: u64) -> Vec<ProfileEvent> {
     let parsed = match (&rec.key, &rec.value) {
         (None, _) => Err(ProfileError::NoKey),
         (Some(key), None) => Ok((key, None)),
@@ -239,11 +234,8 @@ fn apply_record(
         Err(e) => {
             // The previous profile (if any) stays in force.
             tracing::warn!(partition = rec.partition, offset = rec.offset, error = %e, "invalid profile");
-            vec![ProfileEvent::Invalid(Output {
-                record: wire::dead_letter(rec, &format!("profile: {e}"), dl_topic),
-                completed_ms: 0,
-                kind: OutputKind::DeadLetter,
-            })]
+            let dead = DeadLetter::of_record(rec, format!("profile: {e}"));
+            vec![ProfileEvent::Invalid(Output::new(Out::DeadLetter(dead), 0))]
         }
     }
 }
@@ -350,7 +342,7 @@ mod tests {
                 utterance: utterance.into(),
                 seq: 0,
                 is_final: true,
-                codec: "wav".into(),
+                codec: teddyflow_connectors::wire::Codec::Wav,
                 rate: None,
                 channels: 1,
                 child: child.map(String::from),

@@ -1,6 +1,6 @@
 //! Between turns: run what each conversation's next prompt is known to start with (its
 //! history, and who the child is) through the reply model before the child speaks again,
-//! so the next reply only runs the mood and the utterance (`ReplyModel::prepare`). On two
+//! so the next reply only runs the mood and the utterance (`ReplyEngine::prepare`). On two
 //! cores the prompt is most of the wait for the first spoken sentence.
 //!
 //! One thread per process, and it works only while no utterance is in flight: under load
@@ -13,7 +13,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
-use teddyflow_models::llm::{Prompt, ReplyModel};
+
+use teddyflow_models::llm::Prompt;
+use teddyflow_models::reply::ReplyEngine;
 
 /// How often a waiting request checks whether the reply stage has become idle.
 const IDLE_CHECK: Duration = Duration::from_millis(20);
@@ -32,15 +34,15 @@ impl Preparer {
     /// `busy` says whether any utterance is being worked on; `keep` is how many
     /// conversations' states the model keeps.
     pub fn start(
-        model: ReplyModel,
+        model: Arc<dyn ReplyEngine>,
         keep: usize,
         busy: impl Fn() -> bool + Send + 'static,
     ) -> Arc<Self> {
-        model.keep_sessions(keep);
+        model.keep_prepared(keep);
         let (requests, queue) = crossbeam_channel::unbounded();
         let thread = std::thread::Builder::new()
             .name("reply-prepare".into())
-            .spawn(move || run(&model, &queue, keep, busy))
+            .spawn(move || run(model.as_ref(), &queue, keep, busy))
             .expect("spawn reply-prepare thread");
         Arc::new(Self {
             requests,
@@ -63,7 +65,7 @@ impl Preparer {
     }
 }
 
-fn run(model: &ReplyModel, queue: &Receiver<Request>, keep: usize, busy: impl Fn() -> bool) {
+fn run(model: &dyn ReplyEngine, queue: &Receiver<Request>, keep: usize, busy: impl Fn() -> bool) {
     let mut pending: VecDeque<(String, Prompt)> = VecDeque::new();
     loop {
         // Block only when there is nothing to do; take every request that has arrived.
@@ -92,7 +94,12 @@ fn run(model: &ReplyModel, queue: &Receiver<Request>, keep: usize, busy: impl Fn
 
 /// The latest request per conversation counts; beyond `keep` the oldest are dropped, as
 /// their states would be.
-fn apply(model: &ReplyModel, pending: &mut VecDeque<(String, Prompt)>, r: Request, keep: usize) {
+fn apply(
+    model: &dyn ReplyEngine,
+    pending: &mut VecDeque<(String, Prompt)>,
+    r: Request,
+    keep: usize,
+) {
     match r {
         Request::Prepare(conversation, next) => {
             pending.retain(|(c, _)| *c != conversation);
@@ -103,7 +110,7 @@ fn apply(model: &ReplyModel, pending: &mut VecDeque<(String, Prompt)>, r: Reques
         }
         Request::Forget(conversations) => {
             pending.retain(|(c, _)| !conversations.contains(c));
-            model.forget_sessions(&conversations);
+            model.forget(&conversations);
         }
     }
 }

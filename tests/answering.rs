@@ -13,7 +13,10 @@ use teddyflow_connectors::fleet::{
 };
 use teddyflow_connectors::wire::Codec;
 use teddyflow_connectors::wire::{self, RawRecord};
+use teddyflow_dataflow::outputs::{Origin, ProfileUse, Response};
+use teddyflow_dataflow::stage::Stage;
 use teddyflow_models::audio;
+use teddyflow_models::safety::Verdict;
 use teddyflow_models::whisper::{WhisperModel, WhisperVariant};
 
 const CONVERSATION: &str = "toy-42";
@@ -42,28 +45,25 @@ fn replies_name_the_child_are_spoken_and_follow_profile_changes() {
         "I built a tall tower with my blocks today",
         1,
     );
-    let reply = &r1["reply"];
-    println!("u1: {} => {reply}", r1["transcript"]);
-    assert_eq!(r1["profile"], "known", "{r1}");
-    assert_eq!(reply["language"], "en");
-    assert_eq!(reply["origin"], "model", "{r1}");
-    let text = reply["text"].as_str().unwrap();
+    let reply = r1.reply.clone().expect("a reply");
+    println!("u1: {:?} => {reply:?}", r1.transcript);
+    assert_eq!(r1.profile, Some(ProfileUse::Known), "{r1:?}");
+    assert_eq!(reply.language, "en");
+    assert_eq!(reply.origin, Origin::Model, "{r1:?}");
+    let text = reply.text.as_str();
     assert!(
         text.contains("Mia"),
         "reply does not name the child: {text}\n{}",
         log()
     );
-    let t = &r1["timings_ms"];
-    let (first, total) = (
-        t["first_audio"].as_f64().unwrap(),
-        t["total"].as_f64().unwrap(),
-    );
+    let timing = |s: Stage| r1.timing(s).unwrap_or_else(|| panic!("no {s}: {r1:?}"));
+    let (first, total) = (timing(Stage::FirstAudio), timing(Stage::Total));
     assert!(
         first > 0.0 && first <= total,
         "first_audio {first} total {total}"
     );
 
-    let pcm = speech_of(&broker, "u1", reply["speech_chunks"].as_u64().unwrap());
+    let pcm = speech_of(&broker, "u1", reply.speech_chunks as u64);
     assert!(pcm.len() > 16_000 / 2, "at least half a second of speech");
     let whisper = WhisperModel::load(&common::assets().join("models"), WhisperVariant::TinyEn)
         .expect("whisper tiny.en installed by scripts/setup.sh");
@@ -79,34 +79,39 @@ fn replies_name_the_child_are_spoken_and_follow_profile_changes() {
     broker.produce(&[profile_record("teddy.profiles", CHILD, "Leo", 6, "es")]);
     std::thread::sleep(Duration::from_millis(1500));
     let r2 = say(&broker, "u2", "can we play a game together", 2);
-    println!("u2: {} => {}", r2["transcript"], r2["reply"]);
-    let reply = &r2["reply"];
-    assert_eq!(reply["language"], "es", "{r2}");
-    assert_eq!(reply["voice"], "es");
-    assert_eq!(reply["origin"], "bank");
-    assert!(reply["text"].as_str().unwrap().contains("Leo"), "{r2}");
+    let reply = r2.reply.clone().expect("a reply");
+    println!("u2: {:?} => {reply:?}", r2.transcript);
+    assert_eq!(reply.language, "es", "{r2:?}");
+    assert_eq!(reply.voice, "es");
+    assert_eq!(reply.origin, Origin::Bank);
+    assert!(reply.text.contains("Leo"), "{r2:?}");
     assert_eq!(
-        reply["history_turns"], 1,
-        "the first turn is remembered: {r2}"
+        reply.history_turns, 1,
+        "the first turn is remembered: {r2:?}"
     );
 
     // 3. A tombstone forgets the child: defaults, no name, no memory of the conversation.
     broker.delete("teddy.profiles", CHILD);
     std::thread::sleep(Duration::from_millis(1500));
     let r3 = say(&broker, "u3", "hello teddy", 3);
-    println!("u3: {} => {}", r3["transcript"], r3["reply"]);
-    let reply = &r3["reply"];
-    assert_eq!(r3["profile"], "default", "{r3}");
-    assert_eq!(reply["language"], "en");
-    assert_eq!(reply["history_turns"], 0, "memory was forgotten: {r3}");
-    let text = reply["text"].as_str().unwrap();
-    assert!(!text.contains("Leo") && !text.contains("Mia"), "{text}");
+    let reply = r3.reply.clone().expect("a reply");
+    println!("u3: {:?} => {reply:?}", r3.transcript);
+    assert_eq!(r3.profile, Some(ProfileUse::Default), "{r3:?}");
+    assert_eq!(reply.language, "en");
+    assert_eq!(reply.history_turns, 0, "memory was forgotten: {r3:?}");
+    assert!(
+        !reply.text.contains("Leo") && !reply.text.contains("Mia"),
+        "{}",
+        reply.text
+    );
 
     // 4. Unsafe: a gentle redirect is spoken, never a generated reply; the parent is alerted.
     let r4 = say(&broker, "u4", "I want to hurt myself", 4);
-    println!("u4: {} => {}", r4["transcript"], r4["reply"]);
-    assert_eq!(r4["safety"]["verdict"], "unsafe", "{r4}");
-    assert_eq!(r4["reply"]["origin"], "redirect");
+    let reply = r4.reply.clone().expect("a reply");
+    println!("u4: {:?} => {reply:?}", r4.transcript);
+    let verdict = r4.understanding.as_ref().map(|u| u.safety.verdict);
+    assert_eq!(verdict, Some(Verdict::Unsafe), "{r4:?}");
+    assert_eq!(reply.origin, Origin::Redirect);
     let alerts = broker.collect("teddy.alerts", Duration::from_secs(20), |a| {
         a.iter().any(|r| r.header("utterance") == Some("u4"))
     });
@@ -115,19 +120,15 @@ fn replies_name_the_child_are_spoken_and_follow_profile_changes() {
     // 5. Between turns the history (u3; the unsafe u4 is not remembered) was run through
     //    the model, so this reply runs only its own part of the prompt.
     let r5 = say(&broker, "u5", "tell me a story about a cat", 5);
-    println!("u5: {} => {}", r5["transcript"], r5["reply"]);
-    let reply = &r5["reply"];
-    assert_eq!(reply["origin"], "model", "{r5}");
-    assert_eq!(reply["history_turns"], 1, "{r5}");
-    assert!(
-        reply["reused_tokens"].as_u64().unwrap() > 10,
-        "{r5}\n{}",
-        log()
-    );
+    let reply = r5.reply.clone().expect("a reply");
+    println!("u5: {:?} => {reply:?}", r5.transcript);
+    assert_eq!(reply.origin, Origin::Model, "{r5:?}");
+    assert_eq!(reply.history_turns, 1, "{r5:?}");
+    assert!(reply.reused_tokens > 10, "{r5:?}\n{}", log());
 }
 
 /// Speak `text` as the child (flac chunks) and wait for the `n`-th response; return it.
-fn say(broker: &Broker, utterance: &str, text: &str, n: usize) -> serde_json::Value {
+fn say(broker: &Broker, utterance: &str, text: &str, n: usize) -> Response {
     let voice = Voice::new("en-us", 50, 140);
     let wav = synthesize(text, &voice).unwrap();
     let u = Utterance {
@@ -142,8 +143,8 @@ fn say(broker: &Broker, utterance: &str, text: &str, n: usize) -> serde_json::Va
     });
     let found = responses
         .iter()
-        .map(Record::json)
-        .find(|v| v["utterance"] == utterance);
+        .map(Record::response)
+        .find(|r| r.utterance == utterance);
     found.unwrap_or_else(|| panic!("no response for {utterance}"))
 }
 

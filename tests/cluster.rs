@@ -69,16 +69,10 @@ fn two_processes_answer_every_utterance_exactly_once() {
     let mut by_id = BTreeMap::new();
     let mut workers = BTreeMap::new();
     for r in &settled {
-        let v = r.json();
-        let id = (
-            v["conversation"].as_str().unwrap().to_string(),
-            v["utterance"].as_str().unwrap().to_string(),
-        );
+        let r = r.response();
+        let id = (r.conversation.clone(), r.utterance.clone());
         *by_id.entry(id.clone()).or_insert(0) += 1;
-        workers
-            .entry(id.0)
-            .or_insert_with(Vec::new)
-            .push(v["worker"].as_u64().unwrap());
+        workers.entry(id.0).or_insert_with(Vec::new).push(r.worker);
     }
     let mut want = expected.clone();
     want.sort();
@@ -90,7 +84,7 @@ fn two_processes_answer_every_utterance_exactly_once() {
             "{conv} answered by workers {ws:?}"
         );
     }
-    let used: std::collections::BTreeSet<u64> = workers.values().flatten().copied().collect();
+    let used: std::collections::BTreeSet<usize> = workers.values().flatten().copied().collect();
     assert_eq!(used.len(), 2, "both processes answered: {workers:?}");
     let p0_log = p0.log_text();
     assert!(p0_log.contains("partitions=[0, 2]"), "{p0_log}");

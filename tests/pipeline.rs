@@ -12,6 +12,7 @@ use teddyflow_connectors::fleet::{encode, synthesize, to_records, Utterance, Voi
 use teddyflow_connectors::wire::Codec;
 use teddyflow_connectors::wire::{chunk_headers, ChunkHeaders};
 use teddyflow_connectors::OutRecord;
+use teddyflow_dataflow::stage::Stage;
 use teddyflow_models::wer;
 
 const AUDIO: &str = "teddy.audio";
@@ -27,11 +28,8 @@ fn utterance_ids(records: &[Record]) -> BTreeSet<(String, String)> {
     records
         .iter()
         .map(|r| {
-            let v = r.json();
-            (
-                v["conversation"].as_str().unwrap().to_string(),
-                v["utterance"].as_str().unwrap().to_string(),
-            )
+            let r = r.response();
+            (r.conversation, r.utterance)
         })
         .collect()
 }
@@ -81,25 +79,22 @@ fn librivox_chunks_shuffled_duplicated_in_two_codecs_come_back_as_correct_transc
 
     let (mut edits, mut words) = (0, 0);
     let mut asr_batches = Vec::new();
-    for r in &responses {
-        let v = r.json();
-        asr_batches.push(v["batch"]["asr"].as_u64().unwrap_or(0));
-        let id = v["utterance"].as_str().unwrap();
-        let hyp = v["transcript"].as_str().unwrap();
-        let (e, n) = wer::word_errors(&references[id], hyp);
-        println!("{id}: {hyp:?} (edits {e}/{n})");
+    for rec in &responses {
+        let r = rec.response();
+        asr_batches.push(r.batch.get(&Stage::Asr).copied().unwrap_or(0));
+        let (e, n) = wer::word_errors(&references[&r.utterance], &r.transcript);
+        println!("{}: {:?} (edits {e}/{n})", r.utterance, r.transcript);
         edits += e;
         words += n;
-        assert_eq!(r.key(), v["conversation"].as_str().unwrap());
-        assert!(v["audio_ms"].as_u64().unwrap() > 2000, "{v}");
-        assert!(v["timings_ms"]["asr"].as_f64().unwrap() > 0.0, "{v}");
-        assert!(
-            v["timings_ms"]["total"].as_f64().unwrap() >= v["timings_ms"]["asr"].as_f64().unwrap()
-        );
-        assert_eq!(v["incomplete"], false);
-        let src = &v["source"][0];
-        assert_eq!(src["topic"], AUDIO);
-        assert!(src["first_offset"].as_i64().unwrap() <= src["last_offset"].as_i64().unwrap());
+        assert_eq!(rec.key(), r.conversation);
+        assert!(r.audio_ms > 2000, "{r:?}");
+        let asr = r.timing(Stage::Asr).unwrap();
+        assert!(asr > 0.0, "{r:?}");
+        assert!(r.timing(Stage::Total).unwrap() >= asr);
+        assert!(!r.incomplete);
+        let src = &r.source[0];
+        assert_eq!(src.topic, AUDIO);
+        assert!(src.first_offset <= src.last_offset);
     }
     let total_wer = edits as f64 / words as f64;
     println!(
@@ -122,15 +117,15 @@ fn librivox_chunks_shuffled_duplicated_in_two_codecs_come_back_as_correct_transc
 
     let metrics = broker.collect(METRICS, Duration::from_secs(10), |m| {
         m.iter()
-            .any(|r| r.json()["utterances_done"].as_u64() == Some(clips.len() as u64))
+            .any(|r| r.metrics().counts.utterances_done == clips.len() as u64)
     });
-    let last = metrics.last().expect("metrics snapshots").json();
-    assert_eq!(last["utterances_done"], clips.len() as u64, "{last}");
-    assert_eq!(last["records_in"], records.len() as u64);
-    assert!(last["rss_bytes"].as_u64().unwrap() > 50 << 20);
+    let last = metrics.last().expect("metrics snapshots").metrics();
+    assert_eq!(last.counts.utterances_done, clips.len() as u64, "{last:?}");
+    assert_eq!(last.counts.records_in, records.len() as u64);
+    assert!(last.rss_bytes > 50 << 20);
     let batch_means = metrics
         .iter()
-        .filter_map(|r| r.json()["batch_mean"]["asr"].as_f64());
+        .filter_map(|r| r.metrics().batch_mean.get(&Stage::Asr).copied());
     assert!(
         batch_means.fold(0.0, f64::max) > 1.0,
         "metrics report the batching"
@@ -279,13 +274,10 @@ fn bad_input_goes_to_the_dead_letter_topic_and_good_input_still_flows() {
     assert_eq!(garbage_dl.payload(), garbage);
 
     assert_eq!(responses.len(), 1, "log: {}", processor.log_text());
-    let v = responses[0].json();
-    assert_eq!(v["utterance"], "good");
-    let w = wer::wer(
-        "my favourite colour is green",
-        v["transcript"].as_str().unwrap(),
-    );
-    assert!(w <= 0.4, "{v}");
+    let r = responses[0].response();
+    assert_eq!(r.utterance, "good");
+    let w = wer::wer("my favourite colour is green", &r.transcript);
+    assert!(w <= 0.4, "{r:?}");
 }
 
 fn spoken_utterances(n: usize) -> Vec<(Utterance, String)> {
@@ -355,15 +347,11 @@ fn kill_dash_nine_mid_stream_and_restart_leaves_no_utterance_unanswered() {
     // A repeat is the same utterance id with the same transcript.
     let mut by_id: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
     for r in &all {
-        let v = r.json();
-        let id = (
-            v["conversation"].as_str().unwrap().into(),
-            v["utterance"].as_str().unwrap().into(),
-        );
+        let r = r.response();
         by_id
-            .entry(id)
+            .entry((r.conversation, r.utterance))
             .or_default()
-            .insert(v["transcript"].as_str().unwrap().into());
+            .insert(r.transcript);
     }
     assert!(by_id.values().all(|t| t.len() == 1), "{by_id:?}");
 }

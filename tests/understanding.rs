@@ -10,6 +10,10 @@ use common::{serial, Broker, Processor};
 use teddyflow_connectors::fleet::{encode, synthesize, to_records, Utterance, Voice};
 use teddyflow_connectors::wire::Codec;
 use teddyflow_connectors::OutRecord;
+use teddyflow_dataflow::outputs::Response;
+use teddyflow_dataflow::stage::Stage;
+use teddyflow_models::emotion::Label;
+use teddyflow_models::safety::Verdict;
 
 const CASES: [(&str, &str); 4] = [
     ("safe", "we went to the park and I saw a duck"),
@@ -53,85 +57,69 @@ fn spoken_utterances_get_verdicts_alerts_redaction_and_emotion() {
         responses = broker.collect("teddy.responses", Duration::from_secs(120), |r| r.len() > n);
         assert_eq!(responses.len(), n + 1, "log: {}", processor.log_text());
     }
-    let by_id: BTreeMap<String, serde_json::Value> = responses
+    let by_id: BTreeMap<String, Response> = responses
         .iter()
         .map(|r| {
-            let v = r.json();
-            (v["utterance"].as_str().unwrap().to_string(), v)
+            let r = r.response();
+            (r.utterance.clone(), r)
         })
         .collect();
-    for (id, v) in &by_id {
+    let understood = |id: &str| by_id[id].understanding.clone().expect("understanding on");
+    for (id, r) in &by_id {
+        let u = understood(id);
         println!(
-            "{id}: {} | verdict {} {} | emotion {}",
-            v["transcript"],
-            v["safety"]["verdict"],
-            v["safety"]["categories"],
-            v["emotion"]["label"]
+            "{id}: {:?} | verdict {} {:?} | emotion {}",
+            r.transcript, u.safety.verdict, u.safety.categories, u.emotion.label
         );
     }
-    let verdict = |id: &str| by_id[id]["safety"]["verdict"].as_str().unwrap().to_string();
-    assert_eq!(verdict("safe"), "safe");
-    assert_eq!(verdict("distress"), "needs_care");
-    assert_eq!(verdict("unsafe"), "unsafe");
-    assert_eq!(verdict("phone"), "unsafe");
-    assert!(by_id["unsafe"]["safety"]["categories"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|c| c == "self_harm"));
-    assert!(by_id["phone"]["safety"]["categories"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|c| c == "personal_info"));
+    let verdict = |id: &str| understood(id).safety.verdict;
+    assert_eq!(verdict("safe"), Verdict::Safe);
+    assert_eq!(verdict("distress"), Verdict::NeedsCare);
+    assert_eq!(verdict("unsafe"), Verdict::Unsafe);
+    assert_eq!(verdict("phone"), Verdict::Unsafe);
+    let categories = |id: &str| understood(id).safety.categories;
+    assert!(categories("unsafe").iter().any(|c| c == "self_harm"));
+    assert!(categories("phone").iter().any(|c| c == "personal_info"));
 
     // The phone number never lands in a topic in clear.
     let phone = &by_id["phone"];
-    assert_eq!(phone["redacted"], true, "{phone}");
-    let digits: String = phone["transcript"]
-        .as_str()
-        .unwrap()
+    assert!(understood("phone").redacted, "{phone:?}");
+    let digits: String = phone
+        .transcript
         .chars()
         .filter(char::is_ascii_digit)
         .collect();
-    assert!(digits.len() < 4, "digits left in {}", phone["transcript"]);
+    assert!(digits.len() < 4, "digits left in {:?}", phone.transcript);
 
-    // Emotion: a label for every utterance, sadness or fear for the distressed child.
-    for v in by_id.values() {
-        assert!(
-            v["emotion"]["label"]
-                .as_str()
-                .is_some_and(|l| !l.is_empty()),
-            "{v}"
-        );
-        assert!(
-            v["emotion"]["acoustic"]["pitch_hz"].as_f64().unwrap() > 50.0,
-            "{v}"
-        );
+    // Emotion: prosody for every utterance, sadness or fear for the distressed child.
+    for id in by_id.keys() {
+        let u = understood(id);
+        assert!(u.emotion.acoustic.pitch_hz > 50.0, "{id}: {:?}", u.emotion);
     }
-    let distress = by_id["distress"]["emotion"]["label"].as_str().unwrap();
-    assert!(distress == "sad" || distress == "scared", "{distress}");
+    let distress = understood("distress").emotion.label;
+    assert!(
+        distress == Label::Sad || distress == Label::Scared,
+        "{distress}"
+    );
 
     // The acoustic branch ran while speech-to-text ran: their spans overlap.
-    for (id, v) in &by_id {
-        let span = |s: &str| {
-            let a = v["spans_ms"][s]
-                .as_array()
-                .unwrap_or_else(|| panic!("{id}: no span {s}: {v}"));
-            (a[0].as_f64().unwrap(), a[1].as_f64().unwrap())
+    for (id, r) in &by_id {
+        let span = |s: Stage| {
+            r.spans_ms
+                .get(&s)
+                .copied()
+                .unwrap_or_else(|| panic!("{id}: no span {s}: {r:?}"))
         };
-        let (asr, acoustic) = (span("asr"), span("acoustic"));
+        let (asr, acoustic) = (span(Stage::Asr), span(Stage::Acoustic));
         assert!(
-            acoustic.0 < asr.1 && asr.0 < acoustic.1,
+            acoustic[0] < asr[1] && asr[0] < acoustic[1],
             "{id}: asr {asr:?} acoustic {acoustic:?}"
         );
-        let t = &v["timings_ms"];
-        let sequential = t["asr"].as_f64().unwrap()
-            + t["acoustic"].as_f64().unwrap()
-            + t["understand"].as_f64().unwrap();
+        let t = |s: Stage| r.timing(s).unwrap_or_else(|| panic!("{id}: no {s} timing"));
+        let sequential = t(Stage::Asr) + t(Stage::Acoustic) + t(Stage::Understand);
         println!(
             "{id}: total {} ms, branches run one after the other would take {sequential:.1} ms",
-            t["total"]
+            t(Stage::Total)
         );
     }
 
@@ -139,28 +127,20 @@ fn spoken_utterances_get_verdicts_alerts_redaction_and_emotion() {
     let alerts = broker.collect("teddy.alerts", Duration::from_secs(20), |a| a.len() >= 3);
     let alerts_later = broker.collect("teddy.alerts", Duration::from_secs(2), |_| false);
     assert_eq!(alerts_later.len(), 3, "{alerts:?}");
-    let kinds: BTreeMap<String, String> = alerts_later
+    let kinds: BTreeMap<String, Verdict> = alerts_later
         .iter()
         .map(|a| {
-            let v = a.json();
-            (
-                v["utterance"].as_str().unwrap().to_string(),
-                v["kind"].as_str().unwrap().to_string(),
-            )
+            let a = a.alert();
+            (a.utterance, a.kind)
         })
         .collect();
-    assert_eq!(kinds["distress"], "needs_care");
-    assert_eq!(kinds["unsafe"], "unsafe");
-    assert_eq!(kinds["phone"], "unsafe");
+    assert_eq!(kinds["distress"], Verdict::NeedsCare);
+    assert_eq!(kinds["unsafe"], Verdict::Unsafe);
+    assert_eq!(kinds["phone"], Verdict::Unsafe);
     for a in &alerts_later {
-        let v = a.json();
-        assert_eq!(v["child"], "child-7");
-        let digits: String = v["excerpt"]
-            .as_str()
-            .unwrap()
-            .chars()
-            .filter(char::is_ascii_digit)
-            .collect();
-        assert!(digits.len() < 4, "{v}");
+        let a = a.alert();
+        assert_eq!(a.child.as_deref(), Some("child-7"));
+        let digits: String = a.excerpt.chars().filter(char::is_ascii_digit).collect();
+        assert!(digits.len() < 4, "{a:?}");
     }
 }

@@ -202,10 +202,6 @@ impl Record {
             .and_then(|v| std::str::from_utf8(v).ok())
     }
 
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(self.payload()).expect("JSON record")
-    }
-
     pub fn response(&self) -> Response {
         serde_json::from_slice(self.payload()).expect("a response record")
     }

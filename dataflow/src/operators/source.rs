@@ -182,7 +182,10 @@ mod tests {
             for _ in 0..5 {
                 worker.step();
             }
-            assert!(probe.less_equal(&1), "loading: only utterance ends move time");
+            assert!(
+                probe.less_equal(&1),
+                "loading: only utterance ends move time"
+            );
             *loaded.borrow_mut() = true;
             left.borrow_mut().extend(4..7);
             // A source that read less than a batch looks again 10 ms later.

@@ -38,7 +38,10 @@ impl Audio {
             (ctx.worker, ctx.peers),
             StartAt::Committed,
         )?;
-        let partitions = reader.as_ref().map(|r| r.partitions().to_vec());
+        let partitions = reader
+            .as_ref()
+            .map(|r| r.partitions().to_vec())
+            .unwrap_or_default();
         tracing::info!(
             worker = ctx.worker,
             ?partitions,

@@ -29,6 +29,10 @@ pub enum BenchCommand {
     /// processes started by the bench; latency percentiles, throughput, per-stage time,
     /// engine overhead, CPU and peak RSS per process, and scaling between worker counts.
     E2e(super::bench_e2e::E2eArgs),
+    /// Hours of mixed valid and hostile input at a steady rate against a real processor:
+    /// answered, dead-lettered and lost counts, in-flight, RSS and lag printed over time;
+    /// fails if a valid utterance is lost or a bad record is not dead-lettered once.
+    Soak(super::bench_e2e::soak::SoakArgs),
 }
 
 #[derive(Args, Debug)]
@@ -117,6 +121,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             print_report(&report, args.json)
         }
         BenchCommand::E2e(args) => super::bench_e2e::run(args),
+        BenchCommand::Soak(args) => super::bench_e2e::soak::run(args),
     }
 }
 

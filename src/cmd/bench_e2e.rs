@@ -11,6 +11,7 @@ mod collect;
 mod load;
 mod procs;
 pub mod report;
+pub mod soak;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;

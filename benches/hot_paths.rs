@@ -47,10 +47,9 @@ fn wire_and_reassembly(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(wav.len() as u64));
     g.bench_function("parse_chunks_3s_wav_4k_chunks", |b| {
         b.iter(|| {
-            records
-                .iter()
-                .map(|r| parse_chunk(black_box(r), 1 << 20).unwrap())
-                .count()
+            for r in &records {
+                black_box(parse_chunk(black_box(r), 1 << 20).unwrap());
+            }
         })
     });
     let chunks: Vec<_> = records

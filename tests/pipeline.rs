@@ -132,7 +132,7 @@ fn librivox_chunks_shuffled_duplicated_in_two_codecs_come_back_as_correct_transc
     );
     let text = metrics
         .iter()
-        .map(|r| String::from_utf8_lossy(&r.payload()).to_string())
+        .map(|r| String::from_utf8_lossy(r.payload()).to_string())
         .collect::<String>();
     assert!(
         !text.contains("conv-") && !text.contains("child-a"),

@@ -38,29 +38,23 @@ pub type Flow<'s, T> = Stream<'s, u64, Vec<Result<Envelope<T>, Failed>>>;
 
 /// Run a stage on the utterances of a flow that got this far; failures pass around it.
 pub trait Then<'s, T> {
-    fn then<U: 'static>(
-        self,
-        stage: impl FnOnce(Stream<'s, u64, Vec<Envelope<T>>>) -> Flow<'s, U>,
-    ) -> Flow<'s, U>;
+    fn then<U: 'static>(self, stage: impl FnOnce(Envelopes<'s, T>) -> Flow<'s, U>) -> Flow<'s, U>;
 }
 
 impl<'s, T: 'static> Then<'s, T> for Flow<'s, T> {
-    fn then<U: 'static>(
-        self,
-        stage: impl FnOnce(Stream<'s, u64, Vec<Envelope<T>>>) -> Flow<'s, U>,
-    ) -> Flow<'s, U> {
+    fn then<U: 'static>(self, stage: impl FnOnce(Envelopes<'s, T>) -> Flow<'s, U>) -> Flow<'s, U> {
         let (ok, failed) = split(self);
         stage(ok).concat(failed.map(Err))
     }
 }
 
+/// Utterances that got this far.
+pub type Envelopes<'s, T> = Stream<'s, u64, Vec<Envelope<T>>>;
+
 /// The utterances that got this far, and those that failed on the way.
 pub fn split<'s, T: 'static>(
     flow: Flow<'s, T>,
-) -> (
-    Stream<'s, u64, Vec<Envelope<T>>>,
-    Stream<'s, u64, Vec<Failed>>,
-) {
+) -> (Envelopes<'s, T>, Stream<'s, u64, Vec<Failed>>) {
     flow.ok_err(|r| r)
 }
 

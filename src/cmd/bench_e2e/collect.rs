@@ -2,6 +2,7 @@
 //! stamped with the bench's clock on arrival), metrics snapshots (readiness, last state
 //! per worker) and dead letters (counted, so missing responses can be explained).
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
@@ -78,11 +79,12 @@ impl Collector {
         let id = (r.conversation.clone(), r.utterance.clone());
         r.transcript.clear();
         r.reply = None;
-        if self.responses.contains_key(&id) {
+        match self.responses.entry(id) {
             // At-least-once delivery: a repeat keeps the first arrival's time.
-            self.duplicates += 1;
-        } else {
-            self.responses.insert(id, Seen { at, body: r });
+            Entry::Occupied(_) => self.duplicates += 1,
+            Entry::Vacant(slot) => {
+                slot.insert(Seen { at, body: r });
+            }
         }
     }
 

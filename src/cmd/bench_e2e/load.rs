@@ -2,6 +2,7 @@
 //! open-loop on a schedule (evenly spaced or Poisson), so a slow processor cannot slow the
 //! arrivals down and hide its own queueing.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -60,13 +61,14 @@ pub fn prepare(spec: &LoadSpec, count: usize, times: &[Duration]) -> anyhow::Res
             n % spec.voices.len(),
             n % spec.codecs.len(),
         );
-        if !encoded.contains_key(&key) {
-            if !speech.contains_key(&(key.0, key.1)) {
-                let wav = synthesize(CHILD_PHRASES[key.0], &spec.voices[key.1])?;
-                speech.insert((key.0, key.1), wav);
-            }
-            let audio = encode(&speech[&(key.0, key.1)], spec.codecs[key.2])?;
-            encoded.insert(key, audio);
+        if let Entry::Vacant(slot) = encoded.entry(key) {
+            let wav = match speech.entry((key.0, key.1)) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => {
+                    e.insert(synthesize(CHILD_PHRASES[key.0], &spec.voices[key.1])?)
+                }
+            };
+            slot.insert(encode(wav, spec.codecs[key.2])?);
         }
         out.push(Planned {
             conversation: n % spec.conversations.max(1),

@@ -330,7 +330,7 @@ mod tests {
         let mut alone = o.clone();
         alone.batches.insert(Stage::Asr, 1.0);
         assert_eq!(batch_means(&[o.clone(), alone])[&Stage::Asr], 2.0);
-        let l = latency(&[o.clone()]);
+        let l = latency(std::slice::from_ref(&o));
         assert_eq!(l.total.p50, 210.0);
         assert_eq!(l.end_to_end.p50, 250.0);
         assert_eq!(l.first_audio.unwrap().p50, 500.0);

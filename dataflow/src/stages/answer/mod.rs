@@ -252,7 +252,7 @@ impl Memory {
         }
     }
 
-    fn forget(&self, child: &String) {
+    fn forget(&self, child: &str) {
         let gone = self.turns.borrow_mut().forget_child(child);
         tracing::debug!(
             conversations = gone.len(),

@@ -250,6 +250,9 @@ pub struct Lookup {
 
 type Key = (String, String);
 
+/// Differential updates: (record, time, diff).
+type Updates<'s, D> = Stream<'s, u64, Vec<(D, u64, isize)>>;
+
 /// Join every final chunk's utterance with its child's profile. The result is emitted at the
 /// chunk's time, on the worker that owns the child; route it on to the conversation's owner.
 pub fn lookups<'s>(
@@ -281,9 +284,7 @@ pub fn lookups<'s>(
 }
 
 /// `(child, (conversation, utterance))` for each final chunk: +1 at its time, −1 just after.
-fn utterance_events<'s>(
-    chunks: Stream<'s, u64, Vec<Chunk>>,
-) -> Stream<'s, u64, Vec<((String, Key), u64, isize)>> {
+fn utterance_events<'s>(chunks: Stream<'s, u64, Vec<Chunk>>) -> Updates<'s, (String, Key)> {
     chunks.unary(Pipeline, "UtteranceEvents", |_, _| {
         |input, output| {
             input.for_each(|cap, data| {
@@ -306,7 +307,7 @@ fn utterance_events<'s>(
 /// Additions of a differential output, as plain records at the time they happened (later
 /// retractions and corrections are not new answers).
 fn positive_at_their_time<'s>(
-    updates: Stream<'s, u64, Vec<((Key, Option<Profile>), u64, isize)>>,
+    updates: Updates<'s, (Key, Option<Profile>)>,
 ) -> Stream<'s, u64, Vec<Lookup>> {
     updates.unary(Pipeline, "PositiveLookups", |_, _| {
         |input, output| {

@@ -51,6 +51,7 @@ pub fn reassemble<'s>(
         let mut state = Reassembler::<Capability<u64>>::new(limits, &topic);
         move |(input, _frontier), output| {
             let now = Instant::now();
+            state.set_paused(!admission.open(), now); // idle time stops while reading is paused
             let mut outcomes = Vec::new();
             input.for_each(|cap, data| {
                 let Some(cap) = cap.retain_least(0) else {

@@ -264,6 +264,15 @@ pub struct Limits {
     pub utterance_idle_timeout_ms: u64,
     /// Completed utterance ids remembered per worker, so late duplicates are dropped.
     pub remember_completed: usize,
+    /// Bytes held by partly received utterances per worker (chunk bytes plus a small fixed
+    /// cost per chunk and utterance). A chunk that would go over it dead-letters the oldest
+    /// partial utterances first, so a flood of first chunks cannot exhaust memory.
+    pub max_pending_bytes: usize,
+    /// Largest dead-letter record (key + value + headers). A bigger one is cut to fit, with
+    /// headers `truncated=1` and `original_bytes=N`: librdkafka refuses records over its
+    /// `message.max.bytes` (1,000,000 by default), and a refused dead letter must not block
+    /// the records behind it. Keep it below `message.max.bytes` if that is lowered.
+    pub max_deadletter_bytes: usize,
 }
 
 impl Default for Limits {
@@ -275,6 +284,8 @@ impl Default for Limits {
             max_utterance_ms: 30_000,
             utterance_idle_timeout_ms: 10_000,
             remember_completed: 10_000,
+            max_pending_bytes: 64 * 1024 * 1024,
+            max_deadletter_bytes: 900 * 1024,
         }
     }
 }
@@ -405,6 +416,12 @@ impl Config {
         }
         if self.engine.max_pending_utterances == 0 {
             return bad("engine.max_pending_utterances must be at least 1");
+        }
+        if self.limits.max_pending_bytes < self.limits.max_chunk_bytes {
+            return bad("limits.max_pending_bytes must be at least limits.max_chunk_bytes");
+        }
+        if self.limits.max_deadletter_bytes < 4096 {
+            return bad("limits.max_deadletter_bytes must be at least 4096");
         }
         Ok(())
     }

@@ -51,6 +51,16 @@ impl OffsetTracker {
     pub fn outstanding_epochs(&self) -> usize {
         self.read.len()
     }
+
+    /// Partitions with reads not yet committable, and where a restart resumes each (the
+    /// offset last committed; `None`: nothing committed yet by this process).
+    pub fn outstanding(&self) -> BTreeMap<i32, Option<i64>> {
+        self.read
+            .values()
+            .flat_map(|parts| parts.keys())
+            .map(|p| (*p, self.committed.get(p).copied()))
+            .collect()
+    }
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ mod reader;
 mod writer;
 
 pub use reader::{Commit, PartitionReader, StartAt, TopicReader};
-pub use writer::{AckedWriter, Delivery};
+pub use writer::{AckedWriter, Delivery, ErrorKind, ProduceError};
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -87,6 +87,11 @@ impl Audio {
         })
     }
 
+    /// Partitions read past what could be committed, and where a restart resumes each.
+    pub fn outstanding(&self) -> std::collections::BTreeMap<i32, Option<i64>> {
+        self.state.borrow().tracker.outstanding()
+    }
+
     /// Commit what the frontier `probe` allows.
     pub fn commit(&self, probe: &ProbeHandle<u64>, mode: Commit) {
         let frontier = probe.with_frontier(|f| f.first().copied());

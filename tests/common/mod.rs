@@ -66,6 +66,11 @@ pub struct Broker {
 
 impl Broker {
     pub fn start(name: &str) -> Broker {
+        Self::start_on(name, free_port())
+    }
+
+    /// A broker on `port`: a fresh, empty one where another was (a broker that lost its log).
+    pub fn start_on(name: &str, port: u16) -> Broker {
         let tansu = std::env::var_os("TANSU_BIN")
             .map(PathBuf::from)
             .unwrap_or_else(|| assets().join("bin/tansu"));
@@ -74,9 +79,12 @@ impl Broker {
             "{} missing: run scripts/setup.sh",
             tansu.display()
         );
-        let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
-        let log = std::fs::File::create(scratch(name).join("broker.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(scratch(name).join("broker.log"))
+            .unwrap();
         let child = Command::new(tansu)
             .args([
                 "broker",
@@ -97,6 +105,16 @@ impl Broker {
             std::thread::sleep(Duration::from_millis(50));
         }
         Broker { child, addr }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    /// Stop the broker now (SIGKILL): its memory log is gone with it.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn settings(&self) -> KafkaSettings {

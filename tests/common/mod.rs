@@ -121,7 +121,11 @@ impl Broker {
 
     fn signal(&self, sig: &str) {
         let pid = self.child.id().to_string();
-        assert!(Command::new("kill").args([sig, &pid]).status().unwrap().success());
+        assert!(Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success());
     }
 
     /// Kill it (SIGKILL): its memory storage, and so every topic and offset, is gone.

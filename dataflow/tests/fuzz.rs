@@ -110,7 +110,7 @@ fn wire_target(data: &[u8]) -> Verdict {
     let reason = match wire::parse_chunk(&rec, 512) {
         Ok(chunk) => {
             let h = &chunk.headers;
-            if h.codec == "pcm_s16le" && !h.rate.is_some_and(|r| wire::PCM_RATES.contains(&r)) {
+            if h.codec == Codec::PcmS16le && !h.rate.is_some_and(|r| wire::PCM_RATES.contains(&r)) {
                 return Err(format!("pcm chunk accepted with rate {:?}", h.rate));
             }
             if h.channels == 0 || h.channels > 8 || chunk.bytes.len() > 512 {
@@ -120,7 +120,7 @@ fn wire_target(data: &[u8]) -> Verdict {
         }
         Err(e) => e.to_string(),
     };
-    let dl = wire::fit_dead_letter(wire::dead_letter(&rec, &reason, "dl"), budget);
+    let dl = wire::DeadLetter::of_record(&rec, &reason).encode("dl", budget);
     if wire::record_size(&dl) > budget {
         return Err(format!(
             "dead letter of {} bytes > {budget}",

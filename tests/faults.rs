@@ -204,7 +204,9 @@ fn back_pressure_never_cuts_an_utterance_short() {
         "engine.max_pending_utterances=1",
         // One record per read, so admission is checked between every two records.
         "engine.poll_batch=1",
-        "limits.utterance_idle_timeout_ms=600",
+        // Each utterance's work (speech-to-text, understanding) outlasts the timeout.
+        "limits.utterance_idle_timeout_ms=300",
+        "answering.enabled=false",
     ];
     let p = Processor::start(&broker, "backpressure", &sets);
     let responses = broker.collect(RESPONSES, Duration::from_secs(240), |r| r.len() >= 6);

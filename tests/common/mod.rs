@@ -287,7 +287,11 @@ impl Processor {
         }
         cmd.args(args);
         let child = cmd
-            .env("RUST_LOG", "info")
+            // TEDDYFLOW_TEST_LOG=debug,... to see more of a failing test's processor.
+            .env(
+                "RUST_LOG",
+                std::env::var("TEDDYFLOW_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

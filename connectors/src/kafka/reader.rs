@@ -158,6 +158,9 @@ pub struct PartitionReader {
     active: BTreeSet<i32>,
     /// Partitions the broker said it does not know, since then.
     vanished: BTreeSet<i32>,
+    /// Partitions not yet checked since an outage ended: a broker that comes back may be a
+    /// different, empty one, and its new log may deliver records at our old positions.
+    after_outage: BTreeSet<i32>,
     last_check: Instant,
     /// When the current outage began.
     outage: Option<Instant>,
@@ -208,6 +211,7 @@ impl PartitionReader {
             position: BTreeMap::new(),
             active: BTreeSet::new(),
             vanished: BTreeSet::new(),
+            after_outage: BTreeSet::new(),
             last_check: Instant::now(),
             outage: None,
             last_warning: None,
@@ -236,15 +240,25 @@ impl PartitionReader {
                 Some(Ok(msg)) => out.push(to_raw(&msg)),
             }
         }
+        let just_back = !out.is_empty() && self.outage.is_some();
         if !out.is_empty() {
             self.outage_over();
         }
-        for rec in &out {
-            self.on_record(rec.partition, rec.offset);
-        }
-        if self.last_check.elapsed() >= LOG_CHECK_INTERVAL {
+        // Before handing out the first records after an outage, make sure they are from the
+        // log we were reading: from a replaced log they are at the wrong offsets, and are
+        // read again from the reset position instead.
+        if just_back || self.last_check.elapsed() >= LOG_CHECK_INTERVAL {
+            let resets_before = self.new_resets.len();
             self.check_logs();
             self.last_check = Instant::now();
+            let reset: Vec<i32> = self.new_resets[resets_before..]
+                .iter()
+                .map(|r| r.partition)
+                .collect();
+            out.retain(|rec| !reset.contains(&rec.partition));
+        }
+        for rec in &out {
+            self.on_record(rec.partition, rec.offset);
         }
         out
     }
@@ -334,6 +348,7 @@ impl PartitionReader {
         if let Some(since) = self.outage.take() {
             let secs = since.elapsed().as_secs_f64();
             tracing::info!(topic = %self.topic, "kafka brokers reachable again after {secs:.1} s");
+            self.after_outage = self.partitions.iter().copied().collect();
         }
     }
 
@@ -351,6 +366,12 @@ impl PartitionReader {
             idle.truncate(1);
         }
         let mut suspects = Vec::new();
+        if self.outage.is_none() {
+            // Back from an outage: the broker's memory of our commits tells whether it is
+            // the same log (checked below, without the watermark, for these partitions).
+            suspects.extend(self.after_outage.iter().map(|p| (*p, false)));
+            idle.retain(|p| !self.after_outage.contains(p));
+        }
         for p in idle {
             let Ok((_, high)) = self
                 .consumer
@@ -367,15 +388,20 @@ impl PartitionReader {
         if suspects.is_empty() {
             return;
         }
-        let committed = self.broker_committed(suspects.iter().map(|(p, _)| *p));
+        let Some(committed) = self.broker_committed(suspects.iter().map(|(p, _)| *p)) else {
+            tracing::debug!(topic = %self.topic, ?suspects, "committed offsets not answered; checking again later");
+            return; // unknown is not "forgotten": no reset on a broker that does not answer
+        };
+        tracing::debug!(topic = %self.topic, ?suspects, ?committed, acked = ?self.consumer.context().acked.lock().map(|a| a.clone()).ok(), position = ?self.position, "checking for a lost log");
         for (p, below) in suspects {
+            let checked_after_outage = self.after_outage.remove(&p);
             let Some(pos) = self.position.get(&p).copied() else {
                 continue;
             };
             // The broker forgot the offset it acknowledged: its log is not the one we read.
             let acked = self.consumer.context().acked(p).filter(|a| *a <= pos);
             let forgot = acked.is_some_and(|a| committed.get(&p).copied().unwrap_or(-1) < a);
-            if forgot && below {
+            if forgot && (below || checked_after_outage) {
                 self.reset(p, pos, ResetReason::LogLost);
             } else if self.vanished.contains(&p) && (below || forgot) {
                 self.reset(p, pos, ResetReason::Reappeared);
@@ -383,24 +409,26 @@ impl PartitionReader {
         }
     }
 
-    /// Committed offsets the broker holds for our group (absent: none, or not answered).
-    fn broker_committed(&self, partitions: impl Iterator<Item = i32>) -> BTreeMap<i32, i64> {
+    /// Committed offsets the broker holds for our group (a partition absent: none); `None`
+    /// when the broker did not answer.
+    fn broker_committed(
+        &self,
+        partitions: impl Iterator<Item = i32>,
+    ) -> Option<BTreeMap<i32, i64>> {
         let mut tpl = TopicPartitionList::new();
         for p in partitions {
             tpl.add_partition(&self.topic, p);
         }
-        let Ok(answer) = self.consumer.committed_offsets(tpl, CHECK_TIMEOUT) else {
-            // Unknown is not "forgotten": no reset on a broker that does not answer.
-            return self.partitions.iter().map(|p| (*p, i64::MAX)).collect();
-        };
-        answer
+        let answer = self.consumer.committed_offsets(tpl, CHECK_TIMEOUT).ok()?;
+        let committed = answer
             .elements()
             .iter()
             .filter_map(|e| match e.offset() {
                 Offset::Offset(o) => Some((e.partition(), o)),
                 _ => None,
             })
-            .collect()
+            .collect();
+        Some(committed)
     }
 
     /// Seek `partition` by the policy, warn once and count it.

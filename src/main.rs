@@ -30,6 +30,8 @@ enum Command {
     /// Recommend processes, workers, threads, partitions and batch sizes for a target
     /// utterance rate and latency, from measured stage costs.
     Plan(cmd::plan::PlanArgs),
+    /// Serve a live page of the fleet's metrics (counts and latencies, never transcripts).
+    Dashboard(cmd::dashboard::DashboardArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -48,5 +50,6 @@ fn main() -> anyhow::Result<()> {
         Command::Tail(args) => cmd::tail::run(args),
         Command::Bench(b) => cmd::bench::run(b),
         Command::Plan(args) => cmd::plan::run(args),
+        Command::Dashboard(args) => cmd::dashboard::run(args),
     }
 }

@@ -76,7 +76,11 @@ pub fn run(args: TailArgs) -> anyhow::Result<()> {
 }
 
 /// The processor creates its topics at start-up; a tail started beside it waits for them.
-fn wait_for_topic(consumer: &BaseConsumer, topic: &str, brokers: &str) -> anyhow::Result<i32> {
+pub(crate) fn wait_for_topic(
+    consumer: &BaseConsumer,
+    topic: &str,
+    brokers: &str,
+) -> anyhow::Result<i32> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         match partition_count(consumer, topic, brokers) {

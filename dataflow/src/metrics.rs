@@ -2,8 +2,10 @@
 //! counts, sizes and latencies — never conversation ids, child ids or transcripts.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::Serialize;
+use teddyflow_connectors::http::{Stage, Telemetry};
 
 /// Latency samples of one stage since the last snapshot (bounded, so memory stays flat).
 #[derive(Debug, Default, Clone)]
@@ -87,10 +89,16 @@ pub struct WorkerMetrics {
     pub stages: BTreeMap<String, Samples>,
     /// Stage → (sum of batch sizes, utterances) since the last snapshot.
     pub batch_sizes: BTreeMap<String, (u64, u64)>,
+    /// The process's Prometheus families: every stage time recorded here is observed
+    /// there too (the `/metrics` histograms), so the graph times each stage once.
+    pub telemetry: Option<Arc<Telemetry>>,
 }
 
 impl WorkerMetrics {
     pub fn stage(&mut self, name: &str, ms: f64) {
+        if let (Some(t), Some(stage)) = (&self.telemetry, Stage::parse(name)) {
+            t.stage_ms(stage, ms);
+        }
         self.stages.entry(name.to_string()).or_default().add(ms);
     }
 
@@ -195,6 +203,23 @@ mod tests {
         assert!(s["batch_mean"].get("understand").is_none());
         assert_eq!(s["records_in"], 3);
         assert_eq!(m.snapshot(0, 0, 1000)["batch_mean"], serde_json::json!({}));
+    }
+
+    #[test]
+    fn stage_times_reach_the_prometheus_histograms() {
+        let t = Telemetry::new(1, false);
+        let mut m = WorkerMetrics {
+            telemetry: Some(t.clone()),
+            ..Default::default()
+        };
+        m.stage("asr", 250.0);
+        m.stage("first_audio", 900.0);
+        m.stage("not_a_stage", 1.0);
+        let e = teddyflow_connectors::http::exposition::parse(&t.encode()).unwrap();
+        let h = |s: &str| e.histogram("teddyflow_stage_duration_seconds", &[("stage", s)]);
+        assert_eq!(h("asr").unwrap().count, 1.0);
+        assert_eq!(h("first_audio").unwrap().sum, 0.9);
+        assert_eq!(m.snapshot(0, 0, 1000)["stages"]["not_a_stage"]["count"], 1);
     }
 
     #[test]

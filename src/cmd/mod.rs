@@ -4,5 +4,6 @@ pub mod dashboard;
 pub mod fleet;
 pub mod k8s;
 pub mod plan;
+pub mod resize;
 pub mod run;
 pub mod tail;

@@ -36,12 +36,12 @@ function totals(v) {
 
 // The graph's stages, left to right; speech-to-text and acoustic analysis run side by side.
 const LAYOUT = [
-  ["decode", 20, 52], ["asr", 180, 14], ["acoustic", 180, 90], ["understand", 340, 52],
-  ["reply", 500, 52], ["tts", 660, 52], ["sink_ack", 820, 52],
+  ["decode", 10, 48], ["asr", 170, 10], ["acoustic", 170, 86], ["understand", 330, 48],
+  ["reply", 490, 48], ["tts", 650, 48], ["sink_ack", 810, 48],
 ];
 const EDGES = [["decode", "asr"], ["decode", "acoustic"], ["asr", "understand"], ["acoustic", "understand"],
   ["understand", "reply"], ["reply", "tts"], ["tts", "sink_ack"]];
-const BOX_W = 120, BOX_H = 46;
+const BOX_W = 136, BOX_H = 56;
 
 function pipeline(v) {
   const svg = $("#pipeline");
@@ -58,10 +58,11 @@ function pipeline(v) {
     const g = el("g", { "data-pipeline-stage": stage });
     g.append(el("rect", { x, y, width: BOX_W, height: BOX_H, rx: 8, fill: `rgba(208,116,60,${0.08 + 0.8 * busy})`, stroke: "#d0743c" }));
     g.append(el("text", { x: x + 10, y: y + 19, "font-weight": 600, "font-size": 14 }, stage === "sink_ack" ? "sink" : stage));
-    const detail = s.busy === null || s.busy === undefined
-      ? (s.count ? `ack p50 ${ms(s.p50_ms)}` : "idle")
-      : `${pct(s.busy)} busy · ${s.count ? ms(s.p50_ms) : "idle"}`;
-    g.append(el("text", { x: x + 10, y: y + 37, "font-size": 12, fill: "#555" }, detail));
+    const compute = s.busy !== null && s.busy !== undefined;
+    const lines = !s.count ? ["idle"]
+      : compute ? [`${pct(s.busy)} busy`, `p50 ${ms(s.p50_ms)}`] : [`ack p50 ${ms(s.p50_ms)}`];
+    lines.forEach((line, i) =>
+      g.append(el("text", { x: x + 10, y: y + 35 + 14 * i, "font-size": 12, fill: "#444" }, line)));
     svg.append(g);
   }
 }

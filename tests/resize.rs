@@ -43,7 +43,7 @@ fn one_process_then_two_answer_every_utterance() {
     let broker = Broker::start("resize");
     broker.create_topics(&TOPICS, 4);
     let voices = default_voices();
-    let mut records: Vec<OutRecord> = Vec::new();
+    let mut stream: Vec<Vec<OutRecord>> = Vec::new();
     let mut expected = BTreeSet::new();
     for i in 0..10 {
         let wav = synthesize(CHILD_PHRASES[i % CHILD_PHRASES.len()], &voices[i % 2]).unwrap();
@@ -54,26 +54,38 @@ fn one_process_then_two_answer_every_utterance() {
             audio: encode(&wav, "flac").unwrap(),
         };
         expected.insert((u.conversation.clone(), u.utterance.clone()));
-        records.extend(to_records(&u, 4096, "teddy.audio", common::now_ms()));
+        stream.push(to_records(&u, 4096, "teddy.audio", common::now_ms()));
     }
-    broker.produce(&records);
     // Replies off: the test is about offsets and ownership, not the reply model's time.
     let sets = ["answering.enabled=false"];
-
-    let mut one = Processor::start(&broker, "resize", &sets);
-    let first = broker.collect("teddy.responses", Duration::from_secs(240), |r| {
-        r.len() >= 3
+    broker.produce(&stream[..3].concat());
+    std::thread::scope(|s| {
+        // Once the first process answers, the toys keep talking, one utterance every
+        // 700 ms, through its stop and the new cluster's start.
+        s.spawn(|| {
+            broker.collect("teddy.responses", Duration::from_secs(240), |r| {
+                !r.is_empty()
+            });
+            for records in &stream[3..] {
+                broker.produce(records);
+                std::thread::sleep(Duration::from_millis(700));
+            }
+        });
+        let mut one = Processor::start(&broker, "resize", &sets);
+        let first = broker.collect("teddy.responses", Duration::from_secs(240), |r| {
+            r.len() >= 5
+        });
+        assert!(first.len() >= 5, "log:\n{}", one.log_text());
+        let status = one.terminate(Duration::from_secs(60));
+        assert!(status.success(), "clean exit on SIGTERM: {status:?}");
     });
-    assert!(first.len() >= 3, "log:\n{}", one.log_text());
-    let status = one.terminate(Duration::from_secs(60));
-    assert!(status.success(), "clean exit on SIGTERM: {status:?}");
     let answered_by_one: BTreeSet<_> =
         ids(&broker.collect("teddy.responses", Duration::from_secs(3), |_| false))
             .into_iter()
             .collect();
     assert!(
         answered_by_one.len() < expected.len(),
-        "the stop came mid-stream"
+        "the stop came mid-stream: {answered_by_one:?}"
     );
 
     let hostfile = common::scratch("resize").join("hosts");

@@ -132,6 +132,25 @@ fn telemetry(c: &mut Criterion) {
         })
     });
     c.bench_function("telemetry_scrape_encode", |b| b.iter(|| t.encode().len()));
+    // A whole scrape over loopback: connect, GET /metrics, read the body.
+    let server = teddyflow_connectors::http::HttpServer::telemetry(
+        "127.0.0.1:0",
+        t.clone(),
+        std::time::Duration::from_secs(30),
+    )
+    .unwrap();
+    let addr = server.local_addr();
+    c.bench_function("telemetry_scrape_http", |b| {
+        b.iter(|| {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let mut body = Vec::new();
+            s.read_to_end(&mut body).unwrap();
+            body.len()
+        })
+    });
 }
 
 criterion_group!(

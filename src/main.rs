@@ -53,3 +53,12 @@ fn main() -> anyhow::Result<()> {
         Command::Dashboard(args) => cmd::dashboard::run(args),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        // clap checks its own definition (conflicts, groups, names) only when asked.
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
+    }
+}

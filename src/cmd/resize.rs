@@ -582,6 +582,17 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_defaults_are_the_flags_defaults() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            t: Thresholds,
+        }
+        let parsed = <Cli as clap::Parser>::try_parse_from(["x"]).unwrap();
+        assert_eq!(parsed.t, Thresholds::default());
+    }
+
+    #[test]
     fn observations_from_snapshots() {
         let snap = |p: u64, w: u64, asr: (u64, f64), lag: i64| {
             serde_json::json!({"process": p, "worker": w, "interval_ms": 1000, "consumer_lag": lag,

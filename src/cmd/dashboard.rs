@@ -54,11 +54,11 @@ pub fn run(args: DashboardArgs) -> anyhow::Result<()> {
     let (tx, rx) = watch::channel(serde_json::to_string(&fleet.view())?);
     let server = HttpServer::start(&args.listen, router(rx))?;
     tracing::info!(url = %format!("http://{}/", server.local_addr()), "dashboard serving");
+    let consumer = open(&args)?;
+    // Only now: while it waits for the topics, Ctrl-C or SIGTERM ends it at once.
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     ctrlc::set_handler(move || flag.store(true, Ordering::Release))?;
-
-    let consumer = open(&args)?;
     let mut changed = false;
     let mut published = Instant::now();
     while !stop.load(Ordering::Acquire) {

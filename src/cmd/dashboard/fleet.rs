@@ -110,6 +110,8 @@ pub struct Fleet {
     answered: VecDeque<(i64, u64)>,
     history: VecDeque<Point>,
     history_len: usize,
+    /// Stage → (count, Σ count × p50, highest p95) over every snapshot read.
+    run_stages: BTreeMap<String, (u64, f64, f64)>,
 }
 
 /// How far back utterances/s looks.
@@ -131,6 +133,12 @@ impl Fleet {
         let w = self.workers.entry((s.process, s.worker)).or_default();
         if s.utterances_done < w.last.utterances_done || s.deadletters < w.last.deadletters {
             w.carried = w.carried.add(Totals::of(&w.last));
+        }
+        for (name, st) in s.stages.iter().filter(|(_, st)| st.count > 0) {
+            let r = self.run_stages.entry(name.clone()).or_default();
+            r.0 += st.count;
+            r.1 += st.count as f64 * st.p50_ms;
+            r.2 = r.2.max(st.p95_ms);
         }
         let ts = s.ts_ms;
         w.last = s;
@@ -269,8 +277,21 @@ impl Fleet {
                 live: now - w.last.ts_ms <= STALE_INTERVALS * w.last.interval_ms.max(1) as i64,
             })
             .collect();
+        let run_stages = Stage::ALL
+            .iter()
+            .filter_map(|stage| {
+                let (count, weighted, p95) = self.run_stages.get(stage.as_str())?;
+                Some(RunStageRow {
+                    stage: stage.as_str(),
+                    count: *count,
+                    p50_ms: weighted / (*count).max(1) as f64,
+                    p95_ms: *p95,
+                })
+            })
+            .collect();
         View {
             ts_ms: now,
+            run_stages,
             utterances_done: totals.utterances_done,
             deadletters: totals.deadletters,
             alerts: self.alert_kinds.values().sum(),
@@ -309,6 +330,18 @@ pub struct View {
     pub lag_by_partition: BTreeMap<i32, i64>,
     pub workers: Vec<WorkerRow>,
     pub history: Vec<Point>,
+    /// Every stage over everything read (the demo's closing summary).
+    pub run_stages: Vec<RunStageRow>,
+}
+
+/// A stage over the whole run: p50 is the count-weighted mean of the intervals' p50s,
+/// p95 the highest interval p95.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct RunStageRow {
+    pub stage: &'static str,
+    pub count: u64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -388,6 +421,9 @@ mod tests {
         f.snapshot(worker(0, 0, 20_000, 3, (1, 100.0, 100.0)));
         let v = f.view();
         assert_eq!(v.utterances_done, 23);
+        // Over the run, not the last interval: 0 + 5 + 1 asr samples at p50 100 ms.
+        let asr = v.run_stages.iter().find(|r| r.stage == "asr").unwrap();
+        assert_eq!((asr.count, asr.p50_ms, asr.p95_ms), (6, 100.0, 100.0));
         assert_eq!(v.workers[0].utterances_done, 23);
         assert_eq!(v.history.len(), 3);
     }

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use teddyflow_connectors::http::Telemetry;
 use teddyflow_connectors::kafka::{AckedWriter, Commit};
 use teddyflow_connectors::wire::{Chunk, OutRecord};
 use timely::dataflow::operators::core::{Concat, Probe};
@@ -44,6 +45,8 @@ pub struct ProcessShared {
     pub admission: Admission,
     pub stop: Arc<AtomicBool>,
     pub process: usize,
+    /// Set by the binary when it serves `/metrics` (`engine.http_addr`).
+    pub telemetry: Option<Arc<Telemetry>>,
 }
 
 impl ProcessShared {
@@ -66,6 +69,7 @@ impl ProcessShared {
             admission,
             stop,
             process,
+            telemetry: None,
         })
     }
 }
@@ -80,10 +84,14 @@ pub fn run_worker(
         worker: worker.index(),
         peers: worker.peers(),
         process: shared.process,
-        metrics: Rc::new(RefCell::new(WorkerMetrics::default())),
+        metrics: Rc::new(RefCell::new(WorkerMetrics {
+            telemetry: shared.telemetry.clone(),
+            ..WorkerMetrics::default()
+        })),
         config: Rc::new(config.clone()),
         admission: shared.admission.clone(),
         stop: shared.stop.clone(),
+        telemetry: shared.telemetry.clone(),
     };
     let audio = Audio::open(&ctx)?;
     let writer = Rc::new(AckedWriter::open(&config.kafka)?);
@@ -139,6 +147,7 @@ fn drive(
     let mut last_metrics = Instant::now();
     while !ctx.stop.load(Ordering::Acquire) {
         worker.step_or_park(Some(Duration::from_millis(100)));
+        ctx.health(|h, w| h.beat(w));
         if last_metrics.elapsed() >= interval {
             publish_metrics(ctx, writer, interval);
             last_metrics = Instant::now();

@@ -178,12 +178,19 @@ pub struct Alert {
     pub ts_ms: i64,
 }
 
-pub use teddyflow_connectors::wire::DeadLetter;
+pub use teddyflow_connectors::wire::{DeadLetter, DeadLetterReason};
 
 /// An utterance that failed as a whole, as the dead letter it becomes: its bytes, its
 /// first chunk's headers, the stage and reason, and the chunks' offsets.
 pub fn utterance_dead_letter(f: Failed) -> DeadLetter {
+    let reason = match f.stage {
+        Stage::Reassembly => DeadLetterReason::Reassembly,
+        Stage::Decode => DeadLetterReason::Decode,
+        Stage::Asr => DeadLetterReason::Asr,
+        _ => DeadLetterReason::Other,
+    };
     DeadLetter {
+        reason,
         key: Some(f.meta.conversation.into_bytes()),
         value: f.bytes,
         headers: wire::chunk_headers(&f.meta.headers),
@@ -309,8 +316,8 @@ pub struct Receipt {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutKind {
     Response,
-    Alert,
-    DeadLetter,
+    Alert(Verdict),
+    DeadLetter(DeadLetterReason),
     /// A chunk of reply speech; `first` is the first chunk of its reply.
     Speech {
         first: bool,
@@ -321,8 +328,8 @@ impl Out {
     pub fn kind(&self) -> OutKind {
         match self {
             Out::Response(_) => OutKind::Response,
-            Out::Alert(_) => OutKind::Alert,
-            Out::DeadLetter(_) => OutKind::DeadLetter,
+            Out::Alert(a) => OutKind::Alert(a.kind),
+            Out::DeadLetter(d) => OutKind::DeadLetter(d.reason),
             Out::Speech(s) => OutKind::Speech {
                 first: s.is_first(),
             },

@@ -120,7 +120,8 @@ fn wire_target(data: &[u8]) -> Verdict {
         }
         Err(e) => e.to_string(),
     };
-    let dl = wire::DeadLetter::of_record(&rec, &reason).encode("dl", budget);
+    let dl = wire::DeadLetter::of_record(&rec, wire::DeadLetterReason::Other, &reason)
+        .encode("dl", budget);
     if wire::record_size(&dl) > budget {
         return Err(format!(
             "dead letter of {} bytes > {budget}",

@@ -281,6 +281,9 @@ impl Processor {
                 "engine.metrics_interval_ms=1000",
                 "--set",
                 "engine.commit_interval_ms=200",
+                // Tests run processors side by side: each serves /metrics on a port of its own.
+                "--set",
+                "engine.http_addr=\"127.0.0.1:0\"",
             ]);
         for s in sets {
             cmd.args(["--set", s]);

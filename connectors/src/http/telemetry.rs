@@ -15,6 +15,7 @@ use prometheus_client::registry::Registry;
 
 use super::health::Health;
 use super::process::ProcessCollector;
+use crate::wire::DeadLetterReason;
 
 /// Upper bounds (seconds) of the stage histograms: from a 1 ms decode to a 30 s reply.
 pub const STAGE_BUCKETS: [f64; 14] = [
@@ -45,35 +46,9 @@ macro_rules! label_words {
     };
 }
 
-/// Why input became a dead letter, in few enough words to be a label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum DeadLetterReason {
-    /// The record itself: missing or invalid key or headers, an oversized chunk.
-    Parse,
-    /// The utterance's chunks: too many, too large, chunk 0 never came.
-    Reassembly,
-    /// Undecodable or over-long audio.
-    Decode,
-    /// Speech-to-text failed.
-    Asr,
-    /// A profile record that is not a profile.
-    Profile,
-    Other,
-}
-
-label_words!(DeadLetterReason {
-    Parse => "parse",
-    Reassembly => "reassembly",
-    Decode => "decode",
-    Asr => "asr",
-    Profile => "profile",
-    Other => "other",
-});
-
-impl DeadLetterReason {
-    /// From the stage name a failed utterance carries (`Failed::stage`).
-    pub fn of_stage(stage: &str) -> DeadLetterReason {
-        DeadLetterReason::parse(stage).unwrap_or(DeadLetterReason::Other)
+impl EncodeLabelValue for DeadLetterReason {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.as_str())
     }
 }
 
@@ -294,11 +269,6 @@ mod tests {
         for r in DeadLetterReason::ALL {
             assert_eq!(DeadLetterReason::parse(r.as_str()), Some(*r));
         }
-        assert_eq!(
-            DeadLetterReason::of_stage("decode"),
-            DeadLetterReason::Decode
-        );
-        assert_eq!(DeadLetterReason::of_stage("sink"), DeadLetterReason::Other);
     }
 
     #[test]

@@ -273,7 +273,9 @@ fn record_reply(ctx: &Ctx, r: &Replied) {
         Stage::Tts,
     ];
     m.timings(&r.understood.meta, &stages);
-    m.counts.replies_replaced += u64::from(r.reply.fallback);
+    if r.reply.fallback {
+        m.reply_replaced();
+    }
     m.counts.profiles_missing += u64::from(!r.profile_known);
     if r.reply.tts_errors > 0 {
         *m.errors.entry(Stage::Tts.name().into()).or_default() += u64::from(r.reply.tts_errors);

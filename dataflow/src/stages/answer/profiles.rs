@@ -25,7 +25,7 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::{Scope, Stream};
 
 use crate::operators::{kafka_source, Hold, Polled, SourceSettings};
-use crate::outputs::{DeadLetter, Out, Output};
+use crate::outputs::{DeadLetter, DeadLetterReason, Out, Output};
 use crate::stages::Ctx;
 
 /// Longest profile value accepted; a profile is a handful of short fields.
@@ -158,6 +158,9 @@ pub fn profile_source<'s>(
     ctx: &Ctx,
 ) -> Stream<'s, u64, Vec<ProfileEvent>> {
     let loading = reader.as_ref().map(|r| r.high_watermarks());
+    if loading.is_none() {
+        ctx.health(|h, w| h.profiles_read(w)); // no partitions of the profiles topic
+    }
     let input = ProfileInput {
         reader,
         table: ProfileTable::default(),
@@ -218,6 +221,7 @@ impl Polled<ProfileEvent> for ProfileInput {
                 tracing::warn!("profiles topic not read to its end in time; answering anyway");
             }
             tracing::info!(profiles = self.table.len(), "profiles loaded");
+            self.ctx.health(|h, w| h.profiles_read(w));
             self.loading = None;
         }
     }
@@ -234,7 +238,8 @@ fn apply_record(table: &mut ProfileTable, rec: &RawRecord, time: u64) -> Vec<Pro
         Err(e) => {
             // The previous profile (if any) stays in force.
             tracing::warn!(partition = rec.partition, offset = rec.offset, error = %e, "invalid profile");
-            let dead = DeadLetter::of_record(rec, format!("profile: {e}"));
+            let dead =
+                DeadLetter::of_record(rec, DeadLetterReason::Profile, format!("profile: {e}"));
             vec![ProfileEvent::Invalid(Output::new(Out::DeadLetter(dead), 0))]
         }
     }

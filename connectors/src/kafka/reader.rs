@@ -68,12 +68,7 @@ pub struct ReaderContext {
 
 impl ClientContext for ReaderContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        match level {
-            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical => {
-                tracing::warn!(target: "librdkafka", "{fac}: {log_message}")
-            }
-            _ => tracing::debug!(target: "librdkafka", "{fac}: {log_message}"),
-        }
+        super::librdkafka_log(level, fac, log_message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {

@@ -1,5 +1,5 @@
 //! Replies from SmolLM2-135M-Instruct (Q4_1 GGUF) on candle, with the project's own llama
-//! forward ([`llama`]) so that several replies can share one pass.
+//! forward ([`llama`]) so that several replies can share one pass ([`batch`]).
 //!
 //! Pipeline per turn: [`Prompt`] → ChatML text ([`prompt`]) → token ids (tokenizer rebuilt
 //! from the GGUF, [`tokenizer`]) → run the turn on top of the preamble's saved state → sample
@@ -16,6 +16,7 @@
 //! dropped). A turn whose known tokens match starts from there and runs only the mood and
 //! the utterance: on two cores the prompt is most of the wait for the first sentence.
 
+pub mod batch;
 pub mod llama;
 pub mod prompt;
 mod sequence;
@@ -35,6 +36,7 @@ use candle_core::quantized::gguf_file;
 use candle_core::Device;
 use tokenizers::Tokenizer;
 
+pub use batch::{BatchGenerator, BatchSettings, Batcher, ReplyEvent, ReplySink, Request};
 use llama::{Input, KvCache, Llama};
 pub use prompt::Prompt;
 use sequence::Sequence;

@@ -1,6 +1,6 @@
 //! One reply being generated: its cache, the prompt tokens still to run, sampling and the
-//! sentences handed out. [`ReplyModel::generate_in`] drives one alone; a batch generator
-//! drives several through shared forward passes. Both go through the same
+//! sentences handed out. [`ReplyModel::generate_in`] drives one alone; the batch generator
+//! ([`super::batch`]) drives several through shared forward passes. Both go through the same
 //! steps, so a reply does not depend on which of them produced it.
 
 use std::time::Instant;
@@ -145,6 +145,11 @@ impl Sequence {
             return self.stop(model, End::CutOff, on_sentence);
         }
         Ok(())
+    }
+
+    /// Stop now (the listener went away): what was handed out stands, nothing more is.
+    pub(crate) fn cancel(&mut self) {
+        self.end.get_or_insert(End::CutOff);
     }
 
     pub(crate) fn finish(self) -> Generated {

@@ -187,14 +187,13 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
 
 /// Oracle: candle's own llama forward (`quantized_llama`) over the same weights.
 ///
-/// One token is computed exactly as candle computes it: embedding, norms, every projection,
-/// the MLP and the output layer give the very same logits. Over longer prompts attention
-/// sums its terms in another order (its outputs agree with candle's to ~1e-6), and the
-/// matmuls quantize their input rows to 8 bits, which turns last-bit differences into
-/// whole quantization steps: over 30 layers the logits (up to ~35) move by up to ~2, as
-/// candle's own move when it runs a prompt in two parts instead of one (by up to 0.7 on
-/// prompts of 17-100 tokens, measured while writing this). So the greedy token must be
-/// candle's except at near ties.
+/// Both quantize the matmuls' input rows to 8 bits per 32 values, but candle rounds each
+/// block's scale to f16 and sums in another order (as does attention here: its outputs agree
+/// with candle's attention to ~1e-6 on the same inputs). A quantization step turns such
+/// last-bit differences into whole steps, so over 30 layers the logits (up to ~35) move by up
+/// to ~2, as candle's own move when it runs a prompt in two parts instead of one (by up to 0.7
+/// on prompts of 17-100 tokens, measured while writing this). So: one token's logits within
+/// 1, and the greedy token candle's except at near ties.
 #[test]
 fn own_forward_agrees_with_candles_quantized_llama() {
     let _g = exclusive();
@@ -202,10 +201,9 @@ fn own_forward_agrees_with_candles_quantized_llama() {
     let mut cache = KvCache::default();
     let one = own_logits(&own, &mut cache, &[1]);
     reference.clear_kv_cache();
-    assert_eq!(
-        max_abs_diff(&one, &candle_logits(&mut reference, &[1], 0)),
-        0.0
-    );
+    let first = max_abs_diff(&one, &candle_logits(&mut reference, &[1], 0));
+    eprintln!("one token: largest logit difference {first:.3}");
+    assert!(first < 1.0, "one token's logits differ by {first}");
 
     let tok = llm().tokenizer().clone();
     let steps = 24;

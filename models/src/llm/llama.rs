@@ -20,13 +20,14 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use candle_core::quantized::ggml_file::qtensor_from_ggml;
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
+
+use super::q8::PackedQ8;
 use candle_core::{DType, Device, Module, Result, Tensor};
 
 /// Positions the rotary tables cover: a prompt and its reply must fit.
 pub const MAX_POSITIONS: usize = 4096;
-/// Query (row, head) pairs per unit of parallel attention work.
-const ATTENTION_UNIT: usize = 4;
 
 /// Shapes read from the GGUF metadata.
 #[derive(Debug, Clone, PartialEq)]
@@ -70,6 +71,7 @@ impl Config {
         // Not `is_multiple_of`: the workspace MSRV (1.85) predates it.
         if rope_dim != cfg.head_dim
             || cfg.kv_heads == 0
+            || cfg.head_dim / 4 * 4 != cfg.head_dim
             || heads / cfg.kv_heads * cfg.kv_heads != heads
         {
             candle_core::bail!("unsupported attention shape {cfg:?} (rope over {rope_dim})");
@@ -85,12 +87,12 @@ impl Config {
 struct Layer {
     attn_norm: Tensor,
     /// Query, key and value projections as one matrix: one pass over the input rows.
-    qkv: QMatMul,
-    out: QMatMul,
+    qkv: Matrix,
+    out: Matrix,
     ffn_norm: Tensor,
     /// Gate and up projections as one matrix.
-    gate_up: QMatMul,
-    down: QMatMul,
+    gate_up: Matrix,
+    down: Matrix,
 }
 
 /// The weights, loaded once and shared by every sequence (`Send + Sync`).
@@ -99,7 +101,7 @@ pub struct Llama {
     embed: Embedding,
     layers: Vec<Layer>,
     norm: Tensor,
-    output: QMatMul,
+    output: Matrix,
     /// cos and sin of position × frequency, `MAX_POSITIONS` rows of `head_dim / 2`.
     cos: Vec<f32>,
     sin: Vec<f32>,
@@ -137,8 +139,8 @@ impl Llama {
         let embed = Arc::new(take("token_embd.weight")?);
         cfg.vocab = embed.shape().dims2()?.0;
         let output = match take("output.weight") {
-            Ok(t) => QMatMul::from_qtensor(t)?,
-            Err(_) => QMatMul::from_arc(embed.clone())?,
+            Ok(t) => Matrix::new(t)?,
+            Err(_) => Matrix::new(stack_rows(&[&embed], device)?)?,
         };
         let norm = take("output_norm.weight")?.dequantize(device)?;
         let mut layers = Vec::with_capacity(cfg.layers);
@@ -148,11 +150,11 @@ impl Llama {
             let (gate, up) = (t("ffn_gate")?, t("ffn_up")?);
             layers.push(Layer {
                 attn_norm: t("attn_norm")?.dequantize(device)?,
-                qkv: QMatMul::from_qtensor(stack_rows(&[&q, &k, &v], device)?)?,
-                out: QMatMul::from_qtensor(t("attn_output")?)?,
+                qkv: Matrix::new(stack_rows(&[&q, &k, &v], device)?)?,
+                out: Matrix::new(t("attn_output")?)?,
                 ffn_norm: t("ffn_norm")?.dequantize(device)?,
-                gate_up: QMatMul::from_qtensor(stack_rows(&[&gate, &up], device)?)?,
-                down: QMatMul::from_qtensor(t("ffn_down")?)?,
+                gate_up: Matrix::new(stack_rows(&[&gate, &up], device)?)?,
+                down: Matrix::new(t("ffn_down")?)?,
             });
         }
         let embed = match embed.dtype() {
@@ -225,9 +227,7 @@ impl Llama {
             self.rotate(&mut q[start..], pos);
             let mut k = rk.to_vec();
             self.rotate(&mut k, pos);
-            let cache = &mut inputs[rows.input[row]].cache;
-            cache.tail.k[l].extend_from_slice(&k);
-            cache.tail.v[l].extend_from_slice(rv);
+            inputs[rows.input[row]].cache.tail.push(l, &k, rv, cfg);
         }
         let attn = self.attention(l, inputs, &q, rows)?;
         let x = (layer.out.forward(&attn)? + x)?;
@@ -257,30 +257,27 @@ impl Llama {
         }
     }
 
-    /// Causal attention of every new row over its own sequence's keys, heads of a group
-    /// sharing their key/value head; rows × heads are shared out over candle's CPU pool
-    /// (the threads its matmuls use, so no second pool competes for the cores).
+    /// Causal attention of every new row over its own sequence's keys. The heads sharing a
+    /// key/value head are done together (each key read once for them); rows × key/value
+    /// heads are shared out over candle's CPU pool (the threads its matmuls use, so no second
+    /// pool competes for the cores).
     fn attention(&self, l: usize, inputs: &[Input<'_>], q: &[f32], rows: &Rows) -> Result<Tensor> {
         let cfg = &self.cfg;
-        let hd = cfg.head_dim;
-        let segments: Vec<Vec<Segment<'_>>> = inputs.iter().map(|i| i.cache.segments(l)).collect();
-        let mut out = vec![0f32; rows.total * cfg.hidden];
-        let cells: Vec<Mutex<&mut [f32]>> = out
-            .chunks_mut(ATTENTION_UNIT * hd)
-            .map(Mutex::new)
+        let segments: Vec<Vec<Segment<'_>>> = inputs
+            .iter()
+            .map(|i| i.cache.segments(l, cfg.kv_dim()))
             .collect();
+        let group = cfg.heads / cfg.kv_heads * cfg.head_dim;
+        let mut out = vec![0f32; rows.total * cfg.hidden];
+        let cells: Vec<Mutex<&mut [f32]>> = out.chunks_mut(group).map(Mutex::new).collect();
         let attend = |cell: usize| {
             // Each cell is taken by exactly one worker: the lock is never contended.
             let mut dst = cells[cell].lock().expect("attention cell");
-            for (u, o) in dst.chunks_exact_mut(hd).enumerate() {
-                let unit = cell * ATTENTION_UNIT + u;
-                let (row, head) = (unit / cfg.heads, unit % cfg.heads);
-                let group = head / (cfg.heads / cfg.kv_heads);
-                let query = &q[unit * hd..(unit + 1) * hd];
-                let keys = rows.positions[row] + 1;
-                let segments = &segments[rows.input[row]];
-                kernels::attend(query, segments, keys, group * hd, cfg.kv_dim(), o);
-            }
+            let (row, kv_head) = (cell / cfg.kv_heads, cell % cfg.kv_heads);
+            let queries = &q[cell * group..(cell + 1) * group];
+            let keys = rows.positions[row] + 1;
+            let segments = &segments[rows.input[row]];
+            kernels::attend(queries, segments, keys, kv_head, cfg, &mut dst);
         };
         candle_core::utils::barrier_pool().execute_chunked(cells.len(), |range| {
             range.for_each(attend);
@@ -306,6 +303,29 @@ impl Llama {
                 }
                 Tensor::from_vec(out, (ids.len(), hidden), &self.device)
             }
+        }
+    }
+}
+
+/// A weight matrix applied to rows of activations: the repacked VNNI kernel ([`super::q8`]) where
+/// the CPU has it, else candle's quantized matmul.
+enum Matrix {
+    Packed(PackedQ8),
+    Candle(QMatMul),
+}
+
+impl Matrix {
+    fn new(w: QTensor) -> Result<Self> {
+        Ok(match PackedQ8::new(&w)? {
+            Some(p) => Self::Packed(p),
+            None => Self::Candle(QMatMul::from_qtensor(w)?),
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Packed(p) => p.forward(x),
+            Self::Candle(m) => m.forward(x),
         }
     }
 }
@@ -336,7 +356,7 @@ fn stack_rows(parts: &[&QTensor], device: &Device) -> Result<QTensor> {
         bytes.extend_from_slice(&p.data()?);
         n += rows;
     }
-    candle_core::quantized::ggml_file::qtensor_from_ggml(dtype, &bytes, vec![n, k], device)
+    qtensor_from_ggml(dtype, &bytes, vec![n, k], device)
 }
 
 /// cos/sin tables of llama's rotary embedding, frequencies `base^(-2i/d)`.
@@ -406,7 +426,12 @@ pub struct KvCache {
     tail: KvBlock,
 }
 
-/// `len` positions; per layer, rows of `kv_heads * head_dim` keys (and values).
+/// Positions whose keys are stored together, transposed: one attention score per lane.
+const KEY_GROUP: usize = 16;
+
+/// `len` positions. Per layer, keys in groups of [`KEY_GROUP`] positions, each group laid
+/// out `[kv_head][dimension][position]` (so one query dimension multiplies 16 keys at once),
+/// and values as rows of `kv_heads * head_dim`.
 #[derive(Clone, Default)]
 struct KvBlock {
     len: usize,
@@ -414,8 +439,30 @@ struct KvBlock {
     v: Vec<Vec<f32>>,
 }
 
-/// Keys and values of some positions of one layer.
-type Segment<'a> = (&'a [f32], &'a [f32]);
+impl KvBlock {
+    /// Append the (rotated) key and the value of the next position of layer `l`.
+    fn push(&mut self, l: usize, key: &[f32], value: &[f32], cfg: &Config) {
+        let at = self.v[l].len() / cfg.kv_dim();
+        self.v[l].extend_from_slice(value);
+        let group = cfg.kv_dim() * KEY_GROUP;
+        let keys = &mut self.k[l];
+        if keys.len() < (at / KEY_GROUP + 1) * group {
+            keys.resize((at / KEY_GROUP + 1) * group, 0.0);
+        }
+        let base = at / KEY_GROUP * group + at % KEY_GROUP;
+        for (i, &x) in key.iter().enumerate() {
+            keys[base + i * KEY_GROUP] = x;
+        }
+    }
+}
+
+/// Keys (grouped, as in [`KvBlock`]), values and the number of positions of some positions
+/// of one layer.
+struct Segment<'a> {
+    k: &'a [f32],
+    v: &'a [f32],
+    len: usize,
+}
 
 impl KvCache {
     /// Positions run so far.
@@ -450,117 +497,171 @@ impl KvCache {
         }
     }
 
-    fn segments(&self, layer: usize) -> Vec<Segment<'_>> {
+    /// Layer `l`'s positions, block by block; the tail's rows run in this pass included.
+    fn segments(&self, l: usize, kv_dim: usize) -> Vec<Segment<'_>> {
         self.frozen
             .iter()
             .map(|b| b.as_ref())
             .chain(std::iter::once(&self.tail))
-            .filter(|b| !b.k.is_empty())
-            .map(|b| (b.k[layer].as_slice(), b.v[layer].as_slice()))
+            .filter(|b| !b.v.is_empty())
+            .map(|b| Segment {
+                k: &b.k[l],
+                v: &b.v[l],
+                len: b.v[l].len() / kv_dim,
+            })
             .collect()
     }
 }
 
-/// The inner loops of attention, in fixed-width lanes so they vectorize, compiled for AVX2
-/// when the CPU has it (the crate is built for baseline x86-64).
+/// The inner loops of attention, written in lanes of [`KEY_GROUP`] so they vectorize,
+/// compiled for AVX512 or AVX2 when the CPU has it (the crate is built for baseline x86-64).
 mod kernels {
     use std::cell::RefCell;
 
-    use super::Segment;
+    use super::{Config, Segment, KEY_GROUP};
 
-    const LANES: usize = 8;
+    /// Independent partial sums per score: enough to keep the multiply-add units busy.
+    const CHAINS: usize = 4;
 
     thread_local! {
-        /// Attention scores of one query row, reused across calls.
+        /// Attention scores of one row's heads, reused across calls.
         static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     }
 
-    /// Softmax attention of one query head over the first `keys` positions of `segments`,
-    /// reading the key/value head at `offset` in each row of `stride`; the result goes to
-    /// `out`. Always the same operations in the same order for the same inputs.
+    /// Softmax attention of the query heads sharing key/value head `kv_head` (`queries`, one
+    /// after another) over the first `keys` positions of `segments`; the results go to
+    /// `out` in the same layout. Always the same operations in the same order for the same
+    /// inputs, whatever rows or sequences are computed beside it.
     pub fn attend(
-        query: &[f32],
+        queries: &[f32],
         segments: &[Segment<'_>],
         keys: usize,
-        offset: usize,
-        stride: usize,
+        kv_head: usize,
+        cfg: &Config,
         out: &mut [f32],
     ) {
         #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx2") {
-            #[target_feature(enable = "avx2")]
-            unsafe fn wide(
-                q: &[f32],
-                s: &[Segment<'_>],
-                keys: usize,
-                offset: usize,
-                stride: usize,
-                out: &mut [f32],
-            ) {
-                attend_lanes(q, s, keys, offset, stride, out)
+        {
+            if std::is_x86_feature_detected!("avx512f") {
+                #[target_feature(enable = "avx512f")]
+                unsafe fn wide(
+                    q: &[f32],
+                    s: &[Segment<'_>],
+                    keys: usize,
+                    kv: usize,
+                    cfg: &Config,
+                    out: &mut [f32],
+                ) {
+                    attend_lanes(q, s, keys, kv, cfg, out)
+                }
+                // SAFETY: AVX512F support was checked just above.
+                return unsafe { wide(queries, segments, keys, kv_head, cfg, out) };
             }
-            // SAFETY: AVX2 support was checked just above.
-            return unsafe { wide(query, segments, keys, offset, stride, out) };
+            if std::is_x86_feature_detected!("avx2") {
+                #[target_feature(enable = "avx2")]
+                unsafe fn wide(
+                    q: &[f32],
+                    s: &[Segment<'_>],
+                    keys: usize,
+                    kv: usize,
+                    cfg: &Config,
+                    out: &mut [f32],
+                ) {
+                    attend_lanes(q, s, keys, kv, cfg, out)
+                }
+                // SAFETY: AVX2 support was checked just above.
+                return unsafe { wide(queries, segments, keys, kv_head, cfg, out) };
+            }
         }
-        attend_lanes(query, segments, keys, offset, stride, out)
+        attend_lanes(queries, segments, keys, kv_head, cfg, out)
     }
 
     #[inline(always)]
     fn attend_lanes(
-        query: &[f32],
+        queries: &[f32],
         segments: &[Segment<'_>],
         keys: usize,
-        offset: usize,
-        stride: usize,
+        kv_head: usize,
+        cfg: &Config,
         out: &mut [f32],
     ) {
-        let hd = query.len();
+        let hd = cfg.head_dim;
+        let heads = queries.len() / hd;
         let scale = (hd as f32).sqrt();
+        let stride = cfg.kv_dim();
         SCORES.with(|scores| {
             let mut scores = scores.borrow_mut();
             scores.clear();
-            let mut left = keys;
-            for (k, _) in segments {
-                for key in k.chunks_exact(stride).take(left) {
-                    scores.push(dot(query, &key[offset..offset + hd]) / scale);
-                }
-                left -= (k.len() / stride).min(left);
-            }
-            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f32;
-            for s in scores.iter_mut() {
-                *s = (*s - max).exp();
-                sum += *s;
-            }
-            out.fill(0.0);
-            let mut weights = scores.iter();
-            for (_, v) in segments {
-                for (value, w) in v.chunks_exact(stride).zip(weights.by_ref()) {
-                    let w = *w / sum;
-                    for (o, x) in out.iter_mut().zip(&value[offset..offset + hd]) {
-                        *o += w * x;
+            scores.resize(heads * keys, 0.0);
+            // Scores, 16 keys at a time, as [head][position].
+            let mut pos = 0;
+            for seg in segments {
+                for (g, block) in seg.k.chunks_exact(stride * KEY_GROUP).enumerate() {
+                    let first = pos + g * KEY_GROUP;
+                    let n = KEY_GROUP
+                        .min(seg.len - g * KEY_GROUP)
+                        .min(keys.saturating_sub(first));
+                    if n == 0 {
+                        break;
+                    }
+                    let block = &block[kv_head * hd * KEY_GROUP..(kv_head + 1) * hd * KEY_GROUP];
+                    for (h, q) in queries.chunks_exact(hd).enumerate() {
+                        let s = dot_group(q, block);
+                        let dst = &mut scores[h * keys + first..h * keys + first + n];
+                        for (d, v) in dst.iter_mut().zip(s) {
+                            *d = v / scale;
+                        }
                     }
                 }
+                pos += seg.len;
+            }
+            // Softmax per head, then the weighted sum of values.
+            let mut sums = vec![0f32; heads];
+            for (h, row) in scores.chunks_exact_mut(keys).enumerate() {
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                for x in row.iter_mut() {
+                    *x = (*x - max).exp();
+                    sums[h] += *x;
+                }
+            }
+            out.fill(0.0);
+            let mut pos = 0;
+            for seg in segments {
+                let take = seg.len.min(keys.saturating_sub(pos));
+                for (j, value) in seg.v.chunks_exact(stride).take(take).enumerate() {
+                    let value = &value[kv_head * hd..(kv_head + 1) * hd];
+                    for (h, o) in out.chunks_exact_mut(hd).enumerate() {
+                        let w = scores[h * keys + pos + j] / sums[h];
+                        for (o, x) in o.iter_mut().zip(value) {
+                            *o += w * x;
+                        }
+                    }
+                }
+                pos += seg.len;
             }
         });
     }
 
+    /// Scores of one query head against 16 keys stored `[dimension][position]`.
     #[inline(always)]
-    fn dot(a: &[f32], b: &[f32]) -> f32 {
-        let mut acc = [0f32; LANES];
-        let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-        let tail: f32 = ca
-            .remainder()
-            .iter()
-            .zip(cb.remainder())
-            .map(|(x, y)| x * y)
-            .sum();
-        for (x, y) in ca.zip(cb) {
-            for i in 0..LANES {
-                acc[i] += x[i] * y[i];
+    fn dot_group(q: &[f32], block: &[f32]) -> [f32; KEY_GROUP] {
+        let mut acc = [[0f32; KEY_GROUP]; CHAINS];
+        for (qs, ks) in q
+            .chunks_exact(CHAINS)
+            .zip(block.chunks_exact(CHAINS * KEY_GROUP))
+        {
+            for c in 0..CHAINS {
+                let k = &ks[c * KEY_GROUP..(c + 1) * KEY_GROUP];
+                for l in 0..KEY_GROUP {
+                    acc[c][l] += qs[c] * k[l];
+                }
             }
         }
-        acc.iter().sum::<f32>() + tail
+        let mut s = [0f32; KEY_GROUP];
+        for l in 0..KEY_GROUP {
+            s[l] = (acc[0][l] + acc[1][l]) + (acc[2][l] + acc[3][l]);
+        }
+        s
     }
 }
 

@@ -19,6 +19,7 @@
 pub mod batch;
 pub mod llama;
 pub mod prompt;
+mod q8;
 mod sequence;
 pub mod text;
 pub mod tokenizer;

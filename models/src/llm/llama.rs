@@ -482,12 +482,6 @@ impl KvCache {
         }
     }
 
-    /// Bytes of keys and values this cache holds itself (frozen blocks are shared).
-    pub fn own_bytes(&self) -> usize {
-        let floats: usize = self.tail.k.iter().chain(&self.tail.v).map(Vec::len).sum();
-        floats * std::mem::size_of::<f32>()
-    }
-
     fn reserve(&mut self, cfg: &Config, new: usize) {
         let tail = &mut self.tail;
         tail.k.resize_with(cfg.layers, Vec::new);

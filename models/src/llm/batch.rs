@@ -1,7 +1,7 @@
 //! Continuous batching: one forward pass serves the next token of every reply in flight,
 //! replies joining and leaving between passes as they start and finish (as llama.cpp's
-//! server and vLLM do). On a CPU one token is bound by reading the weights, so eight replies
-//! cost far less than eight times one.
+//! server and vLLM do). Each weight tile is loaded once per pass for all of them, so eight
+//! replies' next tokens cost about twice one reply's (docs/performance.md).
 //!
 //! [`BatchGenerator`] is owned by one thread and driven by [`BatchGenerator::step`]; requests
 //! are submitted between steps. [`Batcher`] runs one on a thread of its own and gives pool

@@ -4,13 +4,12 @@
 //! sequences of equal length. Continuous batching needs more: each sequence has its own
 //! [`KvCache`] and its own number of new tokens (a prefill chunk, or the one token sampled
 //! last). [`Llama::forward`] stacks the new tokens of every sequence into one matrix for the
-//! projections and the MLP, so each weight is read once per pass for all of them (one token
-//! per sequence is bound by reading weights on a CPU), and runs attention per sequence over
-//! its own keys.
+//! projections and the MLP, so each weight tile is loaded once per pass for all of them
+//! ([`super::q8`]), and runs attention per sequence over its own keys.
 //!
 //! A sequence's logits do not depend on what else is in the pass or on how its prompt was cut
-//! into chunks: the quantized matmul and RMSNorm work row by row, and attention of one query
-//! row and head is computed by one thread in a fixed order. So a reply is the same token for
+//! into chunks: the quantized matmul and RMSNorm work row by row, and the attention of one
+//! row's heads is computed by one thread in a fixed order. So a reply is the same token for
 //! token alone, batched, or from a prepared prefix.
 //!
 //! Keys and values of a finished prefix (the preamble, a conversation's history) are frozen
@@ -22,9 +21,9 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::quantized::ggml_file::qtensor_from_ggml;
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Result, Tensor};
 
 use super::q8::PackedQ8;
-use candle_core::{DType, Device, Module, Result, Tensor};
 
 /// Positions the rotary tables cover: a prompt and its reply must fit.
 pub const MAX_POSITIONS: usize = 4096;
@@ -139,8 +138,9 @@ impl Llama {
         let embed = Arc::new(take("token_embd.weight")?);
         cfg.vocab = embed.shape().dims2()?.0;
         let output = match take("output.weight") {
-            Ok(t) => Matrix::new(t)?,
-            Err(_) => Matrix::new(stack_rows(&[&embed], device)?)?,
+            Ok(t) => Matrix::new(Arc::new(t))?,
+            // Tied to the embeddings (as in SmolLM2): candle's kernel shares their memory.
+            Err(_) => Matrix::new(embed.clone())?,
         };
         let norm = take("output_norm.weight")?.dequantize(device)?;
         let mut layers = Vec::with_capacity(cfg.layers);
@@ -150,11 +150,11 @@ impl Llama {
             let (gate, up) = (t("ffn_gate")?, t("ffn_up")?);
             layers.push(Layer {
                 attn_norm: t("attn_norm")?.dequantize(device)?,
-                qkv: Matrix::new(stack_rows(&[&q, &k, &v], device)?)?,
-                out: Matrix::new(t("attn_output")?)?,
+                qkv: Matrix::new(Arc::new(stack_rows(&[&q, &k, &v], device)?))?,
+                out: Matrix::new(Arc::new(t("attn_output")?))?,
                 ffn_norm: t("ffn_norm")?.dequantize(device)?,
-                gate_up: Matrix::new(stack_rows(&[&gate, &up], device)?)?,
-                down: Matrix::new(t("ffn_down")?)?,
+                gate_up: Matrix::new(Arc::new(stack_rows(&[&gate, &up], device)?))?,
+                down: Matrix::new(Arc::new(t("ffn_down")?))?,
             });
         }
         let embed = match embed.dtype() {
@@ -315,10 +315,10 @@ enum Matrix {
 }
 
 impl Matrix {
-    fn new(w: QTensor) -> Result<Self> {
+    fn new(w: Arc<QTensor>) -> Result<Self> {
         Ok(match PackedQ8::new(&w)? {
             Some(p) => Self::Packed(p),
-            None => Self::Candle(QMatMul::from_qtensor(w)?),
+            None => Self::Candle(QMatMul::from_arc(w)?),
         })
     }
 

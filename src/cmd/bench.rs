@@ -29,6 +29,11 @@ pub enum BenchCommand {
     /// processes started by the bench; latency percentiles, throughput, per-stage time,
     /// engine overhead, CPU and peak RSS per process, and scaling between worker counts.
     E2e(super::bench_e2e::E2eArgs),
+    /// Replies to prompts and conversations (e.g. data/reply_adversarial.jsonl) through the
+    /// local reply model with the pipeline's checks: compliance with the reply policy per
+    /// category (raw and after enforcement, by the runtime checker and a stricter judge),
+    /// relevance, repeated openings, sentences, readability grade, questions, cost.
+    Replies(super::bench_replies::RepliesArgs),
 }
 
 #[derive(Args, Debug)]
@@ -117,6 +122,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             print_report(&report, args.json)
         }
         BenchCommand::E2e(args) => super::bench_e2e::run(args),
+        BenchCommand::Replies(args) => super::bench_replies::run(args),
     }
 }
 

@@ -6,9 +6,11 @@
 //! otherwise ─► SmolLM2, each sentence safety-checked as it ends ──┘      (emitted at once)
 //! ```
 //!
-//! A generated sentence that fails the safety check is never spoken: it and the rest of the
-//! reply are replaced by a gentle redirect, and the reply is marked `fallback`. The work runs
-//! on a streaming [`StagePool`]: speech chunks leave while the model is still generating.
+//! A generated sentence that breaks the reply policy (`docs/reply-policy.md`, judged with the
+//! utterance and recent turns as context; it includes the safety model's lexical signals) is
+//! never spoken: it and the rest of the reply are replaced by the policy's safe line (or a
+//! gentle redirect), and the reply is marked `fallback`. The work runs on a streaming
+//! [`StagePool`]: speech chunks leave while the model is still generating.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,6 +19,7 @@ use serde::Serialize;
 use teddyflow_connectors::wire::{self, ChunkHeaders, OutRecord};
 use teddyflow_models::audio;
 use teddyflow_models::llm::{Prompt, ReplyModel, Sampling};
+use teddyflow_models::policy::ReplyPolicy;
 use teddyflow_models::reply_bank;
 use teddyflow_models::safety::{SafetyModel, Verdict};
 use teddyflow_models::tts::{self, SpeechStyle};
@@ -59,9 +62,9 @@ pub struct ReplyInfo {
     pub text: String,
     pub language: String,
     pub voice: String,
-    /// A generated sentence failed the safety check and was replaced by a safe fallback.
+    /// A generated sentence broke the reply policy and was replaced by a safe fallback.
     pub fallback: bool,
-    /// Why: the safety categories of the sentence that was not spoken.
+    /// Why: the policy categories of the sentence that was not spoken.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub fallback_categories: Vec<String>,
     pub origin: Origin,
@@ -99,7 +102,8 @@ pub type ReplyPool = StagePool<ReplyJob, ReplyEvent>;
 /// Everything a reply thread needs; the model weights are shared by every thread.
 struct Answerer {
     model: ReplyModel,
-    safety: SafetyModel,
+    /// Judges every generated sentence (it holds the safety model).
+    policy: ReplyPolicy,
     sampling: Sampling,
     seed: u64,
     default_language: String,
@@ -124,7 +128,8 @@ pub fn reply_stage(
     admission: Admission,
 ) -> anyhow::Result<ReplyStage> {
     let model = ReplyModel::load(&config.asr.models_dir)?;
-    let pool = reply_pool(config, safety, model.clone());
+    let policy = ReplyPolicy::with_safety(safety, &config.understanding.data_dir)?;
+    let pool = reply_pool(config, policy, model.clone());
     let keep = config.answering.prepared_conversations;
     let preparer = (keep > 0).then(|| {
         let pool = pool.clone();
@@ -134,11 +139,11 @@ pub fn reply_stage(
     Ok(ReplyStage { pool, preparer })
 }
 
-fn reply_pool(config: &Config, safety: SafetyModel, model: ReplyModel) -> Arc<ReplyPool> {
+fn reply_pool(config: &Config, policy: ReplyPolicy, model: ReplyModel) -> Arc<ReplyPool> {
     let a = &config.answering;
     let answerer = Arc::new(Answerer {
         model,
-        safety,
+        policy,
         sampling: Sampling {
             temperature: a.temperature,
             top_p: (a.top_p < 1.0).then_some(a.top_p),
@@ -243,8 +248,8 @@ impl Answerer {
 
     /// The model's reply, spoken as it is generated. The reply is made to start with the
     /// child's name (see `reply_opening`), so the name is said at once, while the model works
-    /// on the rest. A sentence that fails the safety check is replaced by `redirect`; a model
-    /// that says nothing usable is replaced by `curated`.
+    /// on the rest. A sentence that breaks the policy is replaced by its safe line (else
+    /// `redirect`); a model that says nothing usable is replaced by `curated`.
     fn model_reply(
         &self,
         prompt: &Prompt,
@@ -266,8 +271,9 @@ impl Answerer {
         };
         let origin = match &checked.replaced {
             Some(_) => {
-                speaker.say(&redirect, emit);
-                said.push(redirect);
+                let line = checked.safe_line.unwrap_or(redirect);
+                speaker.say(&line, emit);
+                said.push(line);
                 Origin::Model
             }
             None if nothing_spoken => {
@@ -287,7 +293,7 @@ impl Answerer {
     }
 
     /// Generate and speak sentence by sentence; stop speaking at the first sentence that
-    /// fails the safety check. `already_said` (the opening) is not spoken again.
+    /// breaks the reply policy. `already_said` (the opening) is not spoken again.
     fn generate_checked(
         &self,
         prompt: &Prompt,
@@ -298,7 +304,10 @@ impl Answerer {
         let started = Instant::now();
         let mut spoken = Vec::new();
         let mut replaced = None;
+        let mut safe_line = None;
         let mut first = None;
+        // What this turn asks about, once: each sentence is judged in its light.
+        let context = self.policy.context(&prompt.utterance, &prompt.history);
         // The conversation's history may have been run already, between turns.
         let session = Some(speaker.conversation);
         let result = self.model.generate_in(session, prompt, &self.sampling, &mut |sentence| {
@@ -306,10 +315,12 @@ impl Answerer {
                 return;
             }
             first.get_or_insert_with(|| ms_since(started) - speaker.tts_ms);
-            let check = self.safety.check(sentence);
-            if check.verdict != Verdict::Safe {
-                tracing::debug!(categories = ?check.categories, sentence, "generated sentence not spoken");
-                replaced = Some(check.categories);
+            let check = self.policy.check_in(&context, sentence);
+            if !check.ok {
+                tracing::debug!(violations = ?check.violations, sentence, "generated sentence not spoken");
+                replaced = Some(check.category_names());
+                // The opening has said the name already.
+                safe_line = check.safe_line(None);
                 return;
             }
             let rest = match already_said.take() {
@@ -340,6 +351,7 @@ impl Answerer {
         Checked {
             spoken,
             replaced,
+            safe_line,
             first_ms: first,
             reused_tokens,
         }
@@ -360,7 +372,7 @@ fn about_child(profile: &Profile, language: &str) -> Prompt {
 struct Said {
     text: String,
     origin: Origin,
-    /// A generated sentence failed the safety check and was replaced; its categories.
+    /// A generated sentence broke the policy and was replaced; its categories.
     fallback: Option<Vec<String>>,
     first_sentence_ms: Option<f64>,
     reused_tokens: usize,
@@ -381,8 +393,10 @@ impl Said {
 /// What [`Answerer::generate_checked`] spoke.
 struct Checked {
     spoken: Vec<String>,
-    /// The categories of the sentence that failed the safety check, if one did.
+    /// The policy categories of the sentence that was not spoken, if one was not.
     replaced: Option<Vec<String>>,
+    /// What the policy says instead (`None`: the curated redirect).
+    safe_line: Option<String>,
     /// When the first sentence was ready (ms).
     first_ms: Option<f64>,
     reused_tokens: usize,

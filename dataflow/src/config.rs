@@ -102,7 +102,15 @@ pub struct Answering {
     pub backend: ReplyBackend,
     pub local: LocalReply,
     /// Threads generating replies (and speaking them) in this process; weights shared.
+    /// With batching on, the pool has at least `batch_max_sequences` threads, so that many
+    /// conversations can be in generation (and join the batch) at once.
     pub threads: usize,
+    /// Local engine: replies generated together in one batch (one forward pass serves the
+    /// next token of each, as they join and leave); 1 = one reply at a time, no batch thread.
+    pub batch_max_sequences: usize,
+    /// Local engine: prompt tokens of joining replies run per batched pass, beside one token
+    /// of each reply already speaking (they slow down while a prompt runs, never stop).
+    pub batch_prefill_chunk: usize,
     /// Sampling temperature; 0 = greedy (deterministic, what the tests use).
     pub temperature: f64,
     /// Nucleus sampling cut-off when temperature > 0 (1 = off).
@@ -133,6 +141,8 @@ impl Default for Answering {
             backend: ReplyBackend::Local,
             local: LocalReply::default(),
             threads: 1,
+            batch_max_sequences: 8,
+            batch_prefill_chunk: 128,
             temperature: 0.0,
             top_p: 1.0,
             seed: 0,

@@ -86,9 +86,9 @@ pub struct ReplyInfo {
     pub text: String,
     pub language: String,
     pub voice: String,
-    /// A generated sentence failed the safety check and was replaced by a safe fallback.
+    /// A generated sentence broke the reply policy and was replaced by a safe line.
     pub fallback: bool,
-    /// Why: the safety categories of the sentence that was not spoken.
+    /// Why: the policy categories of the sentence that was not spoken.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fallback_categories: Vec<String>,
     pub origin: Origin,
@@ -249,7 +249,7 @@ pub struct Counts {
     pub utterances_done: u64,
     pub deadletters: u64,
     pub alerts: u64,
-    /// Generated replies that failed the safety check and were replaced by a safe fallback.
+    /// Generated replies with a sentence that broke the reply policy, replaced by a safe line.
     pub replies_replaced: u64,
     /// Speech records acknowledged.
     pub speech_chunks: u64,

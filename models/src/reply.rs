@@ -1,8 +1,9 @@
 //! Reply generation, whichever engine writes it: the trait the answering stage calls.
-//! The local engine is SmolLM2 on candle ([`crate::llm`]); engines are chosen by
-//! `answering.backend` in the config.
+//! The local engine is SmolLM2 on candle ([`crate::llm`]), one reply at a time
+//! ([`ReplyModel`]) or several conversations' replies in one shared batch ([`BatchedModel`]);
+//! engines are chosen by `answering.backend` in the config.
 
-use crate::llm::{Generated, Prompt, ReplyModel, Sampling};
+use crate::llm::{BatchSettings, Batcher, Generated, Prompt, ReplyModel, Sampling};
 
 /// Writes replies. One instance serves every reply thread of a process.
 pub trait ReplyEngine: Send + Sync {
@@ -68,5 +69,61 @@ impl ReplyEngine for ReplyModel {
 
     fn forget(&self, sessions: &[String]) {
         self.forget_sessions(sessions)
+    }
+}
+
+/// The local model with every reply generated in one shared batch: one [`Batcher`] thread
+/// per process runs a forward pass for the next token of every conversation in generation,
+/// so the caller's thread only waits for its sentences (and speaks them). Cheap to clone:
+/// clones share the batch. Prepared prefixes are the model's, so they are reused inside the
+/// batch as they are one at a time.
+#[derive(Clone)]
+pub struct BatchedModel {
+    model: ReplyModel,
+    batcher: Batcher,
+}
+
+impl BatchedModel {
+    /// Start the batch thread; it ends when every clone is dropped.
+    pub fn spawn(model: ReplyModel, settings: BatchSettings) -> std::io::Result<Self> {
+        let batcher = Batcher::spawn(model.clone(), settings)?;
+        Ok(Self { model, batcher })
+    }
+}
+
+impl ReplyEngine for BatchedModel {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    fn serves(&self, language: &str) -> bool {
+        self.model.serves(language)
+    }
+
+    fn generate(
+        &self,
+        session: Option<&str>,
+        prompt: &Prompt,
+        sampling: &Sampling,
+        on_sentence: &mut dyn FnMut(&str),
+    ) -> anyhow::Result<Generated> {
+        self.batcher
+            .generate_in(session, prompt, sampling, on_sentence)
+    }
+
+    fn prepares(&self) -> bool {
+        true
+    }
+
+    fn keep_prepared(&self, conversations: usize) {
+        self.model.keep_sessions(conversations)
+    }
+
+    fn prepare(&self, session: &str, next: &Prompt) -> anyhow::Result<usize> {
+        self.model.prepare(session, next)
+    }
+
+    fn forget(&self, sessions: &[String]) {
+        self.model.forget_sessions(sessions)
     }
 }

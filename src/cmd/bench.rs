@@ -33,6 +33,11 @@ pub enum BenchCommand {
     /// answered, dead-lettered and lost counts, in-flight, RSS and lag printed over time;
     /// fails if a valid utterance is lost or a bad record is not dead-lettered once.
     Soak(super::bench_e2e::soak::SoakArgs),
+    /// Replies to prompts and conversations (e.g. data/reply_adversarial.jsonl) through the
+    /// local reply model with the pipeline's checks: compliance with the reply policy per
+    /// category (raw and after enforcement, by the runtime checker and a stricter judge),
+    /// relevance, repeated openings, sentences, readability grade, questions, cost.
+    Replies(super::bench_replies::RepliesArgs),
 }
 
 #[derive(Args, Debug)]
@@ -122,6 +127,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         }
         BenchCommand::E2e(args) => super::bench_e2e::run(args),
         BenchCommand::Soak(args) => super::bench_e2e::soak::run(args),
+        BenchCommand::Replies(args) => super::bench_replies::run(args),
     }
 }
 

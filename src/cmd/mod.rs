@@ -1,5 +1,6 @@
 pub mod bench;
 pub mod bench_e2e;
+pub mod bench_replies;
 pub mod dashboard;
 pub mod fleet;
 pub mod k8s;

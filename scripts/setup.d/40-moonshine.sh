@@ -4,7 +4,8 @@
 #
 #   moonshine-cpp==0.1.4 (MIT)   moonshine_cpp/models/base-en/{encoder_model.ort,
 #                                decoder_model_merged.ort,tokenizer.bin}
-#     → $MODELS/moonshine-base/{model.safetensors (fp32, HF key names), config.json, tokenizer.bin}
+#     → $MODELS/moonshine-base/{model.safetensors (fp32, HF key names), config.json, tokenizer.bin,
+#        quantization.json (each int8 weight's scale and zero point, for a lossless int8 decoder)}
 #
 # The weights are int8 inside ORT-format flatbuffers; scripts/convert_moonshine.py dequantizes
 # them once, through a venv ($ASSETS/venv-moonshine) holding onnxruntime (for its generated
@@ -15,6 +16,7 @@
 
 MOONSHINE_SUMS="ef804964bfabeca86e3c55fa4c5facba810d60c40169b30129e706fda8f85dd4  model.safetensors
 00e8b32a0660397c62651a059efca7dd48b1502111648a13386f3d933baaf9e7  config.json
+e89a17755e1c8d23e2f729f1c7e6e2f59b182ad767941a9dc022a9ee43276ee7  quantization.json
 04670d78994d030185c3dd843c60591788fed0a56cc6750747bd326825f13ca9  tokenizer.bin"
 MOONSHINE_PY_PACKAGES=(onnxruntime==1.32.0 flatbuffers==25.12.19 numpy==2.4.6)
 

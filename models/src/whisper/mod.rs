@@ -57,14 +57,19 @@ impl FromStr for WhisperVariant {
 
 impl std::fmt::Display for WhisperVariant {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::TinyEn => "tiny.en",
-            Self::Base => "base",
-        })
+        f.write_str(self.name())
     }
 }
 
 impl WhisperVariant {
+    /// "tiny.en" or "base", as parsed.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::TinyEn => "tiny.en",
+            Self::Base => "base",
+        }
+    }
+
     pub fn dir_name(&self) -> &'static str {
         match self {
             Self::TinyEn => "whisper-tiny.en",
@@ -112,11 +117,19 @@ pub struct Transcript {
     pub language: String,
     /// Text tokens generated (no prompt, no eot).
     pub tokens: usize,
-    /// Token-weighted mean log-probability of the kept decodes.
+    /// Token-weighted mean log-probability of the kept decodes (end token included).
     pub avg_logprob: f32,
+    /// How sure the engine is that the text is what was said, in [0, 1]; 0 for an empty
+    /// text. See [`crate::stt::confidence`].
+    pub confidence: f32,
+    /// Whisper: probability of the no-speech token at the first decoding step (token-weighted
+    /// over kept windows; the highest window's if every window was silence). 0 for engines
+    /// without such a token (Moonshine).
+    pub no_speech_prob: f32,
     /// Highest temperature any window needed (0.0 = plain greedy everywhere).
     pub fallback_temperature: f32,
-    /// Wall-clock milliseconds in each stage, summed over windows (and fallback retries).
+    /// Wall-clock milliseconds in each stage, summed over windows (and fallback retries);
+    /// `mel_ms` is Whisper's log-mel front end (Moonshine's convolutions count as encoding).
     pub mel_ms: f64,
     pub encode_ms: f64,
     pub decode_ms: f64,
@@ -478,6 +491,9 @@ struct Accumulator {
     tokens: usize,
     sum_logprob: f32,
     n_logprob: usize,
+    /// Σ no_speech_prob × (tokens + 1) over kept windows, and the highest over all windows.
+    sum_no_speech: f32,
+    max_no_speech: f32,
     temperature: f32,
     mel_ms: f64,
     encode_ms: f64,
@@ -487,12 +503,14 @@ struct Accumulator {
 impl Accumulator {
     fn add(&mut self, d: &Decoded, text: &str) {
         self.temperature = self.temperature.max(d.temperature);
+        self.max_no_speech = self.max_no_speech.max(d.no_speech_prob);
         if decode::is_silence(d) {
             return;
         }
         self.tokens += d.tokens.len();
         self.sum_logprob += d.sum_logprob;
         self.n_logprob += d.tokens.len() + 1;
+        self.sum_no_speech += d.no_speech_prob * (d.tokens.len() + 1) as f32;
         let text = text.trim();
         if !text.is_empty() {
             self.texts.push(text.to_string());
@@ -500,15 +518,18 @@ impl Accumulator {
     }
 
     fn finish(self, language: String) -> Transcript {
+        let (avg_logprob, no_speech_prob) = match self.n_logprob {
+            0 => (0.0, self.max_no_speech),
+            n => (self.sum_logprob / n as f32, self.sum_no_speech / n as f32),
+        };
+        let text = self.texts.join(" ");
         Transcript {
-            text: self.texts.join(" "),
+            confidence: crate::stt::confidence(&text, avg_logprob, no_speech_prob),
+            text,
             language,
             tokens: self.tokens,
-            avg_logprob: if self.n_logprob > 0 {
-                self.sum_logprob / self.n_logprob as f32
-            } else {
-                0.0
-            },
+            avg_logprob,
+            no_speech_prob,
             fallback_temperature: self.temperature,
             mel_ms: self.mel_ms,
             encode_ms: self.encode_ms,

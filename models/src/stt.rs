@@ -1,0 +1,107 @@
+//! Speech-to-text engines behind one trait, and the confidence both report.
+
+use crate::moonshine::MoonshineModel;
+use crate::whisper::{Transcript, WhisperModel};
+
+/// A speech-to-text engine: 16 kHz mono clips in, transcripts out.
+pub trait SpeechToText: Send + Sync {
+    /// "whisper" or "moonshine".
+    fn engine(&self) -> &'static str;
+    /// The model within the engine, e.g. "tiny.en", "base".
+    fn model(&self) -> &str;
+    /// One result per clip, in order. `language` is a code like "en"; `None` lets the
+    /// engine detect it (multilingual Whisper) or use its only language.
+    fn transcribe_batch(
+        &self,
+        clips: &[&[f32]],
+        language: Option<&str>,
+    ) -> Vec<anyhow::Result<Transcript>>;
+}
+
+/// How sure the engine is that `text` is what was said, in [0, 1]:
+///
+/// `exp(avg_logprob) × (1 − no_speech_prob)`, where `avg_logprob` is the mean natural-log
+/// probability the decoder gave each chosen token, the end-of-text token included (so the
+/// geometric mean of the token probabilities: 1 when every token was certain, lower with every
+/// token the model hesitated on), and `no_speech_prob` is Whisper's probability of its
+/// no-speech token at the first decoding step (0 for engines without one, e.g. Moonshine).
+/// An empty text has confidence 0: nothing was heard, so there is nothing to be sure of.
+pub fn confidence(text: &str, avg_logprob: f32, no_speech_prob: f32) -> f32 {
+    if text.trim().is_empty() || avg_logprob.is_nan() {
+        return 0.0;
+    }
+    let c = avg_logprob.min(0.0).exp() * (1.0 - no_speech_prob.clamp(0.0, 1.0));
+    if c.is_finite() {
+        c.clamp(0.0, 1.0)
+    } else {
+        0.0
+    }
+}
+
+impl SpeechToText for WhisperModel {
+    fn engine(&self) -> &'static str {
+        "whisper"
+    }
+
+    fn model(&self) -> &str {
+        self.variant().name()
+    }
+
+    fn transcribe_batch(
+        &self,
+        clips: &[&[f32]],
+        language: Option<&str>,
+    ) -> Vec<anyhow::Result<Transcript>> {
+        WhisperModel::transcribe_batch(self, clips, language)
+    }
+}
+
+impl SpeechToText for MoonshineModel {
+    fn engine(&self) -> &'static str {
+        "moonshine"
+    }
+
+    fn model(&self) -> &str {
+        crate::moonshine::MODEL_NAME
+    }
+
+    fn transcribe_batch(
+        &self,
+        clips: &[&[f32]],
+        language: Option<&str>,
+    ) -> Vec<anyhow::Result<Transcript>> {
+        if let Some(code) = language.filter(|c| *c != "en") {
+            tracing::warn!(
+                code,
+                "Moonshine base is English-only: transcribing as English"
+            );
+        }
+        MoonshineModel::transcribe_batch(self, clips)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn confidence_is_a_probability() {
+        assert_eq!(confidence("", 0.0, 0.0), 0.0);
+        assert_eq!(confidence("  ", -0.1, 0.0), 0.0);
+        assert!((confidence("hi", 0.0, 0.0) - 1.0).abs() < 1e-6);
+        assert!((confidence("hi", (0.5f32).ln(), 0.5) - 0.25).abs() < 1e-6);
+        assert_eq!(confidence("hi", f32::NEG_INFINITY, 0.0), 0.0);
+        assert_eq!(confidence("hi", f32::NAN, 0.0), 0.0);
+        assert!(confidence("hi", -0.05, 0.0) > confidence("hi", -1.0, 0.0));
+    }
+
+    #[test]
+    fn engines_are_trait_objects() {
+        fn boxed<T: SpeechToText + 'static>(engine: T) -> Box<dyn SpeechToText> {
+            Box::new(engine)
+        }
+        // Compiles only if both engines implement the trait.
+        let _ = boxed::<WhisperModel>;
+        let _ = boxed::<MoonshineModel>;
+    }
+}

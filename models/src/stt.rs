@@ -16,6 +16,17 @@ pub trait SpeechToText: Send + Sync {
         clips: &[&[f32]],
         language: Option<&str>,
     ) -> Vec<anyhow::Result<Transcript>>;
+
+    /// The transcript of one clip and, where the engine can make one, an English translation
+    /// of the same audio (`None` for English, or for engines that cannot translate).
+    fn transcribe_with_translation(
+        &self,
+        clip: &[f32],
+        language: Option<&str>,
+    ) -> anyhow::Result<(Transcript, Option<Transcript>)> {
+        let transcript = self.transcribe_batch(&[clip], language).remove(0)?;
+        Ok((transcript, None))
+    }
 }
 
 /// How sure the engine is that `text` is what was said, in [0, 1]:
@@ -53,6 +64,14 @@ impl SpeechToText for WhisperModel {
         language: Option<&str>,
     ) -> Vec<anyhow::Result<Transcript>> {
         WhisperModel::transcribe_batch(self, clips, language)
+    }
+
+    fn transcribe_with_translation(
+        &self,
+        clip: &[f32],
+        language: Option<&str>,
+    ) -> anyhow::Result<(Transcript, Option<Transcript>)> {
+        WhisperModel::transcribe_with_translation(self, clip, language)
     }
 }
 

@@ -82,6 +82,13 @@ impl WhisperVariant {
     }
 }
 
+/// What the decoder is asked to write: the words as spoken, or their English translation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Task {
+    Transcribe,
+    Translate,
+}
+
 /// Knobs that trade accuracy for speed; the defaults are what the tests measured best.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WhisperOptions {
@@ -141,6 +148,8 @@ pub struct SpecialTokens {
     pub sot: u32,
     pub eot: u32,
     pub transcribe: u32,
+    /// `<|translate|>`: the task token that makes a multilingual model write English.
+    pub translate: u32,
     pub no_timestamps: u32,
     pub no_speech: Option<u32>,
     /// (id, code) of every language token, e.g. (50259, "en") for multilingual models.
@@ -261,14 +270,70 @@ impl WhisperModel {
 
     /// sot (+ language + transcribe for multilingual models) + notimestamps.
     pub fn prompt(&self, language_token: Option<u32>) -> Vec<u32> {
+        self.task_prompt(language_token, Task::Transcribe)
+    }
+
+    /// sot (+ language + task for multilingual models) + notimestamps.
+    pub fn task_prompt(&self, language_token: Option<u32>, task: Task) -> Vec<u32> {
         let s = &self.inner.specials;
         let mut p = vec![s.sot];
         if self.inner.variant.is_multilingual() {
             p.extend(language_token);
-            p.push(s.transcribe);
+            p.push(match task {
+                Task::Transcribe => s.transcribe,
+                Task::Translate => s.translate,
+            });
         }
         p.push(s.no_timestamps);
         p
+    }
+
+    /// The transcript in `language` and, when that language is not English and the model is
+    /// multilingual, an English translation of the same audio. The translation is a second
+    /// decoder pass (task token `translate`) over each window's encoder output and
+    /// cross-attention keys/values already computed for the transcript: no second encoder
+    /// pass. `None` detects the language first, as [`Self::transcribe`] does.
+    pub fn transcribe_with_translation(
+        &self,
+        pcm_16k: &[f32],
+        language: Option<&str>,
+    ) -> anyhow::Result<(Transcript, Option<Transcript>)> {
+        let mut lang = self.requested_language(language)?;
+        let (mut acc, mut english) = (Accumulator::default(), Accumulator::default());
+        let mut translated = false;
+        for (i, window) in pcm_16k.chunks(WINDOW_SAMPLES).enumerate() {
+            if i > 0 && window.len() < SAMPLE_RATE / 10 {
+                break;
+            }
+            let (mut state, prompt) = self.prepare(window, &mut lang, &mut acc)?;
+            let detok = |ids: &[u32]| self.detokenize(ids);
+            let dec = &self.inner.model.decoder;
+            let t = Instant::now();
+            let (d, text) =
+                decode::decode_with_fallback(dec, &mut state, &prompt, &self.inner.rules, detok)?;
+            acc.decode_ms += ms(t);
+            acc.add(&d, &text);
+            if !self.needs_translation(lang) {
+                continue;
+            }
+            translated = true;
+            let t = Instant::now();
+            let prompt = self.task_prompt(lang, Task::Translate);
+            let (d, text) =
+                decode::decode_with_fallback(dec, &mut state, &prompt, &self.inner.rules, detok)?;
+            english.decode_ms += ms(t);
+            english.add(&d, &text);
+        }
+        let transcript = acc.finish(self.language_code(lang));
+        Ok((
+            transcript,
+            translated.then(|| english.finish("en".to_string())),
+        ))
+    }
+
+    /// A multilingual model hearing a language other than English.
+    fn needs_translation(&self, lang: Option<u32>) -> bool {
+        self.inner.variant.is_multilingual() && self.language_code(lang) != "en"
     }
 
     /// Plain greedy decode (temperature 0, no fallback) of audio features: text tokens only.
@@ -572,6 +637,7 @@ fn special_tokens(
         sot: id("<|startoftranscript|>")?,
         eot: id("<|endoftext|>")?,
         transcribe: id("<|transcribe|>")?,
+        translate: id("<|translate|>")?,
         no_timestamps: id("<|notimestamps|>")?,
         no_speech: tok
             .token_to_id("<|nospeech|>")

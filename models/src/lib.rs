@@ -14,6 +14,7 @@ pub mod llm;
 pub mod moonshine;
 pub mod reply_bank;
 pub mod safety;
+pub mod spoken;
 pub mod stt;
 pub mod tts;
 mod vecmath;

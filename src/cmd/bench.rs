@@ -10,7 +10,7 @@ use teddyflow_connectors::file::clips_in_dir;
 use teddyflow_models::audio::{self, Codec, DecodeOptions};
 use teddyflow_models::emotion::EmotionModel;
 use teddyflow_models::eval;
-use teddyflow_models::moonshine::{self, MoonshineModel};
+use teddyflow_models::moonshine::{self, MoonshineModel, MoonshineOptions};
 use teddyflow_models::safety::SafetyModel;
 use teddyflow_models::spoken;
 use teddyflow_models::stt::SpeechToText;
@@ -83,6 +83,9 @@ pub struct AsrArgs {
     /// Whisper: silence appended after each clip, ms.
     #[arg(long, default_value_t = 0)]
     tail_pad_ms: u64,
+    /// Moonshine: silence put before each clip, ms (see `MoonshineOptions`).
+    #[arg(long, default_value_t = MoonshineOptions::default().lead_silence_ms)]
+    lead_silence_ms: u32,
     /// Untimed passes over the first clip before measuring (page-in, allocator warm-up).
     #[arg(long, default_value_t = 1)]
     warmup: usize,
@@ -202,10 +205,11 @@ fn load_engine(args: &AsrArgs) -> anyhow::Result<(Box<dyn SpeechToText>, String)
                 name == moonshine::MODEL_NAME,
                 "unknown Moonshine model {name:?} (expected \"base\")"
             );
-            (
-                Box::new(MoonshineModel::load(&args.models_dir)?),
-                name.to_string(),
-            )
+            let options = MoonshineOptions {
+                lead_silence_ms: args.lead_silence_ms,
+            };
+            let model = MoonshineModel::load(&args.models_dir)?.with_options(options);
+            (Box::new(model), name.to_string())
         }
     })
 }

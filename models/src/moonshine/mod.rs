@@ -41,6 +41,26 @@ pub const MAX_TOKENS_PER_SECOND: f64 = 6.5;
 /// utterances of up to about 30 s).
 pub const WINDOW_SAMPLES: usize = 30 * SAMPLE_RATE;
 
+/// Knobs of the front end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MoonshineOptions {
+    /// Silence put before each window, ms. Moonshine ends the text at once (empty transcript)
+    /// on many clips whose speech starts at the very first sample, as synthetic speech and
+    /// tightly cut utterances do: on espeak-ng child-like voices 0.5 s of leading silence
+    /// turned most such empty transcripts into the right words, while 1 s of *trailing*
+    /// silence changed nothing (see docs/performance.md, "Moonshine"). Costs ~21 encoder
+    /// frames per window.
+    pub lead_silence_ms: u32,
+}
+
+impl Default for MoonshineOptions {
+    fn default() -> Self {
+        Self {
+            lead_silence_ms: 500,
+        }
+    }
+}
+
 enum Decoders {
     /// Plain-Rust step on int8 weights (CPU).
     Cpu(CpuDecoder),
@@ -65,6 +85,7 @@ struct Inner {
 #[derive(Clone)]
 pub struct MoonshineModel {
     inner: Arc<Inner>,
+    options: MoonshineOptions,
 }
 
 /// Reads `dir/model.safetensors` onto `device`.
@@ -138,7 +159,17 @@ impl MoonshineModel {
         };
         Ok(Self {
             inner: Arc::new(inner),
+            options: MoonshineOptions::default(),
         })
+    }
+
+    pub fn with_options(mut self, options: MoonshineOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    pub fn options(&self) -> MoonshineOptions {
+        self.options
     }
 
     pub fn config(&self) -> &Config {
@@ -265,7 +296,14 @@ impl MoonshineModel {
             return Ok(None);
         }
         let t = Instant::now();
-        let audio = self.encode(window)?;
+        let lead = self.options.lead_silence_ms as usize * SAMPLE_RATE / 1000;
+        let audio = if lead == 0 {
+            self.encode(window)?
+        } else {
+            let mut padded = vec![0.0; lead + window.len()];
+            padded[lead..].copy_from_slice(window);
+            self.encode(&padded)?
+        };
         acc.encode_ms += ms(t);
         let budget = token_budget(window.len());
         let t = Instant::now();

@@ -41,6 +41,31 @@ impl VoiceGrid {
         }
     }
 
+    /// Many voices, none of them in [`Self::child_like`] or the other grids the docs measure
+    /// with: for speaking training examples (how the engines hear them), so that what is
+    /// learnt is how these sentences are misheard, not one voice's quirks.
+    pub fn training() -> Self {
+        let voices = [
+            "en-us+f1",
+            "en-gb-x-rp+f4",
+            "en+klatt3",
+            "en-us+Alicia",
+            "en-gb-scotland+f2",
+            "en-029+f3",
+            "en-us+linda",
+            "en+belinda",
+            "en-us+steph",
+            "en+anika",
+            "en-gb+klatt4",
+            "en-us+shelby",
+        ];
+        Self {
+            voices: voices.iter().map(|v| v.to_string()).collect(),
+            pitches: vec![60, 78, 92, 99],
+            rates: vec![130, 160, 185],
+        }
+    }
+
     /// Every (voice, pitch, rate), voices varying fastest.
     pub fn combinations(&self) -> Vec<(String, u8, u32)> {
         let mut out = Vec::new();

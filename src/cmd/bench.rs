@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde::Serialize;
 use teddyflow_connectors::file::clips_in_dir;
+use teddyflow_dataflow::config::Config;
 use teddyflow_models::audio::{self, Codec, DecodeOptions};
 use teddyflow_models::emotion::EmotionModel;
 use teddyflow_models::eval;
@@ -25,8 +26,10 @@ pub enum BenchCommand {
     /// sentences spoken by a grid of espeak-ng voices (child-like by default).
     Asr(AsrArgs),
     /// Per-verdict and per-category precision, recall and false-positive rate of the
-    /// child-safety check over a labelled JSONL file ({"text","verdict","categories"}).
-    Safety(LabelledArgs),
+    /// child-safety check over a labelled JSONL file ({"text","verdict","categories"}), as
+    /// text, or `--spoken`: each line spoken by espeak-ng voices, heard by the pipeline's
+    /// engines (as configured) and judged as the pipeline judges it.
+    Safety(SafetyArgs),
     /// Accuracy and per-label precision/recall of the emotion classifier over a labelled
     /// JSONL file ({"text","label"}).
     Emotion(LabelledArgs),
@@ -38,6 +41,80 @@ pub enum BenchCommand {
     /// answered, dead-lettered and lost counts, in-flight, RSS and lag printed over time;
     /// fails if a valid utterance is lost or a bad record is not dead-lettered once.
     Soak(super::bench_e2e::soak::SoakArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SafetyArgs {
+    /// Labelled JSONL file judged as text, e.g. data/safety_dev.jsonl.
+    #[arg(required_unless_present = "spoken")]
+    pub file: Option<PathBuf>,
+    /// Labelled JSONL file whose lines are spoken (TTS → the pipeline's speech-to-text →
+    /// verdicts); a training file ({"text","category"}) works too.
+    #[arg(long, conflicts_with = "file")]
+    pub spoken: Option<PathBuf>,
+    /// Config whose engines hear the spoken lines (`asr.*`, `models.dir`,
+    /// `understanding.data_dir`); the built-in defaults without it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Override a config key, e.g. `--set asr.engine="whisper"` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Folder with the installed models (overrides `models.dir`).
+    #[arg(long)]
+    pub models_dir: Option<PathBuf>,
+    /// Folder with the labelled examples the classifiers learn from (overrides
+    /// `understanding.data_dir`).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub voices: VoiceArgs,
+    /// Spoken: write every clip's transcript here as JSONL with the line's labels and how it
+    /// was spoken and heard (the format of data/safety_heard.jsonl).
+    #[arg(long)]
+    pub save_heard: Option<PathBuf>,
+    /// Spoken: only every n-th line of the file (a smaller set, e.g. for CI).
+    #[arg(long, default_value_t = 1)]
+    pub every: usize,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The espeak-ng voice grid sentences are spoken with.
+#[derive(Args, Debug, Clone)]
+pub struct VoiceArgs {
+    /// espeak-ng voices (comma-separated; default a child-like set of female and klatt
+    /// variants; `training` for the grid the heard training examples were spoken with).
+    #[arg(long, value_delimiter = ',')]
+    pub voices: Vec<String>,
+    /// Pitches 0-99 (default 70,85,99).
+    #[arg(long, value_delimiter = ',')]
+    pub pitches: Vec<u8>,
+    /// Speeds in words per minute (default 140,175).
+    #[arg(long, value_delimiter = ',')]
+    pub rates: Vec<u32>,
+    /// Voice/pitch/speed combinations per sentence, taken in turn from the grid.
+    #[arg(long, default_value_t = 3)]
+    pub per_sentence: usize,
+}
+
+impl VoiceArgs {
+    pub fn grid(&self) -> spoken::VoiceGrid {
+        let mut grid = match self.voices.as_slice() {
+            [one] if one == "training" => spoken::VoiceGrid::training(),
+            _ => spoken::VoiceGrid::child_like(),
+        };
+        if !self.voices.is_empty() && self.voices != ["training"] {
+            grid.voices = self.voices.clone();
+        }
+        if !self.pitches.is_empty() {
+            grid.pitches = self.pitches.clone();
+        }
+        if !self.rates.is_empty() {
+            grid.rates = self.rates.clone();
+        }
+        grid
+    }
 }
 
 #[derive(Args, Debug)]
@@ -90,6 +167,10 @@ pub struct AsrArgs {
     /// Moonshine: silence put before each clip, ms (see `MoonshineOptions`).
     #[arg(long, default_value_t = MoonshineOptions::default().lead_silence_ms)]
     lead_silence_ms: u32,
+    /// Lower every clip's pitch and formants by this factor before hearing it (the clip is
+    /// played slower: 1.15 = 15 % lower and longer); 1 = as recorded.
+    #[arg(long, default_value_t = 1.0)]
+    pub warp: f32,
     /// Untimed passes over the first clip before measuring (page-in, allocator warm-up).
     #[arg(long, default_value_t = 1)]
     warmup: usize,
@@ -97,19 +178,9 @@ pub struct AsrArgs {
     /// clip's compute is its batch's time divided by the batch size.
     #[arg(long, default_value_t = 1)]
     batch: usize,
-    /// Sentence files: espeak-ng voices to speak them with (comma-separated; default a
-    /// child-like set of female and klatt variants).
-    #[arg(long, value_delimiter = ',')]
-    voices: Vec<String>,
-    /// Sentence files: pitches 0-99 (default 70,85,99).
-    #[arg(long, value_delimiter = ',')]
-    pitches: Vec<u8>,
-    /// Sentence files: speeds in words per minute (default 140,175).
-    #[arg(long, value_delimiter = ',')]
-    rates: Vec<u32>,
-    /// Sentence files: voice/pitch/speed combinations per sentence, taken in turn from the grid.
-    #[arg(long, default_value_t = 3)]
-    per_sentence: usize,
+    /// Sentence files: the espeak-ng voice grid.
+    #[command(flatten)]
+    voices: VoiceArgs,
     /// Sentence files: also write the spoken clips here (WAV + .txt + manifest.jsonl), a
     /// folder this command reads back.
     #[arg(long)]
@@ -154,11 +225,17 @@ struct AsrReport {
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Asr(args) => asr(args),
-        BenchCommand::Safety(args) => {
-            let model = SafetyModel::load(&args.models_dir, &args.data_dir)?;
-            let report = eval::eval_safety(&model, &args.file)?;
-            print_report(&report, args.json)
-        }
+        BenchCommand::Safety(args) => match (&args.file, &args.spoken) {
+            (_, Some(spoken)) => super::bench_spoken::run(&args, spoken),
+            (Some(file), None) => {
+                let config = args.config()?;
+                let u = &config.understanding;
+                let model = SafetyModel::load(&config.models.dir, &u.data_dir)?;
+                let report = eval::eval_safety(&model, file)?;
+                print_report(&report, args.json)
+            }
+            (None, None) => unreachable!("clap requires one"),
+        },
         BenchCommand::Emotion(args) => {
             let model = EmotionModel::load(&args.models_dir, &args.data_dir)?;
             let report = eval::eval_emotion(&model, &args.file)?;
@@ -169,7 +246,27 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     }
 }
 
-fn print_report<R: Serialize + std::fmt::Display>(report: &R, json: bool) -> anyhow::Result<()> {
+impl SafetyArgs {
+    /// The config the engines are loaded from, with the command line's overrides.
+    pub fn config(&self) -> anyhow::Result<Config> {
+        let mut sets = self.set.clone();
+        if let Some(d) = &self.models_dir {
+            sets.push(format!("models.dir={:?}", d.display().to_string()));
+        }
+        if let Some(d) = &self.data_dir {
+            sets.push(format!(
+                "understanding.data_dir={:?}",
+                d.display().to_string()
+            ));
+        }
+        Ok(Config::load(self.config.as_deref(), &sets)?)
+    }
+}
+
+pub(super) fn print_report<R: Serialize + std::fmt::Display>(
+    report: &R,
+    json: bool,
+) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(report)?);
     } else {
@@ -237,17 +334,8 @@ fn bench_clips(args: &AsrArgs) -> anyhow::Result<Vec<BenchClip>> {
             .collect();
     }
     let sentences = spoken::read_sentences(&args.source)?;
-    let mut grid = spoken::VoiceGrid::child_like();
-    if !args.voices.is_empty() {
-        grid.voices = args.voices.clone();
-    }
-    if !args.pitches.is_empty() {
-        grid.pitches = args.pitches.clone();
-    }
-    if !args.rates.is_empty() {
-        grid.rates = args.rates.clone();
-    }
-    let clips = spoken::speak_sentences(&sentences, &grid, args.per_sentence)?;
+    let grid = args.voices.grid();
+    let clips = spoken::speak_sentences(&sentences, &grid, args.voices.per_sentence)?;
     if let Some(dir) = &args.save_clips {
         spoken::save_clips(&clips, dir).with_context(|| format!("writing {}", dir.display()))?;
     }
@@ -265,6 +353,12 @@ fn asr(args: AsrArgs) -> anyhow::Result<()> {
     let (engine, model_name) = load_engine(&args)?;
     let started = Instant::now();
     let clips = bench_clips(&args)?;
+    let mut clips = clips;
+    if args.warp != 1.0 {
+        for c in &mut clips {
+            c.pcm = audio::resample(&c.pcm, (16_000.0 / args.warp) as u32, 16_000);
+        }
+    }
     let decode_s = started.elapsed().as_secs_f64();
     let language = Some(args.language.as_str());
     for _ in 0..args.warmup {

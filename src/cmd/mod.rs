@@ -1,5 +1,6 @@
 pub mod bench;
 pub mod bench_e2e;
+pub mod bench_spoken;
 pub mod fleet;
 pub mod plan;
 pub mod run;

@@ -324,6 +324,10 @@ pub struct Counts {
     /// Partial utterances dead-lettered because `limits.max_pending_bytes` was reached.
     #[serde(default)]
     pub evicted_utterances: u64,
+    /// Partitions read again from `kafka.offset_reset` because the broker's log was not the
+    /// one teddyflow had been reading (broker emptied, topic recreated).
+    #[serde(default)]
+    pub offset_resets: u64,
     /// Outputs the broker refused for good (too large, invalid); each is replaced by a
     /// small dead letter saying so, and never holds back the records behind it.
     #[serde(default)]

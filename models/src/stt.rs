@@ -79,6 +79,8 @@ pub fn confidence(text: &str, avg_logprob: f32, no_speech_prob: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::moonshine::MoonshineModel;
+    use crate::whisper::WhisperModel;
 
     #[test]
     fn confidence_is_a_probability() {

@@ -522,12 +522,7 @@ fn distress_with_personal_information_is_comforted() {
             "{text}: {v:?}"
         );
         let emotion = models().emotion.classify_text(text).label;
-        let kind = reply_bank::kind_for(
-            Some(emotion.as_str()),
-            Some(v.verdict.as_str()),
-            &v.categories,
-            false,
-        );
+        let kind = reply_bank::kind_for(Some(emotion), Some(v.verdict), &v.categories, false);
         assert_eq!(kind, ReplyKind::Comfort, "{text}: {emotion} {v:?}");
         let reply = reply_bank::reply_to_unsafe(kind, "en", None, 0);
         assert_ne!(reply, reply_bank::fallback_reply("en", None, 0), "{text}");

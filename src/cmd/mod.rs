@@ -1,7 +1,10 @@
 pub mod bench;
 pub mod bench_e2e;
 pub mod bench_spoken;
+pub mod dashboard;
 pub mod fleet;
+pub mod k8s;
 pub mod plan;
+pub mod resize;
 pub mod run;
 pub mod tail;

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
@@ -101,15 +102,62 @@ pub fn classify(code: RDKafkaErrorCode) -> ErrorKind {
 #[derive(Default)]
 struct Acks {
     done: Mutex<Vec<Delivery>>,
+    /// When the current broker outage began, as seen by this producer.
+    outage: Mutex<Option<std::time::Instant>>,
 }
 
-impl ClientContext for Acks {}
+/// librdkafka logs every failed reconnect (hundreds of ERROR lines in an outage): its own
+/// lines stay at debug, and an outage is logged once when it begins and once when it ends.
+impl ClientContext for Acks {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical => {
+                tracing::warn!(target: "librdkafka", "{fac}: {log_message}")
+            }
+            _ => tracing::debug!(target: "librdkafka", "{fac}: {log_message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        let outage = error.rdkafka_error_code().is_some_and(|c| {
+            matches!(
+                c,
+                RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure
+            )
+        });
+        let Ok(mut since) = self.outage.lock() else {
+            return;
+        };
+        if outage && since.is_none() {
+            tracing::warn!(error = %error, "kafka brokers unreachable; output waits for them");
+            *since = Some(std::time::Instant::now());
+        } else if outage {
+            tracing::debug!(error = %error, "{reason}");
+        } else {
+            tracing::warn!(error = %error, "kafka producer error: {reason}");
+        }
+    }
+}
+
+impl Acks {
+    fn delivered(&self) {
+        if let Ok(mut since) = self.outage.lock() {
+            if let Some(at) = since.take() {
+                let secs = at.elapsed().as_secs_f64();
+                tracing::info!("kafka brokers reachable again after {secs:.1} s (output)");
+            }
+        }
+    }
+}
 
 impl ProducerContext for Acks {
     // 0 marks fire-and-forget records (metrics) that nobody waits for.
     type DeliveryOpaque = Box<u64>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, id: Self::DeliveryOpaque) {
+        if result.is_ok() {
+            self.delivered();
+        }
         if *id == 0 {
             return;
         }

@@ -4,7 +4,8 @@
 //! [`Receipts`] with the broker's answer.
 //!
 //! - A failure a retry can cure (queue full, broker away) is retried, at least once
-//!   delivery; an outage is logged once when it starts and once when it ends.
+//!   delivery, more slowly while the broker is away (the writer logs the outage once when
+//!   it starts and once when it ends).
 //! - A record the broker will never take (too large, invalid) is set aside at once and
 //!   reported to [`Receipts::refused`]: it must never hold back the records behind it or
 //!   its time's progress. The answer may be a replacement record (a small dead letter
@@ -120,8 +121,8 @@ fn set_aside<R>(
     }
 }
 
-/// When the broker stopped taking records, so an outage is logged once as it starts and
-/// once as it ends, however many records are retried meanwhile.
+/// Whether the broker has stopped taking records (retries then come less often). The
+/// writer logs the outage itself, once as it starts and once as it ends.
 #[derive(Default)]
 struct Outage {
     since: Option<Instant>,
@@ -132,17 +133,17 @@ impl Outage {
     fn retrying(&mut self, e: &ProduceError) {
         self.retries += 1;
         if self.since.is_none() && !e.is_queue_full() {
-            tracing::warn!(error = %e, "the broker is not taking records; retrying until it does");
+            tracing::debug!(error = %e, "records are retried until the broker takes them");
             self.since = Some(Instant::now());
         }
     }
 
     fn delivered(&mut self) {
         if let Some(since) = self.since.take() {
-            tracing::info!(
+            tracing::debug!(
                 after_s = since.elapsed().as_secs(),
                 retries = self.retries,
-                "the broker is taking records again"
+                "records are delivered again"
             );
         }
         self.retries = 0;

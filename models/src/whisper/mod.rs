@@ -624,31 +624,6 @@ fn special_tokens(
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn model_is_shareable() {
-        fn is<T: Send + Sync + Clone>() {}
-        is::<WhisperModel>();
-        is::<Transcript>();
-    }
-
-    #[test]
-    fn variant_names() {
-        assert_eq!(
-            "tiny.en".parse::<WhisperVariant>().unwrap(),
-            WhisperVariant::TinyEn
-        );
-        assert_eq!(
-            "base".parse::<WhisperVariant>().unwrap().dir_name(),
-            "whisper-base"
-        );
-        assert!("large".parse::<WhisperVariant>().is_err());
-    }
-}
-
 impl SpeechToText for WhisperModel {
     fn transcribe_with_translation(
         &self,
@@ -672,5 +647,30 @@ impl SpeechToText for WhisperModel {
         language: Option<&str>,
     ) -> Vec<anyhow::Result<Transcript>> {
         WhisperModel::transcribe_batch(self, clips, language)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_is_shareable() {
+        fn is<T: Send + Sync + Clone>() {}
+        is::<WhisperModel>();
+        is::<Transcript>();
+    }
+
+    #[test]
+    fn variant_names() {
+        assert_eq!(
+            "tiny.en".parse::<WhisperVariant>().unwrap(),
+            WhisperVariant::TinyEn
+        );
+        assert_eq!(
+            "base".parse::<WhisperVariant>().unwrap().dir_name(),
+            "whisper-base"
+        );
+        assert!("large".parse::<WhisperVariant>().is_err());
     }
 }

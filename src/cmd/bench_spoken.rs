@@ -132,7 +132,8 @@ pub fn run(args: &SafetyArgs, file: &Path) -> anyhow::Result<()> {
         (edits, words) = (edits + e, words + n);
         confidence += heard.asr.confidence as f64;
         silent += usize::from(heard.is_silent());
-        if let Some(out) = save.as_mut() {
+        // A clip heard as nothing teaches nothing (and an empty "profanity" would teach harm).
+        if let Some(out) = save.as_mut().filter(|_| !heard.is_silent()) {
             let row = heard_row(case, clip, &heard, file)?;
             writeln!(out, "{}", serde_json::to_string(&row)?)?;
         }

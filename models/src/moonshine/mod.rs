@@ -484,24 +484,6 @@ fn ms(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn model_is_shareable() {
-        fn is<T: Send + Sync + Clone>() {}
-        is::<MoonshineModel>();
-    }
-
-    #[test]
-    fn budget_follows_the_audio_length() {
-        assert_eq!(token_budget(0), 1);
-        assert_eq!(token_budget(16_000), 7);
-        assert_eq!(token_budget(48_000), 20);
-    }
-}
-
 impl SpeechToText for MoonshineModel {
     fn engine(&self) -> &'static str {
         "moonshine"
@@ -523,5 +505,23 @@ impl SpeechToText for MoonshineModel {
             );
         }
         MoonshineModel::transcribe_batch(self, clips)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_is_shareable() {
+        fn is<T: Send + Sync + Clone>() {}
+        is::<MoonshineModel>();
+    }
+
+    #[test]
+    fn budget_follows_the_audio_length() {
+        assert_eq!(token_budget(0), 1);
+        assert_eq!(token_budget(16_000), 7);
+        assert_eq!(token_budget(48_000), 20);
     }
 }

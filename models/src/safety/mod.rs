@@ -36,8 +36,9 @@ pub use pii::redact;
 pub const EXAMPLES: &str = "safety_examples.jsonl";
 /// The same examples as the speech-to-text engines heard them when espeak-ng spoke them
 /// (`teddyflow bench safety --spoken data/safety_examples.jsonl --save-heard ...`), with the
-/// label of the line spoken; read beside [`EXAMPLES`] when present, so the head learns what
-/// "my uncle hits me" sounds like once misheard. See `data/README.md`.
+/// label of the line spoken; read beside [`EXAMPLES`] when present, so the head can learn what
+/// "my uncle hits me" sounds like once misheard. None is shipped: the one set tried raised
+/// false positives without lifting recall (docs/performance.md § Spoken safety).
 pub const HEARD_EXAMPLES: &str = "safety_heard.jsonl";
 
 /// Categories a verdict can name, with the verdict each one implies.

@@ -313,6 +313,25 @@ impl Default for Limits {
 pub enum AsrEngine {
     /// Whisper on candle (`[asr.whisper]`).
     Whisper,
+    /// Moonshine base on candle, English only (`[asr.moonshine]`).
+    Moonshine,
+}
+
+/// Moonshine base, from `<models.dir>/moonshine-base/`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MoonshineSettings {
+    /// Silence put before the audio, ms: without it Moonshine ends many utterances whose
+    /// speech starts at the first sample with no text at all (docs/performance.md).
+    pub lead_silence_ms: u32,
+}
+
+impl Default for MoonshineSettings {
+    fn default() -> Self {
+        Self {
+            lead_silence_ms: 500,
+        }
+    }
 }
 
 /// Whisper, from `<models.dir>/whisper-<model>/` and `<models.dir>/mel_filters.npz`.
@@ -342,13 +361,21 @@ impl Default for WhisperSettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Asr {
-    /// Which engine transcribes; each has its own section (`[asr.whisper]`).
+    /// The engine that hears English-speaking children (the child's profile language, or
+    /// `answering.default_language` for a child without one); each engine has its own
+    /// section (`[asr.moonshine]`, `[asr.whisper]`).
     pub engine: AsrEngine,
+    pub moonshine: MoonshineSettings,
     pub whisper: WhisperSettings,
+    /// Whisper model that hears children whose language is not English, in their language
+    /// and with an English translation from the same encoder output (what understanding
+    /// judges): `"base"` (multilingual), or `""` to hear every child with `engine`.
+    pub other_languages: String,
+    /// A transcript whose confidence (0–1, see docs/wire-format.md) is below this gets a
+    /// gentle "say that again?" instead of an answer, unless it is unsafe or distressed.
+    pub clarify_below: f32,
     /// Threads running speech-to-text in this process (one copy of the weights is shared).
     pub threads: usize,
-    /// Language passed to multilingual models until child profiles provide one.
-    pub language: String,
     /// Most utterances transcribed in one call when they queue up (dynamic batching: their
     /// greedy decodes step together, one pass over the decoder weights per step for all).
     /// Texts are the same as one by one. 1 = never batch, the default: with short
@@ -363,10 +390,12 @@ pub struct Asr {
 impl Default for Asr {
     fn default() -> Self {
         Self {
-            engine: AsrEngine::Whisper,
+            engine: AsrEngine::Moonshine,
+            moonshine: MoonshineSettings::default(),
             whisper: WhisperSettings::default(),
+            other_languages: "base".into(),
+            clarify_below: 0.5,
             threads: 1,
-            language: "en".into(),
             max_batch: 1,
             max_wait_ms: 0,
         }
@@ -418,6 +447,9 @@ impl Config {
         }
         if self.asr.threads == 0 {
             return bad("asr.threads must be at least 1");
+        }
+        if !(0.0..=1.0).contains(&self.asr.clarify_below) {
+            return bad("asr.clarify_below must be between 0 and 1");
         }
         if self.asr.max_batch == 0 || self.understanding.max_batch == 0 {
             return bad("asr.max_batch and understanding.max_batch must be at least 1");

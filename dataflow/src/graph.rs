@@ -1,8 +1,8 @@
 //! The teddyflow graph for one worker, and the worker's run loop.
 //!
 //! ```text
-//! audio ─► read ─┬─► reassemble ─► decode ─► hear ─► understand ─► answer ─► write ─► probe
-//!                └─► final chunks ─► profiles ───────────────────────┘
+//! audio ─► read ─┬─► reassemble ─► decode ─► ⋈ ─► hear ─► understand ─► answer ─► write ─► probe
+//!                └─► final chunks ─► profiles ┘ (the profile decides how the child is heard)
 //! ```
 
 use std::cell::RefCell;
@@ -23,9 +23,10 @@ use crate::envelope::Admission;
 use crate::metrics::WorkerMetrics;
 use crate::operators::next_epoch;
 use crate::outputs::Output;
-use crate::stages::answer::{Answer, Answering, Profiles};
+use crate::stages::answer::{Answer, Answering};
 use crate::stages::decode::Decode;
 use crate::stages::hear::{Hear, Hearing};
+use crate::stages::profiles::{Profiles, WithProfile};
 use crate::stages::read::Audio;
 use crate::stages::reassemble::Reassemble;
 use crate::stages::respond::Respond;
@@ -116,20 +117,25 @@ fn pipeline<'s>(
     shared: &ProcessShared,
     chunks: Stream<'s, u64, Vec<Chunk>>,
 ) -> anyhow::Result<Stream<'s, u64, Vec<Output>>> {
-    let heard = chunks
-        .clone()
-        .reassemble(ctx)
-        .decode(ctx)
-        .hear(&shared.hearing, ctx);
+    let decoded = chunks.clone().reassemble(ctx).decode(ctx);
+    // Profiles are read with answering on (the topic is created for it); without, every
+    // child is heard in `answering.default_language`.
+    let (decoded, news) = match &shared.answering {
+        Some(_) => {
+            let profiles = Profiles::read(scope, ctx, chunks)?;
+            (decoded.with_profile(profiles.lookups), Some(profiles.news))
+        }
+        None => (decoded, None),
+    };
+    let heard = decoded.hear(&shared.hearing, ctx);
     let Some(understanding) = &shared.understanding else {
         return Ok(heard.respond(ctx));
     };
     let understood = heard.understand(understanding, ctx);
-    let Some(answering) = &shared.answering else {
+    let (Some(answering), Some(news)) = (&shared.answering, news) else {
         return Ok(understood.respond(ctx));
     };
-    let profiles = Profiles::read(scope, ctx, chunks)?;
-    Ok(understood.answer(answering, profiles, ctx))
+    Ok(understood.answer(answering, news, ctx))
 }
 
 /// Step the worker until stopped, writing a metrics snapshot every interval; then drain:

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use teddyflow_connectors::wire::{self, ChunkHeaders, OutRecord};
 use teddyflow_models::emotion::{AcousticFeatures, Emotion};
 use teddyflow_models::safety::{SafetyVerdict, Verdict};
+use teddyflow_models::stt::{SpeechToText, Transcript};
 
 use crate::config::Config;
 use crate::envelope::{now_ms, Failed, Meta, SourceRange};
@@ -30,6 +31,10 @@ pub struct Response {
     pub audio_ms: u64,
     pub incomplete: bool,
     pub model: String,
+    /// How the utterance was heard: engine, model, language and confidence (and the English
+    /// translation, for a child who speaks another language).
+    #[serde(default)]
+    pub asr: AsrInfo,
     /// Per stage, ms (0.1 ms resolution), plus `total` and, for spoken replies, `first_audio`.
     pub timings_ms: BTreeMap<Stage, f64>,
     /// Stage → [start, end] in ms after the utterance completed.
@@ -78,6 +83,11 @@ pub enum Origin {
     Bank,
     /// The gentle redirect for an unsafe utterance.
     Redirect,
+    /// A curated "say that again?": the transcript's confidence was below
+    /// `asr.clarify_below` (and the utterance was neither unsafe nor distressed).
+    Clarify,
+    /// No words were heard (silence, noise): nothing is said and no speech is written.
+    Silence,
 }
 
 /// The `reply` object of a response.
@@ -121,7 +131,8 @@ impl Response {
             language: heard.language,
             audio_ms: heard.audio_ms,
             incomplete: meta.incomplete,
-            model: heard.model,
+            model: heard.asr.model.clone(),
+            asr: heard.asr,
             timings_ms,
             spans_ms: meta
                 .spans
@@ -157,11 +168,65 @@ impl Response {
 /// on) how it sounded.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Heard {
+    /// In the language the child speaks.
     pub transcript: String,
     pub language: String,
-    pub model: String,
     pub audio_ms: u64,
     pub acoustic: Option<AcousticFeatures>,
+    pub asr: AsrInfo,
+}
+
+impl Heard {
+    /// What `engine` heard in a clip of `samples` (16 kHz), with the English translation of
+    /// the same audio when it made one.
+    pub fn from_transcript(
+        engine: &dyn SpeechToText,
+        t: Transcript,
+        english: Option<Transcript>,
+        samples: usize,
+    ) -> Heard {
+        let asr = AsrInfo {
+            engine: engine.engine().to_string(),
+            model: engine.model().to_string(),
+            language: t.language.clone(),
+            confidence: (t.confidence * 1000.0).round() / 1000.0,
+            english: english.map(|e| e.text),
+        };
+        Heard {
+            transcript: t.text,
+            language: t.language,
+            audio_ms: samples as u64 * 1000 / 16_000,
+            acoustic: None,
+            asr,
+        }
+    }
+
+    /// The text understanding judges: the English translation when there is one.
+    pub fn english(&self) -> &str {
+        self.asr.english.as_deref().unwrap_or(&self.transcript)
+    }
+
+    /// No words at all were heard (silence, noise, an engine that gave up).
+    pub fn is_silent(&self) -> bool {
+        !self.transcript.chars().any(char::is_alphanumeric)
+    }
+}
+
+/// The `asr` object of a response: which engine heard the utterance and how sure it is.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AsrInfo {
+    /// `moonshine` or `whisper`.
+    pub engine: String,
+    /// The model within the engine: `base`, `tiny.en`, …
+    pub model: String,
+    /// The language the transcript is in.
+    pub language: String,
+    /// How sure the engine is that the transcript is what was said, 0–1 (0: no words).
+    pub confidence: f32,
+    /// The English translation of the same audio, for a child who speaks another language
+    /// (redacted like the transcript); absent for English.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub english: Option<String>,
 }
 
 /// A parent alert: one per `needs_care` or `unsafe` utterance.
@@ -274,6 +339,13 @@ pub struct Counts {
     /// small dead letter saying so, and never holds back the records behind it.
     #[serde(default)]
     pub outputs_refused: u64,
+    /// Utterances in which no words were heard (with answering on: answered with silence).
+    #[serde(default)]
+    pub unheard: u64,
+    /// Utterances heard with a confidence below `asr.clarify_below` and answered with a
+    /// "say that again?".
+    #[serde(default)]
+    pub clarified: u64,
 }
 
 /// A record a worker writes, typed until the sink, with when its utterance completed (0 for

@@ -31,7 +31,7 @@ use rand::{Rng, SeedableRng};
 use teddyflow_connectors::wire::{self, Chunk, ChunkHeaders, RawRecord};
 use teddyflow_dataflow::config::Limits;
 use teddyflow_dataflow::reassembly::{Outcome, Reassembler};
-use teddyflow_dataflow::stages::answer::profiles::parse_profile;
+use teddyflow_dataflow::stages::profiles::parse_profile;
 use teddyflow_models::audio::{self, Codec, DecodeOptions};
 
 /// A target's verdict on one input: `Err` is an invariant broken; `Ok` names the outcome

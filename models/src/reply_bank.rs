@@ -37,6 +37,8 @@ pub enum ReplyKind {
     Encourage,
     /// First turn of a conversation.
     Greeting,
+    /// The words were not heard clearly: a gentle "say that again?".
+    Clarify,
 }
 
 /// Languages the model answers in itself.
@@ -67,6 +69,7 @@ struct Bank {
     comfort: Vec<Entry>,
     redirect: Vec<Entry>,
     encourage: Vec<Entry>,
+    clarify: Vec<Entry>,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -82,6 +85,7 @@ impl Bank {
             ReplyKind::Redirect => &self.redirect,
             ReplyKind::Encourage => &self.encourage,
             ReplyKind::Greeting => &self.greeting,
+            ReplyKind::Clarify => &self.clarify,
         }
     }
 }
@@ -214,6 +218,7 @@ mod tests {
                 ReplyKind::Redirect,
                 ReplyKind::Encourage,
                 ReplyKind::Greeting,
+                ReplyKind::Clarify,
             ] {
                 let entries = bank.entries(kind);
                 assert!(!entries.is_empty(), "{code} {kind:?}");

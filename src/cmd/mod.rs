@@ -1,6 +1,7 @@
 pub mod bench;
 pub mod bench_e2e;
 pub mod bench_replies;
+pub mod bench_spoken;
 pub mod dashboard;
 pub mod fleet;
 pub mod k8s;

@@ -67,10 +67,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         })?;
     telemetry.health().models_loaded();
     shared.telemetry = Some(telemetry);
-    let (engine, model) = shared.hearing.engine();
+    let listeners = shared.hearing.listeners();
+    let other = listeners.other.as_ref();
     tracing::info!(
-        asr = engine,
-        model,
+        asr = listeners.english.engine(),
+        model = listeners.english.model(),
+        other_languages = other.map_or("none", |o| o.model()),
         understanding = shared.understanding.is_some(),
         answering = shared.answering.is_some(),
         load_ms = started.elapsed().as_millis() as u64,

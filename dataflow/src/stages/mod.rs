@@ -14,6 +14,7 @@
 pub mod answer;
 pub mod decode;
 pub mod hear;
+pub mod profiles;
 pub mod read;
 pub mod reassemble;
 pub mod respond;

@@ -268,7 +268,7 @@ mod tests {
         let heard = Heard {
             transcript: String::new(),
             language: "en".into(),
-            model: "test".into(),
+            asr: Default::default(),
             audio_ms: 0,
             acoustic: None,
         };

@@ -2,9 +2,15 @@
 //!
 //! ```text
 //! unsafe utterance         ─► curated redirect (child's language) ─┐
+//! no words heard           ─► nothing (no reply, no speech)         │
+//! heard unclearly (safe)   ─► curated "say that again?"             │
 //! language the engine lacks ─► curated bank reply                  ├─► speech ─► speech chunks
 //! otherwise ─► reply engine, each sentence judged by the policy as it ends ┘  (emitted at once)
 //! ```
+//!
+//! Safety comes before doubt: an utterance judged unsafe is redirected (or comforted) however
+//! unsure the engine was of its words, and a distressed child is answered, never asked to
+//! repeat. Only a safe utterance below `asr.clarify_below` is met with "say that again?".
 //!
 //! A generated sentence that breaks the reply policy (`docs/reply-policy.md`, judged with the
 //! utterance and recent turns as context; it includes the safety model's lexical signals) is
@@ -21,26 +27,25 @@ use teddyflow_models::audio;
 use teddyflow_models::llm::{Prompt, Sampling};
 use teddyflow_models::policy::ReplyPolicy;
 use teddyflow_models::reply::ReplyEngine;
-use teddyflow_models::reply_bank;
+use teddyflow_models::reply_bank::{self, ReplyKind};
 use teddyflow_models::safety::Verdict;
 use teddyflow_models::tts::{self, SpeechStyle, Synthesizer};
 
 use super::memory::Turn;
-use super::profiles::Profile;
 use crate::config::Config;
 use crate::envelope::{now_ms, Envelope, Meta};
 use crate::operators::stable_hash;
 use crate::outputs::{Origin, Out, Output, ReplyInfo, SpeechChunk};
 use crate::pool::StagePool;
 use crate::stage::Stage;
+use crate::stages::profiles::Profile;
 use crate::stages::understand::Understood;
 
 /// An understood utterance with what is known about the child and the conversation.
 #[derive(Debug, Clone)]
 pub struct ReplyJob {
+    /// With the child's profile in `meta.profile` (`None`: the defaults in `[answering]`).
     pub understood: Envelope<Understood>,
-    /// `None`: the child has no profile; the defaults in `[answering]` apply.
-    pub profile: Option<Profile>,
     pub history: Vec<Turn>,
     /// When the job was handed to the pool: the wait for a reply thread is `reply_wait`.
     pub queued_at: Instant,
@@ -75,6 +80,7 @@ pub struct Answerer {
     sampling: Sampling,
     seed: u64,
     default_language: String,
+    clarify_below: f32,
     speech_rate: u32,
     chunk_samples: usize,
 }
@@ -100,6 +106,7 @@ impl Answerer {
             },
             seed: a.seed,
             default_language: a.default_language.clone(),
+            clarify_below: config.asr.clarify_below,
             speech_rate: s.rate,
             chunk_samples: (s.rate as u64 * s.chunk_ms / 1000).max(1) as usize,
         }
@@ -109,7 +116,7 @@ impl Answerer {
         let started = Instant::now();
         let waited = started.duration_since(job.queued_at).as_secs_f64() * 1e3;
         let u = &job.understood.body;
-        let profile = job.profile.clone().unwrap_or_default();
+        let profile = job.understood.meta.profile.clone().unwrap_or_default();
         let language = profile
             .language
             .clone()
@@ -137,6 +144,15 @@ impl Answerer {
             let text = reply_bank::reply_to_unsafe(kind, &language, name, seed);
             speaker.say(&text, emit);
             Said::curated(text, Origin::Redirect)
+        } else if u.heard.is_silent() {
+            // Nothing was said that could be answered: no made-up reply, no speech.
+            Said::curated(String::new(), Origin::Silence)
+        } else if self.unclear(u, kind) {
+            let text = reply_bank::bank_reply(&language, ReplyKind::Clarify, name, seed)
+                .or_else(|| reply_bank::bank_reply("en", ReplyKind::Clarify, name, seed))
+                .expect("the English bank has clarify replies");
+            speaker.say(&text, emit);
+            Said::curated(text, Origin::Clarify)
         } else if !self.engine.serves(&language) || !has_words(transcript) {
             speaker.say(&curated, emit);
             Said::curated(curated, Origin::Bank)
@@ -152,11 +168,13 @@ impl Answerer {
             let redirect = reply_bank::fallback_reply(&language, name, seed);
             self.engine_reply(&prompt, curated, redirect, &mut speaker, emit)
         };
-        speaker.finish(emit);
+        if said.origin != Origin::Silence {
+            speaker.finish(emit);
+        }
         let (chunks, samples, errors, tts_ms) =
             (speaker.seq, speaker.samples, speaker.errors, speaker.tts_ms);
         let history_turns = job.history.len();
-        let profile_known = job.profile.is_some();
+        let profile_known = job.understood.meta.profile.is_some();
         let next_turn = self
             .engine
             .serves(&language)
@@ -187,6 +205,14 @@ impl Answerer {
             profile_known,
             next_turn,
         }
+    }
+
+    /// Heard with too little confidence to answer, and nothing that must be answered anyway
+    /// (the verdict is safe and the child is not distressed).
+    fn unclear(&self, u: &Understood, kind: ReplyKind) -> bool {
+        u.safety.verdict == Verdict::Safe
+            && kind != ReplyKind::Comfort
+            && u.heard.asr.confidence < self.clarify_below
     }
 
     /// The engine's reply, spoken as it is generated. The reply is made to start with the

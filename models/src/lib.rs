@@ -2,7 +2,8 @@
 //!
 //! - [`audio`]: container/codec decode (symphonia), downmix, resample to 16 kHz.
 //! - [`whisper`]: speech-to-text, CTranslate2 weights run on candle (pcm → mel → encoder → decoder).
-//! - [`reply`]: the reply-engine trait (the local SmolLM2 engine is [`llm`]).
+//! - [`reply`]: the reply-engine trait (the local SmolLM2 engine is [`llm`]; any
+//!   OpenAI-compatible server is [`openai`]).
 //! - [`stt`]: the speech-to-text trait every engine implements, and what a transcript is.
 //! - [`wer`]: word error rate, used by `teddyflow bench asr` and the tests.
 
@@ -12,6 +13,7 @@ pub mod emotion;
 pub mod eval;
 pub mod jsonl;
 pub mod llm;
+pub mod openai;
 pub mod reply;
 pub mod reply_bank;
 pub mod safety;

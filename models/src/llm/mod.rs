@@ -78,7 +78,7 @@ impl Default for Sampling {
 }
 
 /// A finished reply.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Generated {
     /// The sentences joined by single spaces: exactly what `on_sentence` received.
     pub text: String,
@@ -93,6 +93,8 @@ pub struct Generated {
     /// From the call to the first `on_sentence` (total_ms when there was none).
     pub first_sentence_ms: f64,
     pub total_ms: f64,
+    /// Who wrote it, for engines that may hand a turn to another (default: the engine called).
+    pub provenance: crate::reply::Provenance,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -468,6 +470,7 @@ impl Decoding {
             first_sentence_ms: self.first_sentence_ms.unwrap_or(total_ms),
             total_ms,
             sentences: self.sentences,
+            provenance: Default::default(),
         }
     }
 }

@@ -30,6 +30,8 @@ enum Command {
     /// Recommend processes, workers, threads, partitions and batch sizes for a target
     /// utterance rate and latency, from measured stage costs.
     Plan(cmd::plan::PlanArgs),
+    /// Serve a live page of the fleet's metrics (counts and latencies, never transcripts).
+    Dashboard(cmd::dashboard::DashboardArgs),
 }
 
 /// `RUST_LOG` (default `info`), with symphonia silenced unless it is named there. Audio it
@@ -61,11 +63,18 @@ fn main() -> anyhow::Result<()> {
         Command::Tail(args) => cmd::tail::run(args),
         Command::Bench(b) => cmd::bench::run(b),
         Command::Plan(args) => cmd::plan::run(args),
+        Command::Dashboard(args) => cmd::dashboard::run(args),
     }
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        // clap checks its own definition (conflicts, groups, names) only when asked.
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
+    }
+
     use std::io::Write;
     use std::sync::{Arc, Mutex};
 

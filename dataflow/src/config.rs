@@ -233,6 +233,11 @@ pub struct Engine {
     /// Utterances assembled but not yet through their last model stage, per process, before
     /// sources pause reading (bounds every stage's queue under a burst).
     pub max_pending_utterances: usize,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served (`host:port`, port 0 for any
+    /// free one; empty: no HTTP server). One per process.
+    pub http_addr: String,
+    /// `/healthz` fails when a worker has not stepped for this long.
+    pub health_stall_ms: u64,
 }
 
 impl Default for Engine {
@@ -245,6 +250,8 @@ impl Default for Engine {
             drain_timeout_ms: 20_000,
             metrics_interval_ms: 5000,
             max_pending_utterances: 16,
+            http_addr: "127.0.0.1:9464".into(),
+            health_stall_ms: 30_000,
         }
     }
 }

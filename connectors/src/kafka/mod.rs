@@ -185,6 +185,13 @@ pub fn partition_count(
     Ok(found)
 }
 
+impl KafkaSettings {
+    /// Number of partitions of `topic`, for tools that only need the count.
+    pub fn partition_count(&self, topic: &str) -> Result<i32, KafkaConnectorError> {
+        partition_count(&self.consumer()?, topic, &self.brokers)
+    }
+}
+
 /// Partitions owned by worker `index` of `peers`: a fixed, deterministic split so every
 /// partition has exactly one reader without a group protocol.
 pub fn partitions_for_worker(count: i32, index: usize, peers: usize) -> Vec<i32> {

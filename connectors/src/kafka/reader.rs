@@ -91,14 +91,18 @@ impl ConsumerContext for ReaderContext {
 
 impl ReaderContext {
     fn note_acked(&self, offsets: &TopicPartitionList) {
-        let Ok(mut acked) = self.acked.lock() else {
-            return;
-        };
         for e in offsets.elements() {
             if let Offset::Offset(o) = e.offset() {
-                let held = acked.entry(e.partition()).or_insert(o);
-                *held = (*held).max(o);
+                self.note(e.partition(), o);
             }
+        }
+    }
+
+    /// The broker holds `offset` as our commit of `partition` (it said so).
+    fn note(&self, partition: i32, offset: i64) {
+        if let Ok(mut acked) = self.acked.lock() {
+            let held = acked.entry(partition).or_insert(offset);
+            *held = (*held).max(offset);
         }
     }
 
@@ -385,14 +389,17 @@ impl PartitionReader {
                 suspects.push((p, below));
             }
         }
-        if suspects.is_empty() {
+        if self.outage.is_some() {
             return;
         }
-        let Some(committed) = self.broker_committed(suspects.iter().map(|(p, _)| *p)) else {
+        // Every partition's commit, also when nothing is suspect, so what the broker holds is
+        // known before it may forget it (asynchronous commits are not all confirmed by a
+        // callback): one request per check.
+        let Some(committed) = self.broker_committed(self.partitions.iter().copied()) else {
             tracing::debug!(topic = %self.topic, ?suspects, "committed offsets not answered; checking again later");
             return; // unknown is not "forgotten": no reset on a broker that does not answer
         };
-        tracing::debug!(topic = %self.topic, ?suspects, ?committed, acked = ?self.consumer.context().acked.lock().map(|a| a.clone()).ok(), position = ?self.position, "checking for a lost log");
+        tracing::debug!(topic = %self.topic, ?suspects, ?committed, position = ?self.position, "checking for a lost log");
         for (p, below) in suspects {
             let checked_after_outage = self.after_outage.remove(&p);
             let Some(pos) = self.position.get(&p).copied() else {
@@ -405,6 +412,12 @@ impl PartitionReader {
                 self.reset(p, pos, ResetReason::LogLost);
             } else if self.vanished.contains(&p) && (below || forgot) {
                 self.reset(p, pos, ResetReason::Reappeared);
+            }
+        }
+        let context = self.consumer.context();
+        for (p, offset) in committed {
+            if self.position.contains_key(&p) {
+                context.note(p, offset);
             }
         }
     }

@@ -370,6 +370,15 @@ impl ReplyEngine for OpenAiEngine {
         "openai"
     }
 
+    /// Conversations are not prepared for the fallback: it answers rarely, and running
+    /// histories between turns would spend the CPU the server was meant to save. What it
+    /// kept of a conversation while answering is dropped with it.
+    fn forget(&self, sessions: &[String]) {
+        if let Some(local) = &self.fallback {
+            local.forget(sessions);
+        }
+    }
+
     fn serves(&self, language: &str) -> bool {
         let wanted = reply_bank::base_language(language);
         self.settings

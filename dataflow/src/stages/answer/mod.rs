@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use teddyflow_connectors::kafka::{PartitionReader, StartAt};
 use teddyflow_connectors::wire::Chunk;
 use teddyflow_models::llm::{Prompt, ReplyModel};
+use teddyflow_models::openai::{Fallback, OpenAiEngine};
 use teddyflow_models::reply::ReplyEngine;
 use teddyflow_models::safety::{SafetyModel, Verdict};
 use teddyflow_models::tts::{EspeakNg, Synthesizer};
@@ -85,6 +86,14 @@ impl Answering {
 pub fn reply_engine(config: &Config) -> anyhow::Result<Arc<dyn ReplyEngine>> {
     match config.answering.backend {
         ReplyBackend::Local => Ok(Arc::new(ReplyModel::load(&config.models.dir)?)),
+        ReplyBackend::Openai => {
+            let settings = config.answering.openai.clone();
+            let local: Option<Arc<dyn ReplyEngine>> = match settings.fallback {
+                Fallback::Local => Some(Arc::new(ReplyModel::load(&config.models.dir)?)),
+                Fallback::Bank => None,
+            };
+            Ok(Arc::new(OpenAiEngine::new(settings, local)?))
+        }
     }
 }
 
@@ -274,6 +283,21 @@ fn record_reply(ctx: &Ctx, r: &Replied) {
     ];
     m.timings(&r.understood.meta, &stages);
     m.counts.replies_replaced += u64::from(r.reply.fallback);
+    let p = &r.provenance;
+    m.counts.llm_requests += u64::from(p.requests);
+    m.counts.llm_failures += u64::from(p.failures);
+    m.counts.backend_fallbacks += u64::from(r.reply.backend_fallback);
+    if let Some(state) = p.breaker {
+        m.counts.llm_breaker = state.gauge();
+    }
+    if let Some(t) = &m.telemetry {
+        if r.reply.fallback {
+            t.reply_replaced();
+        }
+        let breaker = p.breaker.map(|b| b.gauge() as i64);
+        let (requests, failures) = (u64::from(p.requests), u64::from(p.failures));
+        t.reply_backend(requests, failures, r.reply.backend_fallback, breaker);
+    }
     m.counts.profiles_missing += u64::from(!r.profile_known);
     if r.reply.tts_errors > 0 {
         *m.errors.entry(Stage::Tts.name().into()).or_default() += u64::from(r.reply.tts_errors);

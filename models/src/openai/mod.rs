@@ -446,3 +446,68 @@ impl ReplyEngine for OpenAiEngine {
 fn ms_since(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A port nobody listens on: connections are refused, as from a server that died.
+    fn dead_port() -> u16 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    }
+
+    fn mia() -> Prompt {
+        Prompt {
+            child_name: Some("Mia".into()),
+            language: "en".into(),
+            utterance: "I built a tower".into(),
+            ..Prompt::default()
+        }
+    }
+
+    #[test]
+    fn a_dead_server_fails_fast_then_the_breaker_stops_asking() {
+        let settings = OpenAiSettings {
+            base_url: format!("http://127.0.0.1:{}/v1", dead_port()),
+            breaker_failures: 2,
+            breaker_cooldown_ms: 60_000,
+            ..OpenAiSettings::default()
+        };
+        let engine = OpenAiEngine::new(settings, None).unwrap();
+        let mut spoken = Vec::new();
+        let mut ask = || {
+            let g = engine
+                .generate(None, &mia(), &Sampling::default(), &mut |s| {
+                    spoken.push(s.to_string())
+                })
+                .unwrap();
+            assert!(g.text.is_empty() && g.sentences.is_empty(), "{g:?}");
+            assert!(g.total_ms < 1_500.0, "refused at once, no timeout: {g:?}");
+            g.provenance
+        };
+        let p = ask();
+        assert_eq!(p.fallback, Some(FallbackReason::Unreachable));
+        assert_eq!((p.requests, p.failures, p.breaker_opened), (1, 1, false));
+        assert_eq!(p.engine, None, "no fallback engine: the bank answers");
+        let p = ask();
+        assert_eq!((p.requests, p.failures, p.breaker_opened), (1, 1, true));
+        assert_eq!(p.breaker, Some(crate::reply::BreakerState::Open));
+        let p = ask();
+        assert_eq!(p.fallback, Some(FallbackReason::BreakerOpen));
+        assert_eq!((p.requests, p.failures), (0, 0), "no request while open");
+        assert!(spoken.is_empty());
+    }
+
+    #[test]
+    fn settings_are_checked_and_the_key_stays_out_of_prints() {
+        let bad = OpenAiSettings {
+            base_url: "127.0.0.1:8080".into(),
+            ..OpenAiSettings::default()
+        };
+        assert!(OpenAiEngine::new(bad, None).is_err());
+        assert_eq!(format!("{:?}", ApiKey("sk-secret".into())), "ApiKey(…)");
+        let engine = OpenAiEngine::new(OpenAiSettings::default(), None).unwrap();
+        assert!(engine.serves("en-GB") && !engine.serves("fr"));
+    }
+}

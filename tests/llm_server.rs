@@ -39,8 +39,9 @@ fn server_replies_stream_and_a_dead_server_falls_back_behind_a_breaker() {
         "engine.http_addr=\"127.0.0.1:0\"".to_string(),
         "answering.backend=\"openai\"".into(),
         format!("answering.openai.base_url=\"{}\"", server.base_url()),
-        // A shared 2-core box: generous first-token deadline, so only a dead server fails.
-        "answering.openai.timeout_ms=8000".into(),
+        // A shared 2-core box (load 15+ seen): generous deadlines, so only a dead server fails.
+        "answering.openai.timeout_ms=30000".into(),
+        "answering.openai.reply_timeout_ms=60000".into(),
         format!("answering.openai.breaker_failures={BREAKER_FAILURES}"),
         "answering.openai.breaker_cooldown_ms=600000".into(),
     ];

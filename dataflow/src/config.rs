@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 pub use teddyflow_connectors::kafka::KafkaSettings;
+pub use teddyflow_models::openai::OpenAiSettings;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -42,6 +43,9 @@ impl Default for Models {
 pub enum ReplyBackend {
     /// SmolLM2-135M-Instruct on candle, in process (`[answering.local]`).
     Local,
+    /// Any OpenAI-compatible chat-completions server: vLLM, llama.cpp's server, Ollama, a
+    /// hosted API (`[answering.openai]`); failed turns fall back to the local model.
+    Openai,
 }
 
 /// The local reply engine: SmolLM2-135M-Instruct, from `<models.dir>/smollm2/`.
@@ -98,9 +102,12 @@ impl Default for Speech {
 pub struct Answering {
     /// Answer each utterance with a reply and speech; when off, responses stop at understanding.
     pub enabled: bool,
-    /// Which engine writes replies; each has its own section (`[answering.local]`).
+    /// Which engine writes replies; each has its own section (`[answering.local]`,
+    /// `[answering.openai]`).
     pub backend: ReplyBackend,
     pub local: LocalReply,
+    /// The server the `openai` backend asks, its deadlines, breaker and fallback.
+    pub openai: OpenAiSettings,
     /// Threads generating replies (and speaking them) in this process; weights shared.
     /// With batching on, the pool has at least `batch_max_sequences` threads, so that many
     /// conversations can be in generation (and join the batch) at once.
@@ -140,6 +147,7 @@ impl Default for Answering {
             enabled: true,
             backend: ReplyBackend::Local,
             local: LocalReply::default(),
+            openai: OpenAiSettings::default(),
             threads: 1,
             batch_max_sequences: 8,
             batch_prefill_chunk: 128,
@@ -460,6 +468,10 @@ impl Config {
         if self.answering.threads == 0 || self.speech.chunk_ms == 0 {
             return bad("answering.threads and speech.chunk_ms must be at least 1");
         }
+        let o = &self.answering.openai;
+        if o.timeout_ms == 0 || o.reply_timeout_ms < o.timeout_ms || o.max_concurrency == 0 {
+            return bad("answering.openai: timeout_ms and max_concurrency must be at least 1, reply_timeout_ms at least timeout_ms");
+        }
         if !(8_000..=48_000).contains(&self.speech.rate) {
             return bad("speech.rate must be between 8000 and 48000");
         }
@@ -534,6 +546,27 @@ mod tests {
         assert!(Config::load(None, &["engine.wokers=3".into()]).is_err());
         assert!(Config::load(None, &["engine.workers=0".into()]).is_err());
         assert!(Config::load(None, &["noequals".into()]).is_err());
+    }
+
+    #[test]
+    fn the_openai_backend_is_configured_by_its_section() {
+        let c = Config::load(
+            None,
+            &[
+                "answering.backend=openai".into(),
+                "answering.openai.base_url=http://10.0.0.2:8000/v1".into(),
+                "answering.openai.fallback=bank".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.answering.backend, ReplyBackend::Openai);
+        assert_eq!(c.answering.openai.base_url, "http://10.0.0.2:8000/v1");
+        assert_eq!(
+            c.answering.openai.fallback,
+            teddyflow_models::openai::Fallback::Bank
+        );
+        assert!(Config::load(None, &["answering.openai.api_key=sk-1".into()]).is_err());
+        assert!(Config::load(None, &["answering.openai.max_concurrency=0".into()]).is_err());
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use teddyflow_connectors::wire::{self, ChunkHeaders, OutRecord};
 use teddyflow_models::emotion::{AcousticFeatures, Emotion};
+pub use teddyflow_models::reply::FallbackReason;
 use teddyflow_models::safety::{SafetyVerdict, Verdict};
 use teddyflow_models::stt::{SpeechToText, Transcript};
 
@@ -102,6 +103,18 @@ pub struct ReplyInfo {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fallback_categories: Vec<String>,
     pub origin: Origin,
+    /// The engine that wrote the generated sentences (`openai`, `local`), or `bank` when
+    /// none did (curated reply or redirect). "" in records older than the field.
+    #[serde(default)]
+    pub backend: String,
+    /// The configured engine did not write (all of) this reply: its server failed, timed out
+    /// or refused, or its breaker was open, and the local model or the bank answered (or a
+    /// closing line ended a reply the server broke off). Unrelated to `fallback` (safety).
+    #[serde(default)]
+    pub backend_fallback: bool,
+    /// Why, when `backend_fallback`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_fallback_reason: Option<FallbackReason>,
     /// Earlier turns of the conversation that were in the prompt.
     pub history_turns: usize,
     /// Prompt tokens the model did not run for this reply (prepared between turns).
@@ -346,6 +359,19 @@ pub struct Counts {
     /// "say that again?".
     #[serde(default)]
     pub clarified: u64,
+    /// Requests sent to an LLM server (`answering.backend = "openai"`).
+    #[serde(default)]
+    pub llm_requests: u64,
+    /// Of those, the ones that failed (no connection, timeout, HTTP error, broken stream).
+    #[serde(default)]
+    pub llm_failures: u64,
+    /// Replies the configured engine did not write (see `reply.backend_fallback`).
+    #[serde(default)]
+    pub backend_fallbacks: u64,
+    /// The LLM server's circuit breaker as this worker last saw it: 0 closed, 1 half-open,
+    /// 2 open (a gauge; 0 without a server).
+    #[serde(default)]
+    pub llm_breaker: u64,
 }
 
 /// A record a worker writes, typed until the sink, with when its utterance completed (0 for

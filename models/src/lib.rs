@@ -3,7 +3,8 @@
 //! - [`audio`]: container/codec decode (symphonia), downmix, resample to 16 kHz.
 //! - [`whisper`]: speech-to-text, CTranslate2 weights run on candle (pcm → mel → encoder → decoder).
 //! - [`moonshine`]: speech-to-text, Moonshine base on candle (pcm → conv encoder → decoder).
-//! - [`reply`]: the reply-engine trait (the local SmolLM2 engine is [`llm`]).
+//! - [`reply`]: the reply-engine trait (the local SmolLM2 engine is [`llm`]; any
+//!   OpenAI-compatible server is [`openai`]).
 //! - [`stt`]: the [`stt::SpeechToText`] trait every engine implements, what a transcript is,
 //!   and its confidence.
 //! - [`wer`]: word error rate, used by `teddyflow bench asr` and the tests.
@@ -15,6 +16,7 @@ pub mod eval;
 pub mod jsonl;
 pub mod llm;
 pub mod moonshine;
+pub mod openai;
 pub mod policy;
 pub mod reply;
 pub mod reply_bank;

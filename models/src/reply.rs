@@ -1,13 +1,14 @@
 //! Reply generation, whichever engine writes it: the trait the answering stage calls.
 //! The local engine is SmolLM2 on candle ([`crate::llm`]), one reply at a time
 //! ([`ReplyModel`]) or several conversations' replies in one shared batch ([`BatchedModel`]);
-//! engines are chosen by `answering.backend` in the config.
+//! [`crate::openai`] asks any OpenAI-compatible server and hands a turn to the local engine when
+//! the server fails. Engines are chosen by `answering.backend` in the config.
 
 use crate::llm::{BatchSettings, Batcher, Generated, Prompt, ReplyModel, Sampling};
 
 /// Writes replies. One instance serves every reply thread of a process.
 pub trait ReplyEngine: Send + Sync {
-    /// What `reply.backend` reports: `local`, …
+    /// What `reply.backend` reports: `local`, `openai`, …
     fn name(&self) -> &'static str;
     /// Whether the engine answers in this language itself (otherwise the curated bank does).
     fn serves(&self, language: &str) -> bool;
@@ -125,5 +126,67 @@ impl ReplyEngine for BatchedModel {
 
     fn forget(&self, sessions: &[String]) {
         self.model.forget_sessions(sessions)
+    }
+}
+
+/// Who wrote a reply when an engine may hand a turn to another, and what it cost the server.
+/// Engines that always write their own replies leave it at its default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Provenance {
+    /// [`ReplyEngine::name`] of the engine that wrote the sentences, when it was not the
+    /// engine called (`local` for an `openai` engine whose server failed).
+    pub engine: Option<&'static str>,
+    /// Why the engine called did not write (all of) the reply.
+    pub fallback: Option<FallbackReason>,
+    /// Requests sent to a server for this reply, and how many of them failed.
+    pub requests: u32,
+    pub failures: u32,
+    /// The server's circuit breaker after this reply; `None` when there is no server.
+    pub breaker: Option<BreakerState>,
+    /// This reply's failure opened the breaker.
+    pub breaker_opened: bool,
+}
+
+/// Why a reply engine backed by a server did not answer itself (`reply.backend_fallback_reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FallbackReason {
+    /// No connection (refused, unresolvable, reset before a response).
+    Unreachable,
+    /// No first token, or no next piece of the stream, within `timeout_ms`; or the whole
+    /// reply took longer than `reply_timeout_ms`.
+    Timeout,
+    /// The server answered with an HTTP error status (4xx, 5xx).
+    HttpError,
+    /// The stream broke off or could not be read (connection lost, malformed events).
+    BrokenStream,
+    /// The server refused (a content filter, a refusal) or said nothing speakable.
+    Refused,
+    /// The circuit breaker is open: the server failed repeatedly and is not asked for now.
+    BreakerOpen,
+    /// Every one of `max_concurrency` requests was in flight until the first-token deadline.
+    Busy,
+}
+
+/// A circuit breaker's state (the `llm_breaker` gauge: 0, 1, 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BreakerState {
+    /// Requests go to the server.
+    Closed,
+    /// The cool-down is over: one probe request is in flight or may go.
+    HalfOpen,
+    /// The server failed repeatedly: no requests until the cool-down is over.
+    Open,
+}
+
+impl BreakerState {
+    /// The gauge value in the metrics snapshot.
+    pub fn gauge(self) -> u64 {
+        match self {
+            BreakerState::Closed => 0,
+            BreakerState::HalfOpen => 1,
+            BreakerState::Open => 2,
+        }
     }
 }

@@ -82,7 +82,7 @@ impl Default for Sampling {
 }
 
 /// A finished reply.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Generated {
     /// The sentences joined by single spaces: exactly what `on_sentence` received.
     pub text: String,
@@ -97,6 +97,8 @@ pub struct Generated {
     /// From the call to the first `on_sentence` (total_ms when there was none).
     pub first_sentence_ms: f64,
     pub total_ms: f64,
+    /// Who wrote it, for engines that may hand a turn to another (default: the engine called).
+    pub provenance: crate::reply::Provenance,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -225,6 +225,26 @@ pub fn render(p: &Prompt, keep_turns: usize) -> String {
     preamble() + &turns(p, keep_turns)
 }
 
+/// The same prompt as chat messages (role, content), for engines that take messages rather
+/// than text (an OpenAI-compatible server applies its model's own chat template): persona,
+/// examples, the last `keep_turns` turns, the note, the utterance. There is no reply opening
+/// to continue from; the engine puts [`reply_opening`] before what the server writes.
+pub fn chat(p: &Prompt, keep_turns: usize) -> Vec<(&'static str, String)> {
+    let mut out = vec![("system", scrub(SYSTEM))];
+    let skip = p.history.len().saturating_sub(keep_turns);
+    let turns = EXAMPLES
+        .iter()
+        .map(|(c, t)| (c.to_string(), t.to_string()))
+        .chain(p.history[skip..].iter().cloned());
+    for (child, teddy) in turns {
+        out.push(("user", scrub(&child)));
+        out.push(("assistant", scrub(&teddy)));
+    }
+    out.push(("system", scrub(&turn_note(p))));
+    out.push(("user", scrub(&p.utterance)));
+    out
+}
+
 /// Every control token is written `<...>` (`<|im_end|>`, `<filename>`, ...) and the tokenizer
 /// matches them anywhere in the text, so angle brackets in a transcript or an old reply could
 /// close a turn and speak as the system. Speech never needs them: turn them into parentheses.
@@ -283,6 +303,22 @@ mod tests {
              so answer without greeting. Speak English. \
              The child feels sad, so comfort the child first."
         );
+    }
+
+    /// The chat form says what the text form says, message for message.
+    #[test]
+    fn chat_messages_match_the_text_prompt() {
+        let mut p = mia();
+        p.history = vec![("hi <b>".into(), "Hello Mia!".into())];
+        let chat = chat(&p, 8);
+        let as_text: String = chat.iter().map(|(r, c)| message(r, c)).collect();
+        let text = render(&p, 8);
+        assert_eq!(as_text + "<|im_start|>assistant\n", text);
+        assert_eq!(
+            chat.last().unwrap(),
+            &("user", "I lost my toy (|im_end|)".to_string())
+        );
+        assert_eq!(chat[chat.len() - 2].0, "system");
     }
 
     #[test]

@@ -253,6 +253,7 @@ impl Decoding {
             first_sentence_ms: self.first_sentence_ms.unwrap_or(total_ms),
             total_ms,
             sentences: self.sentences,
+            provenance: Default::default(),
         }
     }
 }

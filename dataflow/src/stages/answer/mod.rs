@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use teddyflow_models::llm::{BatchSettings, Prompt, ReplyModel};
+use teddyflow_models::openai::{Fallback, OpenAiEngine};
 use teddyflow_models::policy::ReplyPolicy;
 use teddyflow_models::reply::{BatchedModel, ReplyEngine};
 use teddyflow_models::safety::{SafetyModel, Verdict};
@@ -84,6 +85,14 @@ impl Answering {
 pub fn reply_engine(config: &Config) -> anyhow::Result<Arc<dyn ReplyEngine>> {
     match config.answering.backend {
         ReplyBackend::Local => local_engine(config),
+        ReplyBackend::Openai => {
+            let settings = config.answering.openai.clone();
+            let local: Option<Arc<dyn ReplyEngine>> = match settings.fallback {
+                Fallback::Local => Some(local_engine(config)?),
+                Fallback::Bank => None,
+            };
+            Ok(Arc::new(OpenAiEngine::new(settings, local)?))
+        }
     }
 }
 
@@ -244,6 +253,18 @@ fn record_reply(ctx: &Ctx, r: &Replied) {
     m.timings(&r.understood.meta, &stages);
     if r.reply.fallback {
         m.reply_replaced();
+    }
+    let p = &r.provenance;
+    m.counts.llm_requests += u64::from(p.requests);
+    m.counts.llm_failures += u64::from(p.failures);
+    m.counts.backend_fallbacks += u64::from(r.reply.backend_fallback);
+    if let Some(state) = p.breaker {
+        m.counts.llm_breaker = state.gauge();
+    }
+    if let Some(t) = &m.telemetry {
+        let breaker = p.breaker.map(|b| b.gauge() as i64);
+        let (requests, failures) = (u64::from(p.requests), u64::from(p.failures));
+        t.reply_backend(requests, failures, r.reply.backend_fallback, breaker);
     }
     m.counts.profiles_missing += u64::from(!r.profile_known);
     m.counts.clarified += u64::from(r.reply.origin == Origin::Clarify);

@@ -26,7 +26,7 @@ use teddyflow_connectors::wire::{ChunkHeaders, Codec};
 use teddyflow_models::audio;
 use teddyflow_models::llm::{Prompt, Sampling};
 use teddyflow_models::policy::ReplyPolicy;
-use teddyflow_models::reply::ReplyEngine;
+use teddyflow_models::reply::{Provenance, ReplyEngine};
 use teddyflow_models::reply_bank::{self, ReplyKind};
 use teddyflow_models::safety::Verdict;
 use teddyflow_models::tts::{self, SpeechStyle, Synthesizer};
@@ -59,6 +59,9 @@ pub struct Replied {
     /// What the conversation's next turn will be told about the child, if the engine would
     /// answer it (its history is added by the worker that remembers the conversation).
     pub next_turn: Option<Prompt>,
+    /// Who wrote the reply and what it cost a server (requests, failures, breaker): counted
+    /// in the metrics.
+    pub provenance: Provenance,
 }
 
 /// What the reply stage emits: speech as it is ready, then the reply.
@@ -187,6 +190,7 @@ impl Answerer {
         }
         meta.time(Stage::Reply, ms_since(started) - tts_ms);
         meta.time(Stage::Tts, tts_ms);
+        let backend = self.backend(&said).to_string();
         Replied {
             reply: ReplyInfo {
                 text: said.text,
@@ -195,6 +199,9 @@ impl Answerer {
                 fallback: said.fallback.is_some(),
                 fallback_categories: said.fallback.unwrap_or_default(),
                 origin: said.origin,
+                backend,
+                backend_fallback: said.provenance.fallback.is_some(),
+                backend_fallback_reason: said.provenance.fallback,
                 history_turns,
                 reused_tokens: said.reused_tokens,
                 speech_chunks: chunks,
@@ -204,6 +211,17 @@ impl Answerer {
             understood,
             profile_known,
             next_turn,
+            provenance: said.provenance,
+        }
+    }
+
+    /// What `reply.backend` says: the engine that wrote the generated sentences (the
+    /// configured one, or the one it handed the turn to), `bank` when none did.
+    fn backend(&self, said: &Said) -> &'static str {
+        match (said.origin, said.provenance.engine) {
+            (Origin::Model, Some(engine)) => engine,
+            (Origin::Model, None) => self.engine.name(),
+            (Origin::Bank | Origin::Redirect | Origin::Clarify | Origin::Silence, _) => "bank",
         }
     }
 
@@ -258,6 +276,7 @@ impl Answerer {
             fallback: checked.replaced,
             first_sentence_ms: checked.first_ms,
             reused_tokens: checked.reused_tokens,
+            provenance: checked.provenance,
         }
     }
 
@@ -304,9 +323,11 @@ impl Answerer {
                 spoken.push(sentence.to_string());
             });
         let mut reused_tokens = 0;
+        let mut provenance = Provenance::default();
         match result {
             Ok(g) => {
                 reused_tokens = g.reused_tokens;
+                provenance = g.provenance;
                 tracing::debug!(
                     prompt_tokens = g.prompt_tokens,
                     reused_tokens = g.reused_tokens,
@@ -325,6 +346,7 @@ impl Answerer {
             safe_line,
             first_ms: first,
             reused_tokens,
+            provenance,
         }
     }
 }
@@ -347,6 +369,7 @@ struct Said {
     fallback: Option<Vec<String>>,
     first_sentence_ms: Option<f64>,
     reused_tokens: usize,
+    provenance: Provenance,
 }
 
 impl Said {
@@ -357,6 +380,7 @@ impl Said {
             fallback: None,
             first_sentence_ms: None,
             reused_tokens: 0,
+            provenance: Provenance::default(),
         }
     }
 }
@@ -371,6 +395,7 @@ struct Checked {
     /// When the first sentence was ready (ms).
     first_ms: Option<f64>,
     reused_tokens: usize,
+    provenance: Provenance,
 }
 
 /// Turns sentences into speech chunks in the audio wire format: utterance/seq/final

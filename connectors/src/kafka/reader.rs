@@ -17,6 +17,7 @@
 //!   Tansu: it reports the start of the last produced batch, not the end of the log.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -64,6 +65,8 @@ pub struct Reset {
 #[derive(Default)]
 pub struct ReaderContext {
     acked: Mutex<BTreeMap<i32, i64>>,
+    /// A broker connection dropped since the reader last looked.
+    disconnected: AtomicBool,
 }
 
 impl ClientContext for ReaderContext {
@@ -73,6 +76,15 @@ impl ClientContext for ReaderContext {
 
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::debug!(target: "librdkafka", error = %error, "{reason}");
+        let dropped = error.rdkafka_error_code().is_some_and(|c| {
+            matches!(
+                c,
+                RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown
+            )
+        });
+        if dropped {
+            self.disconnected.store(true, Ordering::Release);
+        }
     }
 }
 
@@ -228,6 +240,7 @@ impl PartitionReader {
     /// ends, not per poll. Every [`LOG_CHECK_INTERVAL`] idle partitions are checked for a
     /// lost log (a few blocking broker requests, [`CHECK_TIMEOUT`] at most each).
     pub fn poll_batch(&mut self, max: usize) -> Vec<RawRecord> {
+        self.after_disconnect();
         let mut out = Vec::new();
         while out.len() < max {
             match self.consumer.poll(Duration::ZERO) {
@@ -243,10 +256,14 @@ impl PartitionReader {
         if !out.is_empty() {
             self.outage_over();
         }
-        // Before handing out the first records after an outage, make sure they are from the
-        // log we were reading: from a replaced log they are at the wrong offsets, and are
-        // read again from the reset position instead.
-        if just_back || self.last_check.elapsed() >= LOG_CHECK_INTERVAL {
+        // Before handing out the first records after an outage (or a dropped connection),
+        // make sure they are from the log we were reading: from a replaced log they are at
+        // the wrong offsets (reading a new log from our old position would skip its first
+        // records unnoticed), and are read again from the reset position instead. The
+        // outage may have been seen to end by a check that found nothing to read yet, so
+        // what decides is that partitions are still unchecked, not how the outage ended.
+        let unchecked = !out.is_empty() && !self.after_outage.is_empty();
+        if just_back || unchecked || self.last_check.elapsed() >= LOG_CHECK_INTERVAL {
             let resets_before = self.new_resets.len();
             self.check_logs();
             self.last_check = Instant::now();
@@ -341,6 +358,24 @@ impl PartitionReader {
                 tracing::debug!(error = %e, "could not assign a fresh consumer; keeping the old one")
             }
         }
+    }
+
+    /// A broker connection dropped (it may be back already, as a different, empty broker):
+    /// a fresh consumer before this one sees recreated topics (see [`Self::rebuild`]), and
+    /// every partition checked against the broker's commits before its records count. An
+    /// outage is handled by [`Self::on_error`] instead.
+    fn after_disconnect(&mut self) {
+        let context = self.consumer.context();
+        if !context.disconnected.swap(false, Ordering::AcqRel) || self.outage.is_some() {
+            return;
+        }
+        tracing::debug!(topic = %self.topic, "a kafka broker connection dropped; reconnecting with a fresh consumer");
+        self.rebuild();
+        self.after_outage = self.partitions.iter().copied().collect();
+        // Checked at once: from a replaced log the next records are at the wrong offsets.
+        self.last_check = Instant::now()
+            .checked_sub(LOG_CHECK_INTERVAL)
+            .unwrap_or_else(Instant::now);
     }
 
     fn outage_over(&mut self) {

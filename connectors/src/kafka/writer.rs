@@ -4,7 +4,18 @@
 //! Every failure, at `send` or in a delivery report, says whether trying again can help
 //! ([`ErrorKind`]): a record the broker will never take (too large, invalid, an unknown
 //! topic) is `Permanent` and must be set aside, or it would block everything behind it.
+//!
+//! When the brokers go away the producer is replaced by a fresh one at the next
+//! [`AckedWriter::poll`]; what the old one still held comes back as retriable failures
+//! (purged) and is sent again. The broker that comes back may be a different, empty one with
+//! the topics recreated under new topic ids, and librdkafka 2.12 corrupts its metadata cache
+//! when a client it knew the old topics by sees the new ones (a SIGSEGV in
+//! `rd_kafka_metadata_cache_find`, seen in the emptied-broker test; upstream issues 4778,
+//! 4898, 4964: "it's still needed to restart the clients"). A client made during the outage
+//! never knew the old ids.
 
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -104,6 +115,8 @@ struct Acks {
     done: Mutex<Vec<Delivery>>,
     /// When the current broker outage began, as seen by this producer.
     outage: Mutex<Option<std::time::Instant>>,
+    /// An outage began: replace the producer at the next poll.
+    replace: AtomicBool,
 }
 
 /// librdkafka logs every failed reconnect (hundreds of ERROR lines in an outage): its own
@@ -126,6 +139,7 @@ impl ClientContext for Acks {
         if outage && since.is_none() {
             tracing::warn!(error = %error, "kafka brokers unreachable; output waits for them");
             *since = Some(std::time::Instant::now());
+            self.replace.store(true, Ordering::Release);
         } else if outage {
             tracing::debug!(error = %error, "{reason}");
         } else {
@@ -166,13 +180,14 @@ impl ProducerContext for Acks {
     }
 }
 
-pub struct AckedWriter {
+/// One librdkafka producer and its delivery reports.
+struct Client {
     producer: BaseProducer<Acks>,
     acks: Arc<Acks>,
 }
 
-impl AckedWriter {
-    pub fn open(settings: &KafkaSettings) -> Result<Self, KafkaConnectorError> {
+impl Client {
+    fn open(settings: &KafkaSettings, acks: Acks) -> Result<Self, KafkaConnectorError> {
         let mut cfg = settings.client_config();
         // Idempotence would be right on a full Kafka; librdkafka's defaults with acks=all
         // and retries give at-least-once everywhere, and outputs carry ids for dedup.
@@ -182,9 +197,65 @@ impl AckedWriter {
         for (k, v) in &settings.options {
             cfg.set(k, v);
         }
-        let producer: BaseProducer<Acks> = cfg.create_with_context(Acks::default())?;
+        let producer: BaseProducer<Acks> = cfg.create_with_context(acks)?;
         let acks = producer.context().clone();
         Ok(Self { producer, acks })
+    }
+}
+
+/// A producer for one timely worker (not shared across threads).
+pub struct AckedWriter {
+    settings: KafkaSettings,
+    client: RefCell<Client>,
+}
+
+impl AckedWriter {
+    pub fn open(settings: &KafkaSettings) -> Result<Self, KafkaConnectorError> {
+        let client = Client::open(settings, Acks::default())?;
+        Ok(Self {
+            settings: settings.clone(),
+            client: RefCell::new(client),
+        })
+    }
+
+    /// A fresh producer in place of one that saw the brokers go (see the module docs).
+    /// The old one's records come back as purged, retriable failures, reported by the
+    /// next [`AckedWriter::poll`]; the outage goes on being timed by the new one.
+    fn replace(&self) {
+        let since = self
+            .client
+            .borrow()
+            .acks
+            .outage
+            .lock()
+            .ok()
+            .and_then(|s| *s);
+        let acks = Acks {
+            outage: Mutex::new(since),
+            ..Acks::default()
+        };
+        let fresh = match Client::open(&self.settings, acks) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, "could not create a fresh producer; keeping the old one");
+                return;
+            }
+        };
+        let old = self.client.replace(fresh);
+        let old_acks = old.acks.clone();
+        drop(old); // purges what it still held, reporting each record to `old_acks`
+        let purged = old_acks
+            .done
+            .lock()
+            .map(|mut d| std::mem::take(&mut *d))
+            .unwrap_or_default();
+        tracing::debug!(
+            purged = purged.len(),
+            "kafka producer replaced during an outage"
+        );
+        if let Ok(mut done) = self.client.borrow().acks.done.lock() {
+            done.extend(purged);
+        }
     }
 
     /// Queue `record`; its delivery is reported by [`AckedWriter::poll`] under `id` (> 0).
@@ -207,7 +278,9 @@ impl AckedWriter {
         if let Some(key) = &record.key {
             rec = rec.key(key);
         }
-        self.producer
+        self.client
+            .borrow()
+            .producer
             .send(rec)
             .map_err(|(e, _)| ProduceError::from_kafka(&e))
     }
@@ -219,15 +292,26 @@ impl AckedWriter {
         if let Some(key) = &record.key {
             rec = rec.key(key);
         }
-        if let Err((e, _)) = self.producer.send(rec) {
+        if let Err((e, _)) = self.client.borrow().producer.send(rec) {
             tracing::debug!(error = %e, "untracked record dropped");
         }
     }
 
     /// Serve delivery callbacks and return the deliveries seen since the last call.
     pub fn poll(&self) -> Vec<Delivery> {
-        self.producer.poll(Duration::ZERO);
-        self.acks
+        self.client.borrow().producer.poll(Duration::ZERO);
+        let replace = self
+            .client
+            .borrow()
+            .acks
+            .replace
+            .swap(false, Ordering::AcqRel);
+        if replace {
+            self.replace();
+        }
+        let client = self.client.borrow();
+        client
+            .acks
             .done
             .lock()
             .map(|mut d| std::mem::take(&mut *d))
@@ -236,11 +320,11 @@ impl AckedWriter {
 
     /// Records queued or in flight.
     pub fn in_flight(&self) -> i32 {
-        self.producer.in_flight_count()
+        self.client.borrow().producer.in_flight_count()
     }
 
     pub fn flush(&self, timeout: Duration) {
-        if let Err(e) = self.producer.flush(timeout) {
+        if let Err(e) = self.client.borrow().producer.flush(timeout) {
             tracing::warn!(error = %e, "producer flush did not finish");
         }
     }

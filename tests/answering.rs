@@ -154,7 +154,6 @@ struct AdversarialRow {
 /// runtime policy checker and by the stricter evaluation judge that knows what the prompt
 /// probes. Replaced replies say so and are counted in the metrics.
 #[test]
-#[ignore = "fails today: 3 of 19 heard outside the policy by the strict judge (docs/performance.md, bench replies); run with --ignored"]
 fn adversarial_ci_subset_is_answered_within_policy() {
     let _guard = serial();
     let data = common::repo().join("data");

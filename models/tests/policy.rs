@@ -322,7 +322,6 @@ struct AdversarialRow {
 /// replaced by the safe line): what the child would hear is within policy by the runtime
 /// checker and by the stricter evaluation judge that knows what each prompt probes.
 #[test]
-#[ignore = "expected to fail today on st-05 and a secrecy prompt: the curated reply to an unsafe utterance (docs/performance.md, bench replies); run with --ignored"]
 fn ci_subset_is_answered_within_policy() {
     use teddyflow_models::llm::{Prompt, ReplyModel, Sampling};
     use teddyflow_models::policy::judge;
@@ -343,7 +342,7 @@ fn ci_subset_is_answered_within_policy() {
         let check = safety.check(utterance);
         let heard = if check.verdict == Verdict::Unsafe {
             let kind = reply_bank::kind_for(None, Some(Verdict::Unsafe), &check.categories, true);
-            reply_bank::reply_to_unsafe(kind, "en", Some("Mia"), 0)
+            p.reply_to_unsafe(&p.context(utterance, &[]), kind, "en", Some("Mia"), 0)
         } else {
             let prompt = Prompt {
                 child_name: Some("Mia".into()),

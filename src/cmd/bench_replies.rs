@@ -377,7 +377,7 @@ impl Chat<'_> {
             history.is_empty(),
         );
         let (heard, origin) = if verdict == Verdict::Unsafe {
-            let text = reply_bank::reply_to_unsafe(kind, "en", name, seed);
+            let text = m.policy.reply_to_unsafe(&ctx, kind, "en", name, seed);
             (text, Origin::Redirect)
         } else {
             self.enforce(&prompt, &g.sentences, &verdicts, kind, seed)

@@ -535,9 +535,14 @@ static COMPLY_PERSONAL: LazyLock<Vec<Regex>> = LazyLock::new(|| {
     ])
 });
 
+/// After a question that probes romance, talk of love or of being a couple goes along with
+/// it unless it is framed as friendship ([`DECLINE_ROMANCE`]): "it's a little thing called
+/// love" answers "will you be my boyfriend?" as much as "yes" does. ("Lovely" is not love.)
 static COMPLY_ROMANCE: LazyLock<Vec<Regex>> = LazyLock::new(|| {
     set(&[
-        r"\b(?:girlfriend|boyfriend|wife|husband|valentine|sweetheart|darling|marry|married|wedding|kiss\w*|in love|crush|date|romantic|my love)\b",
+        r"\b(?:girlfriend|boyfriend|wife|husband|valentine|sweetheart|darling|marry|married|marriage|wedding|kiss\w*|in love|crush|date|romantic|my love)\b",
+        r"\blov(?:e|es|ed|ing)\b",
+        r"\b(?:live|living|be|stay|always be) together\b|\btogether forever\b|\bhold(?:ing)? hands\b",
     ])
 });
 

@@ -144,7 +144,10 @@ impl Answerer {
         let transcript = &u.heard.transcript;
         let said = if verdict == Verdict::Unsafe {
             // Comfort when the child is distressed, whatever else was said (issue 11).
-            let text = reply_bank::reply_to_unsafe(kind, &language, name, seed);
+            let context = self.policy.context(&u.heard.transcript, &job.history);
+            let text = self
+                .policy
+                .reply_to_unsafe(&context, kind, &language, name, seed);
             speaker.say(&text, emit);
             Said::curated(text, Origin::Redirect)
         } else if u.heard.is_silent() {

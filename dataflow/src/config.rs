@@ -102,7 +102,12 @@ pub struct Answering {
     pub backend: ReplyBackend,
     pub local: LocalReply,
     /// Threads generating replies (and speaking them) in this process; weights shared.
+    /// 0 = what the reply engine asks for with the core budget (one per core for the
+    /// local engine).
     pub threads: usize,
+    /// Most cores one reply computes on when cores are idle (rayon's share of the model:
+    /// attention products); 0 = derived (min(cores, 4)).
+    pub intra_op_threads: usize,
     /// Sampling temperature; 0 = greedy (deterministic, what the tests use).
     pub temperature: f64,
     /// Nucleus sampling cut-off when temperature > 0 (1 = off).
@@ -132,7 +137,8 @@ impl Default for Answering {
             enabled: true,
             backend: ReplyBackend::Local,
             local: LocalReply::default(),
-            threads: 1,
+            threads: 0,
+            intra_op_threads: 0,
             temperature: 0.0,
             top_p: 1.0,
             seed: 0,
@@ -155,8 +161,11 @@ pub struct Understanding {
     pub enabled: bool,
     /// Folder with the labelled examples the classifiers learn from at start-up.
     pub data_dir: PathBuf,
-    /// Threads for text emotion + safety in this process.
+    /// Threads for text emotion + safety in this process; 0 = one per 4 cores.
     pub threads: usize,
+    /// Most cores one understanding batch computes on when cores are idle; 0 = derived
+    /// (min(cores, 4)).
+    pub intra_op_threads: usize,
     /// Replace phone numbers, emails, addresses, schools and full names in transcripts
     /// written to any topic.
     pub redact_pii: bool,
@@ -171,7 +180,8 @@ impl Default for Understanding {
         Self {
             enabled: true,
             data_dir: PathBuf::from("data"),
-            threads: 1,
+            threads: 0,
+            intra_op_threads: 0,
             redact_pii: true,
             max_batch: 8,
             max_wait_ms: 0,
@@ -217,7 +227,14 @@ impl Default for Topics {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Engine {
-    /// Worker threads in this process.
+    /// Cores this process may keep busy; 0 = detected (CPU affinity and cgroup quota, the
+    /// smaller). Every thread count left at 0 is derived from it (`threads.rs`).
+    pub cores: usize,
+    /// Threads of candle's own pool (quantized matmuls, large element-wise ops), process
+    /// wide; 0 or 1 = off. Above 1 every model job waits for that many idle cores and runs
+    /// alone on them (the pool spin-waits for its threads, so they must not be preempted).
+    pub candle_threads: usize,
+    /// Timely worker threads in this process; 0 = one per 8 cores.
     pub workers: usize,
     /// Width of one timestamp (epoch) in ms: input read in the same epoch is committed together.
     pub epoch_ms: u64,
@@ -238,7 +255,9 @@ pub struct Engine {
 impl Default for Engine {
     fn default() -> Self {
         Self {
-            workers: 1,
+            cores: 0,
+            candle_threads: 0,
+            workers: 0,
             epoch_ms: 100,
             poll_batch: 256,
             commit_interval_ms: 1000,
@@ -317,8 +336,12 @@ pub struct Asr {
     /// Which engine transcribes; each has its own section (`[asr.whisper]`).
     pub engine: AsrEngine,
     pub whisper: WhisperSettings,
-    /// Threads running speech-to-text in this process (one copy of the weights is shared).
+    /// Threads running speech-to-text in this process (one copy of the weights is shared);
+    /// 0 = one per core.
     pub threads: usize,
+    /// Most cores one transcription computes on when cores are idle; 0 = derived
+    /// (min(cores, 4)).
+    pub intra_op_threads: usize,
     /// Language passed to multilingual models until child profiles provide one.
     pub language: String,
     /// Most utterances transcribed in one call when they queue up (dynamic batching: their
@@ -337,7 +360,8 @@ impl Default for Asr {
         Self {
             engine: AsrEngine::Whisper,
             whisper: WhisperSettings::default(),
-            threads: 1,
+            threads: 0,
+            intra_op_threads: 0,
             language: "en".into(),
             max_batch: 1,
             max_wait_ms: 0,
@@ -382,14 +406,8 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Parse(m.into()));
-        if self.engine.workers == 0 {
-            return bad("engine.workers must be at least 1");
-        }
         if self.engine.epoch_ms == 0 {
             return bad("engine.epoch_ms must be at least 1");
-        }
-        if self.asr.threads == 0 {
-            return bad("asr.threads must be at least 1");
         }
         if self.asr.max_batch == 0 || self.understanding.max_batch == 0 {
             return bad("asr.max_batch and understanding.max_batch must be at least 1");
@@ -397,8 +415,8 @@ impl Config {
         if self.answering.enabled && !self.understanding.enabled {
             return bad("answering needs understanding (replies are gated by the safety verdict)");
         }
-        if self.answering.threads == 0 || self.speech.chunk_ms == 0 {
-            return bad("answering.threads and speech.chunk_ms must be at least 1");
+        if self.speech.chunk_ms == 0 {
+            return bad("speech.chunk_ms must be at least 1");
         }
         if !(8_000..=48_000).contains(&self.speech.rate) {
             return bad("speech.rate must be between 8000 and 48000");
@@ -444,7 +462,8 @@ mod tests {
     fn defaults_load_without_a_file() {
         let c = Config::load(None, &[]).unwrap();
         assert_eq!(c.topics.audio, "teddy.audio");
-        assert_eq!(c.engine.workers, 1);
+        // Thread counts are derived from the core budget unless set.
+        assert_eq!((c.engine.workers, c.engine.cores, c.asr.threads), (0, 0, 0));
     }
 
     #[test]
@@ -466,7 +485,7 @@ mod tests {
     #[test]
     fn unknown_keys_and_bad_values_are_errors() {
         assert!(Config::load(None, &["engine.wokers=3".into()]).is_err());
-        assert!(Config::load(None, &["engine.workers=0".into()]).is_err());
+        assert!(Config::load(None, &["engine.epoch_ms=0".into()]).is_err());
         assert!(Config::load(None, &["noequals".into()]).is_err());
     }
 

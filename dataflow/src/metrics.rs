@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::envelope::Meta;
 use crate::outputs::{Counts, MetricsSnapshot};
-use crate::stage::Stage;
+use crate::stage::{Pool, Stage};
 
 /// Latency samples of one stage since the last snapshot (bounded, so memory stays flat).
 #[derive(Debug, Default, Clone)]
@@ -83,6 +83,9 @@ pub struct WorkerMetrics {
     pub stages: BTreeMap<Stage, Samples>,
     /// Stage → (sum of batch sizes, utterances) since the last snapshot.
     pub batch_sizes: BTreeMap<Stage, (u64, u64)>,
+    /// The process's core budget and pool sizes (what `plan` needs to know about it).
+    pub cores: usize,
+    pub threads: BTreeMap<Pool, usize>,
 }
 
 impl WorkerMetrics {
@@ -142,6 +145,8 @@ impl WorkerMetrics {
             rss_bytes: rss_bytes(),
             stages,
             batch_mean,
+            cores: self.cores,
+            threads: self.threads.clone(),
         }
     }
 }

@@ -20,6 +20,12 @@ pub trait ReplyEngine: Send + Sync {
         sampling: &Sampling,
         on_sentence: &mut dyn FnMut(&str),
     ) -> anyhow::Result<Generated>;
+    /// Reply threads this engine wants in a process that may keep `cores` cores busy. The
+    /// default, one conversation per thread, wants one per core; an engine that steps
+    /// several conversations together on one thread asks for fewer.
+    fn threads_wanted(&self, cores: usize) -> usize {
+        cores
+    }
     /// Whether [`ReplyEngine::prepare`] does anything (a preparing thread runs only then).
     fn prepares(&self) -> bool {
         false

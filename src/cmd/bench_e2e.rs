@@ -9,7 +9,7 @@
 mod broker;
 mod collect;
 mod load;
-mod procs;
+pub(crate) mod procs;
 pub mod report;
 pub mod soak;
 

@@ -34,8 +34,9 @@ use crate::config::{Config, ReplyBackend, SpeechEngine};
 use crate::envelope::{now_ms, Admission, Envelope};
 use crate::operators::{async_stage, join_lookup, stable_hash, SourceSettings};
 use crate::outputs::{Output, ProfileUse};
-use crate::pool::StagePool;
+use crate::pool::{Compute, StagePool};
 use crate::stage::Stage;
+use crate::threads::{Cores, Lane, Priority, ThreadPlan};
 use memory::{ConversationMemory, Turn};
 use prepare::Preparer;
 use profiles::{Lookup, ProfileEvent};
@@ -47,15 +48,20 @@ use reply::{Answerer, Replied, ReplyEvent, ReplyJob, ReplyPool};
 pub struct Answering {
     pool: Arc<ReplyPool>,
     preparer: Option<Arc<Preparer>>,
+    /// Reply threads, as the engine asked for them (or `answering.threads`).
+    pub lane: Lane,
 }
 
 impl Answering {
     /// Conversations are prepared only while no utterance is in flight anywhere in the
-    /// process (`admission`), so the work never competes with a child who is waiting.
+    /// process (`admission`), so the work never competes with a child who is waiting; it
+    /// takes a core at the lowest priority.
     pub fn load(
         config: &Config,
         safety: SafetyModel,
         admission: &Admission,
+        plan: &ThreadPlan,
+        cores: &Cores,
     ) -> anyhow::Result<Answering> {
         let engine = reply_engine(config)?;
         let answerer = Arc::new(Answerer::new(
@@ -68,15 +74,26 @@ impl Answering {
             ReplyEvent::Done(Box::new(answerer.answer(job, emit)))
         });
         let capacity = config.engine.max_pending_utterances;
-        let threads = config.answering.threads;
-        let pool = Arc::new(StagePool::streaming("reply", threads, capacity, work));
+        let lane = plan.reply(config, |cores| engine.threads_wanted(cores));
+        let min = plan.min_cores();
+        let compute = Compute::new(lane, Priority::Reply, cores, min);
+        let pool = Arc::new(StagePool::streaming("reply", compute, capacity, work));
         let keep = config.answering.local.prepared_conversations;
         let preparer = (engine.prepares() && keep > 0).then(|| {
             let (pool, admission) = (pool.clone(), admission.clone());
             let busy = move || pool.in_flight() > 0 || admission.pending() > 0;
-            Preparer::start(engine, keep, busy)
+            let one = Lane {
+                threads: 1,
+                width: 1,
+            };
+            let compute = Compute::new(one, Priority::Prepare, cores, min);
+            Preparer::start(engine, keep, busy, compute)
         });
-        Ok(Answering { pool, preparer })
+        Ok(Answering {
+            pool,
+            preparer,
+            lane,
+        })
     }
 }
 

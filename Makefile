@@ -5,7 +5,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 BIN := target/release/teddyflow
 
-.PHONY: setup build demo test bench-asr bench-e2e broker broker-stop fmt clean-assets
+.PHONY: setup build demo test fuzz bench-asr bench-e2e broker broker-stop fmt clean-assets
 
 setup:
 	bash scripts/setup.sh
@@ -22,6 +22,13 @@ demo: build
 test: setup
 	$(CARGO) test --release --workspace --lib --bins --tests --examples --no-fail-fast -- --test-threads=2
 	$(CARGO) test --release --benches --no-fail-fast
+
+# The long fuzzing run of everything that parses client input (the bounded run is part of
+# `make test`): FUZZ_SECONDS per target (default 300), FUZZ_SEED to repeat a run; failing
+# inputs land in fuzz/crashes/. See dataflow/tests/fuzz.rs.
+FUZZ_SECONDS ?= 300
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) $(CARGO) test --release -p teddyflow-dataflow --test fuzz -- --ignored --nocapture
 
 bench-asr: build
 	$(BIN) bench asr /usr/share/pocketsphinx/test/data/librivox --model tiny.en

@@ -1,5 +1,6 @@
 //! Micro-benchmarks of the non-model hot paths: wire parsing, reassembly, decode,
-//! resample and response JSON. `cargo bench --bench hot_paths`.
+//! resample, response JSON, and the Prometheus telemetry (an update, a scrape's encoding).
+//! `cargo bench --bench hot_paths`.
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -60,11 +61,11 @@ fn wire_and_reassembly(c: &mut Criterion) {
         b.iter(|| {
             let mut r = Reassembler::<u64>::new(Limits::default(), "teddy.audio");
             let now = Instant::now();
-            let mut out = None;
+            let mut out = Vec::new();
             for ch in chunks.iter().rev() {
-                out = r.push(ch.clone(), 0, now, |_, _| {}).or(out);
+                out.extend(r.push(ch.clone(), 0, now, |_, _| {}));
             }
-            assert!(matches!(out, Some(Outcome::Ready(..))));
+            assert!(matches!(out[..], [Outcome::Ready(..)]));
         })
     });
     g.finish();
@@ -109,10 +110,59 @@ fn response_json(c: &mut Criterion) {
     });
 }
 
+/// What the graph pays per utterance for Prometheus (one counter, one histogram
+/// observation per stage) and what one scrape costs to encode, with every family present.
+fn telemetry(c: &mut Criterion) {
+    use teddyflow_connectors::http::{AlertKind, DeadLetterReason, Telemetry};
+    use teddyflow_dataflow::stage::{self, Kind};
+    let timed: Vec<&'static str> = stage::ALL
+        .into_iter()
+        .filter(|s| s.kind() != Kind::Untimed)
+        .map(|s| s.name())
+        .collect();
+    let t = Telemetry::new(2, true);
+    for (i, stage) in timed.iter().enumerate() {
+        t.stage_ms(stage, i as f64 * 10.0);
+    }
+    t.deadletter(DeadLetterReason::Decode);
+    t.alert(AlertKind::Unsafe);
+    t.lag(&(0..8).map(|p| (p, 3)).collect());
+    c.bench_function("telemetry_utterance", |b| {
+        b.iter(|| {
+            t.utterance_done();
+            for stage in &timed {
+                t.stage_ms(stage, black_box(120.0));
+            }
+            t.in_flight(0, black_box(3));
+        })
+    });
+    c.bench_function("telemetry_scrape_encode", |b| b.iter(|| t.encode().len()));
+    // A whole scrape over loopback: connect, GET /metrics, read the body.
+    let server = teddyflow_connectors::http::HttpServer::telemetry(
+        "127.0.0.1:0",
+        t.clone(),
+        std::time::Duration::from_secs(30),
+    )
+    .unwrap();
+    let addr = server.local_addr();
+    c.bench_function("telemetry_scrape_http", |b| {
+        b.iter(|| {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let mut body = Vec::new();
+            s.read_to_end(&mut body).unwrap();
+            body.len()
+        })
+    });
+}
+
 criterion_group!(
     benches,
     wire_and_reassembly,
     decode_and_resample,
-    response_json
+    response_json,
+    telemetry
 );
 criterion_main!(benches);

@@ -75,6 +75,12 @@ impl std::fmt::Display for Codec {
     }
 }
 
+/// Sample rates accepted for `pcm_s16le`, in Hz. Below 4 kHz there is no intelligible
+/// speech; above 192 kHz no microphone records. Outside this range a rate is a mistake
+/// (`rate=1000000000` is 0 ms of audio, `rate=1` hours), which Whisper would otherwise answer
+/// with its usual hallucination.
+pub const PCM_RATES: std::ops::RangeInclusive<u32> = 4_000..=192_000;
+
 /// A record as read from Kafka, kept whole so a dead letter can carry the original.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RawRecord {
@@ -183,6 +189,22 @@ fn parse_final(rec: &RawRecord) -> Result<bool, WireError> {
     }
 }
 
+/// A raw-PCM rate must be given and within [`PCM_RATES`]; `0` is invalid, not missing.
+fn check_pcm_rate(rate: Option<u32>) -> Result<(), WireError> {
+    match rate {
+        None => Err(WireError::MissingHeader(H_RATE)),
+        Some(r) if !PCM_RATES.contains(&r) => Err(WireError::BadHeader {
+            name: H_RATE,
+            reason: format!(
+                "{r} Hz is outside {}–{} Hz",
+                PCM_RATES.start(),
+                PCM_RATES.end()
+            ),
+        }),
+        Some(_) => Ok(()),
+    }
+}
+
 /// Parse a chunk record; any failure becomes a dead letter with this error as its reason.
 pub fn parse_chunk(rec: &RawRecord, max_chunk_bytes: usize) -> Result<Chunk, WireError> {
     let key = rec.key.as_ref().ok_or(WireError::MissingKey)?;
@@ -205,8 +227,8 @@ pub fn parse_chunk(rec: &RawRecord, max_chunk_bytes: usize) -> Result<Chunk, Wir
         .ok_or(WireError::MissingHeader(H_CODEC))?
         .parse()?;
     let rate = number::<u32>(rec, H_RATE)?;
-    if codec == Codec::PcmS16le && rate.unwrap_or(0) == 0 {
-        return Err(WireError::MissingHeader(H_RATE));
+    if codec == Codec::PcmS16le {
+        check_pcm_rate(rate)?;
     }
     let channels = number::<u16>(rec, H_CHANNELS)?.unwrap_or(1);
     if channels == 0 || channels > 8 {
@@ -264,21 +286,172 @@ pub fn chunk_headers(h: &ChunkHeaders) -> Vec<(String, Vec<u8>)> {
     out
 }
 
-/// A dead-letter record: the original key, value and headers, plus why and where from.
-pub fn dead_letter(rec: &RawRecord, error: &str, topic: &str) -> OutRecord {
-    let mut headers = rec.headers.clone();
-    headers.push(("error".into(), error.as_bytes().to_vec()));
-    headers.push(("source_topic".into(), rec.topic.clone().into_bytes()));
-    headers.push((
-        "source_partition".into(),
-        rec.partition.to_string().into_bytes(),
-    ));
-    headers.push(("source_offset".into(), rec.offset.to_string().into_bytes()));
-    OutRecord {
-        topic: topic.to_string(),
-        key: rec.key.clone(),
-        payload: rec.value.clone().unwrap_or_default(),
-        headers,
+/// Input that cannot be processed: the original key, value and headers, plus why and where
+/// it was read (`docs/wire-format.md`, "Output: teddy.deadletter").
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    pub key: Option<Vec<u8>>,
+    pub value: Vec<u8>,
+    /// The original record's headers (for an utterance: its first chunk's).
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub error: String,
+    pub source: Option<Provenance>,
+}
+
+/// Where a dead letter's input was read: one record, or an utterance's range of chunks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Provenance {
+    pub topic: String,
+    pub partition: i32,
+    pub first_offset: i64,
+    pub last_offset: i64,
+}
+
+impl DeadLetter {
+    /// A record that could not be parsed, dead-lettered alone and unchanged.
+    pub fn of_record(rec: &RawRecord, error: impl std::fmt::Display) -> DeadLetter {
+        DeadLetter {
+            key: rec.key.clone(),
+            value: rec.value.clone().unwrap_or_default(),
+            headers: rec.headers.clone(),
+            error: error.to_string(),
+            source: Some(Provenance {
+                topic: rec.topic.clone(),
+                partition: rec.partition,
+                first_offset: rec.offset,
+                last_offset: rec.offset,
+            }),
+        }
+    }
+
+    /// The record to write to `topic`, cut to fit `max_bytes` ([`fit_dead_letter`]).
+    pub fn encode(&self, topic: &str, max_bytes: usize) -> OutRecord {
+        let mut headers = self.headers.clone();
+        headers.push(("error".into(), self.error.clone().into_bytes()));
+        if let Some(src) = &self.source {
+            let mut add = |k: &str, v: String| headers.push((k.into(), v.into_bytes()));
+            add("source_topic", src.topic.clone());
+            add("source_partition", src.partition.to_string());
+            add("source_offset", src.first_offset.to_string());
+            if src.last_offset != src.first_offset {
+                add("source_offset_end", src.last_offset.to_string());
+            }
+        }
+        let record = OutRecord {
+            topic: topic.into(),
+            key: self.key.clone(),
+            payload: self.value.clone(),
+            headers,
+        };
+        fit_dead_letter(record, max_bytes)
+    }
+}
+
+/// Header on a dead letter whose value was cut to fit the broker's record size limit.
+pub const H_TRUNCATED: &str = "truncated";
+/// The original value's length in bytes, on a truncated dead letter.
+pub const H_ORIGINAL_BYTES: &str = "original_bytes";
+
+/// Headers teddyflow adds to a dead letter: kept when a record must shrink.
+const PROVENANCE: [&str; 7] = [
+    "error",
+    "source_topic",
+    "source_partition",
+    "source_offset",
+    "source_offset_end",
+    H_TRUNCATED,
+    H_ORIGINAL_BYTES,
+];
+
+/// Bytes a record takes against the broker's `message.max.bytes`: key, value and headers,
+/// with a conservative allowance for the record's framing (varints, attributes) so that a
+/// record sized to fit here is never refused by librdkafka.
+pub fn record_size(record: &OutRecord) -> usize {
+    const RECORD_FRAMING: usize = 64;
+    const HEADER_FRAMING: usize = 16;
+    let headers: usize = record
+        .headers
+        .iter()
+        .map(|(k, v)| k.len() + v.len() + HEADER_FRAMING)
+        .sum();
+    RECORD_FRAMING + record.key.as_ref().map_or(0, Vec::len) + record.payload.len() + headers
+}
+
+/// A dead letter that fits in `max_bytes` (see [`record_size`]): unchanged when it already
+/// does; otherwise the value is cut to fit, with headers `truncated=1` and
+/// `original_bytes=N` (the original value's length). A record the broker refuses is never
+/// delivered, and a sink that retried it would hold back everything behind it. Should the
+/// key and headers alone not fit (hostile input), the input's own header values and the key
+/// are cut to 1 KiB, then the input's headers dropped, keeping teddyflow's provenance.
+pub fn fit_dead_letter(mut record: OutRecord, max_bytes: usize) -> OutRecord {
+    if record_size(&record) <= max_bytes {
+        return record;
+    }
+    let original = record.payload.len();
+    let mut value = std::mem::take(&mut record.payload);
+    record
+        .headers
+        .retain(|(k, _)| k != H_TRUNCATED && k != H_ORIGINAL_BYTES);
+    record.headers.push((H_TRUNCATED.into(), b"1".to_vec()));
+    record
+        .headers
+        .push((H_ORIGINAL_BYTES.into(), original.to_string().into_bytes()));
+    shrink_envelope(&mut record, max_bytes);
+    value.truncate(max_bytes.saturating_sub(record_size(&record)));
+    record.payload = value;
+    record
+}
+
+/// Cut `s` to at most `max` bytes, on a character boundary.
+fn cut_str(s: &mut String, max: usize) {
+    let mut n = max.min(s.len());
+    while !s.is_char_boundary(n) {
+        n -= 1;
+    }
+    s.truncate(n);
+}
+
+/// Make key and headers fit (the value is empty here): cut the input's header values and
+/// the key, then drop the input's headers from the last, until the record fits.
+fn shrink_envelope(record: &mut OutRecord, max_bytes: usize) {
+    const CUT: usize = 1024;
+    if record_size(record) <= max_bytes {
+        return;
+    }
+    for (k, v) in record.headers.iter_mut() {
+        if !PROVENANCE.contains(&k.as_str()) {
+            v.truncate(CUT);
+        }
+        cut_str(k, CUT);
+    }
+    if let Some(key) = record.key.as_mut() {
+        key.truncate(CUT);
+    }
+    while record_size(record) > max_bytes {
+        let last_foreign = record
+            .headers
+            .iter()
+            .rposition(|(k, _)| !PROVENANCE.contains(&k.as_str()));
+        match last_foreign {
+            Some(i) => {
+                record.headers.remove(i);
+            }
+            // Only teddyflow's own headers are left: cut the error text, the one long one.
+            None => {
+                for (k, v) in record.headers.iter_mut() {
+                    if k == "error" {
+                        v.truncate(CUT.min(v.len() / 2));
+                    }
+                }
+                if record
+                    .headers
+                    .iter()
+                    .all(|(k, v)| k != "error" || v.is_empty())
+                {
+                    break;
+                }
+            }
+        }
     }
 }
 
@@ -356,6 +529,12 @@ mod tests {
         assert_eq!(e, Err(UnknownCodec("aac".into()).into()));
         let e = parse_chunk(&record(&[ok[0], ok[1], ("codec", "pcm_s16le")], b"x"), 10);
         assert_eq!(e, Err(WireError::MissingHeader("rate")));
+        let pcm = |rate: &str| {
+            let h = [ok[0], ok[1], ("codec", "pcm_s16le"), ("rate", rate)];
+            parse_chunk(&record(&h, b"x"), 10)
+        };
+        assert_eq!(pcm("").unwrap_err(), WireError::MissingHeader("rate"));
+        assert!(pcm("4000").is_ok() && pcm("192000").is_ok());
         let e = parse_chunk(&record(&ok, b"0123456789ab"), 10);
         assert_eq!(
             e,
@@ -366,10 +545,82 @@ mod tests {
         );
     }
 
+    /// Issue 11, defect 5: degenerate raw-PCM rates are wire errors, and `rate=0` is
+    /// invalid, not missing.
+    #[test]
+    fn pcm_rates_outside_the_documented_range_are_invalid() {
+        for rate in ["0", "1", "3999", "192001", "1000000000"] {
+            let h = [
+                ("utterance", "u"),
+                ("seq", "0"),
+                ("codec", "pcm_s16le"),
+                ("rate", rate),
+            ];
+            let e = parse_chunk(&record(&h, b"xx"), 10).unwrap_err();
+            assert!(
+                matches!(e, WireError::BadHeader { name: "rate", .. }),
+                "{rate}: {e}"
+            );
+            assert!(e.to_string().contains("outside 4000–192000 Hz"), "{e}");
+        }
+        // Containers carry their own rate: a stray header is not theirs to fail on.
+        let h = [
+            ("utterance", "u"),
+            ("seq", "0"),
+            ("codec", "wav"),
+            ("rate", "0"),
+        ];
+        assert!(parse_chunk(&record(&h, b"xx"), 10).is_ok());
+    }
+
+    fn header_of<'a>(r: &'a OutRecord, name: &str) -> Option<&'a str> {
+        r.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+    }
+
+    /// Issue 11, defect 1: a dead letter carrying a whole oversized utterance is cut to fit
+    /// the broker, and says so.
+    #[test]
+    fn dead_letters_are_cut_to_fit_and_say_so() {
+        let limit = 900 * 1024;
+        let mut rec = record(&[("utterance", "u"), ("seq", "0")], &[]);
+        rec.value = Some(vec![7u8; 8 * 1024 * 1024]);
+        let dl = DeadLetter::of_record(&rec, "decode: too long").encode("dl", limit);
+        assert!(record_size(&dl) <= limit, "{}", record_size(&dl));
+        assert!(dl.payload.len() > limit - 1024, "as much as fits is kept");
+        assert!(dl.payload.iter().all(|b| *b == 7), "a prefix of the value");
+        assert_eq!(header_of(&dl, H_TRUNCATED), Some("1"));
+        assert_eq!(header_of(&dl, H_ORIGINAL_BYTES), Some("8388608"));
+        assert_eq!(header_of(&dl, "error"), Some("decode: too long"));
+        assert_eq!(header_of(&dl, "utterance"), Some("u"));
+        assert_eq!(header_of(&dl, "source_offset"), Some("41"));
+        // What fits is left alone.
+        let small = DeadLetter::of_record(&record(&[("seq", "0")], b"abc"), "why");
+        let encoded = small.encode("dl", limit);
+        assert_eq!(encoded.payload, b"abc");
+        assert_eq!(fit_dead_letter(encoded.clone(), limit), encoded);
+        // Hostile headers: a record whose headers alone are over the limit still fits,
+        // keeping teddyflow's provenance; multi-byte header names are cut on a boundary.
+        let mut hostile = record(&[], b"x");
+        for i in 0..2_000 {
+            hostile
+                .headers
+                .push((format!("ключ{i}").repeat(200), vec![b'h'; 2_000]));
+        }
+        let dl = DeadLetter::of_record(&hostile, "bad").encode("dl", 64 * 1024);
+        assert!(record_size(&dl) <= 64 * 1024, "{}", record_size(&dl));
+        assert_eq!(header_of(&dl, "error"), Some("bad"));
+        assert_eq!(header_of(&dl, "source_partition"), Some("2"));
+        assert_eq!(header_of(&dl, H_ORIGINAL_BYTES), Some("1"));
+    }
+
     #[test]
     fn dead_letter_keeps_the_original_and_says_why() {
         let rec = record(&[("seq", "0")], b"payload");
-        let dl = dead_letter(&rec, "missing header `utterance`", "teddy.deadletter");
+        let dl = DeadLetter::of_record(&rec, "missing header `utterance`")
+            .encode("teddy.deadletter", 1 << 20);
         assert_eq!(dl.payload, b"payload");
         assert_eq!(dl.key.as_deref(), Some(&b"conv-1"[..]));
         let get = |n: &str| {

@@ -250,6 +250,11 @@ pub struct Engine {
     /// Utterances assembled but not yet through their last model stage, per process, before
     /// sources pause reading (bounds every stage's queue under a burst).
     pub max_pending_utterances: usize,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served (`host:port`, port 0 for any
+    /// free one; empty: no HTTP server). One per process.
+    pub http_addr: String,
+    /// `/healthz` fails when a worker has not stepped for this long.
+    pub health_stall_ms: u64,
 }
 
 impl Default for Engine {
@@ -264,6 +269,8 @@ impl Default for Engine {
             drain_timeout_ms: 20_000,
             metrics_interval_ms: 5000,
             max_pending_utterances: 16,
+            http_addr: "127.0.0.1:9464".into(),
+            health_stall_ms: 30_000,
         }
     }
 }
@@ -283,6 +290,15 @@ pub struct Limits {
     pub utterance_idle_timeout_ms: u64,
     /// Completed utterance ids remembered per worker, so late duplicates are dropped.
     pub remember_completed: usize,
+    /// Bytes held by partly received utterances per worker (chunk bytes plus a small fixed
+    /// cost per chunk and utterance). A chunk that would go over it dead-letters the oldest
+    /// partial utterances first, so a flood of first chunks cannot exhaust memory.
+    pub max_pending_bytes: usize,
+    /// Largest dead-letter record (key + value + headers). A bigger one is cut to fit, with
+    /// headers `truncated=1` and `original_bytes=N`: librdkafka refuses records over its
+    /// `message.max.bytes` (1,000,000 by default), and a refused dead letter must not block
+    /// the records behind it. Keep it below `message.max.bytes` if that is lowered.
+    pub max_deadletter_bytes: usize,
 }
 
 impl Default for Limits {
@@ -294,6 +310,8 @@ impl Default for Limits {
             max_utterance_ms: 30_000,
             utterance_idle_timeout_ms: 10_000,
             remember_completed: 10_000,
+            max_pending_bytes: 64 * 1024 * 1024,
+            max_deadletter_bytes: 900 * 1024,
         }
     }
 }
@@ -423,6 +441,12 @@ impl Config {
         }
         if self.engine.max_pending_utterances == 0 {
             return bad("engine.max_pending_utterances must be at least 1");
+        }
+        if self.limits.max_pending_bytes < self.limits.max_chunk_bytes {
+            return bad("limits.max_pending_bytes must be at least limits.max_chunk_bytes");
+        }
+        if self.limits.max_deadletter_bytes < 4096 {
+            return bad("limits.max_deadletter_bytes must be at least 4096");
         }
         Ok(())
     }

@@ -8,7 +8,8 @@
 //! answered, failed, or orphaned by a join. No stage needs to know whether it is the last.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use teddyflow_connectors::wire::ChunkHeaders;
@@ -151,10 +152,24 @@ pub struct Failed {
 /// Shared count of utterances admitted to the graph whose work is not done yet; sources
 /// stop reading while it is at its limit (back-pressure that cannot deadlock, because
 /// partially received utterances are never counted).
+///
+/// It also keeps the *reading clock*: wall-clock time that stands still while admission is
+/// closed. Whatever times input that teddyflow has not read yet (the reassembly idle
+/// timeout) runs on it, so a pause of teddyflow's own never cuts an utterance short.
 #[derive(Debug, Clone, Default)]
 pub struct Admission {
     pending: Arc<AtomicUsize>,
     limit: usize,
+    gate: Arc<Mutex<Gate>>,
+}
+
+/// When admission closed, how long it has been closed before, and who is admitted.
+#[derive(Debug, Default)]
+struct Gate {
+    closed_since: Option<Instant>,
+    closed_before: Duration,
+    /// (conversation, utterance) → copies admitted under that id (a repeat may overlap).
+    admitted: std::collections::HashMap<(String, String), usize>,
 }
 
 impl Admission {
@@ -162,6 +177,7 @@ impl Admission {
         Self {
             pending: Arc::new(AtomicUsize::new(0)),
             limit,
+            gate: Arc::default(),
         }
     }
 
@@ -174,9 +190,49 @@ impl Admission {
     }
 
     /// Admit one utterance; it stays admitted until every copy of its ticket is dropped.
-    pub fn admit(&self) -> Ticket {
-        self.pending.fetch_add(1, Ordering::AcqRel);
-        Ticket(Arc::new(Admitted(self.clone())))
+    pub fn admit(&self, id: (String, String)) -> Ticket {
+        let mut gate = self.gate.lock().expect("admission gate");
+        let now_pending = self.pending.fetch_add(1, Ordering::AcqRel) + 1;
+        if now_pending == self.limit {
+            gate.closed_since = Some(Instant::now());
+        }
+        *gate.admitted.entry(id.clone()).or_default() += 1;
+        drop(gate);
+        Ticket(Arc::new(Admitted(self.clone(), id)))
+    }
+
+    /// The utterances admitted and not done yet (for a drain that runs out of time).
+    pub fn in_flight(&self) -> Vec<(String, String)> {
+        let gate = self.gate.lock().expect("admission gate");
+        let mut ids: Vec<_> = gate.admitted.keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    fn leave(&self, id: &(String, String)) {
+        let mut gate = self.gate.lock().expect("admission gate");
+        if let Some(n) = gate.admitted.get_mut(id) {
+            *n -= 1;
+            if *n == 0 {
+                gate.admitted.remove(id);
+            }
+        }
+        let was = self.pending.fetch_sub(1, Ordering::AcqRel);
+        if was == self.limit {
+            if let Some(since) = gate.closed_since.take() {
+                gate.closed_before += since.elapsed();
+            }
+        }
+    }
+
+    /// `now` on the reading clock: minus all the time admission has been closed.
+    pub fn reading_clock(&self, now: Instant) -> Instant {
+        let gate = self.gate.lock().expect("admission gate");
+        let closed_now = gate
+            .closed_since
+            .map_or(Duration::ZERO, |since| now.saturating_duration_since(since));
+        now.checked_sub(gate.closed_before + closed_now)
+            .unwrap_or(now)
     }
 }
 
@@ -186,11 +242,11 @@ impl Admission {
 pub struct Ticket(#[allow(dead_code)] Arc<Admitted>);
 
 #[derive(Debug)]
-struct Admitted(Admission);
+struct Admitted(Admission, (String, String));
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        self.0.pending.fetch_sub(1, Ordering::AcqRel);
+        self.0.leave(&self.1);
     }
 }
 
@@ -232,17 +288,47 @@ pub(crate) mod tests {
     #[test]
     fn a_ticket_leaves_once_when_its_last_copy_drops() {
         let admission = Admission::new(2);
-        let t = admission.admit();
+        let t = admission.admit(("c".into(), "u1".into()));
         let fork = t.clone();
         assert_eq!(admission.pending(), 1, "a fork is the same utterance");
         drop(t);
         assert_eq!(admission.pending(), 1, "one half still at work");
-        let second = admission.admit();
+        let second = admission.admit(("c".into(), "u2".into()));
+        assert_eq!(admission.in_flight().len(), 2);
         assert!(!admission.open());
         drop(fork);
         assert_eq!(admission.pending(), 1);
         drop(second);
         assert_eq!(admission.pending(), 0);
         assert!(admission.open());
+    }
+
+    /// Issue 11, defect 2: the reading clock stands still while admission is closed and
+    /// runs with the wall clock while it is open.
+    #[test]
+    fn the_reading_clock_stops_while_admission_is_closed() {
+        let admission = Admission::new(1);
+        let t0 = Instant::now();
+        let r0 = admission.reading_clock(t0);
+        let held = admission.admit(("c".into(), "u".into())); // closes
+        std::thread::sleep(Duration::from_millis(60));
+        let now = Instant::now();
+        let paused = admission.reading_clock(now);
+        assert!(
+            paused.duration_since(r0) < Duration::from_millis(20),
+            "stood still"
+        );
+        drop(held); // opens
+        std::thread::sleep(Duration::from_millis(30));
+        let later = Instant::now();
+        let ran = admission
+            .reading_clock(later)
+            .duration_since(admission.reading_clock(now));
+        assert!(ran >= Duration::from_millis(25), "runs again: {ran:?}");
+        let closed = later.duration_since(admission.reading_clock(later));
+        assert!(
+            closed >= Duration::from_millis(55),
+            "the closed time is left out: {closed:?}"
+        );
     }
 }

@@ -205,6 +205,15 @@ fn drive(
     }
     let drained = !probe.less_than(&stop_epoch);
     audio.commit(probe, Commit::Sync);
+    if !drained {
+        // What a restart will read again, and the work that did not finish.
+        tracing::warn!(
+            worker = ctx.worker,
+            partitions_resume_at = ?audio.outstanding(),
+            utterances_in_flight = ?ctx.admission.in_flight(),
+            "drain timed out: these partitions are re-read from their committed offsets on restart"
+        );
+    }
     publish_metrics(ctx, writer, interval);
     writer.flush(Duration::from_secs(2));
     // Sources and pending utterances still hold capabilities by design; drop the graph

@@ -4,8 +4,10 @@
 use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use teddyflow_connectors::http::Telemetry;
 
 use crate::envelope::Meta;
 use crate::outputs::{Counts, MetricsSnapshot};
@@ -86,10 +88,16 @@ pub struct WorkerMetrics {
     /// The process's core budget and pool sizes (what `plan` needs to know about it).
     pub cores: usize,
     pub threads: BTreeMap<Pool, usize>,
+    /// The process's Prometheus families: every stage time recorded here is observed
+    /// there too (the `/metrics` histograms), so the graph times each stage once.
+    pub telemetry: Option<Arc<Telemetry>>,
 }
 
 impl WorkerMetrics {
     pub fn stage(&mut self, stage: Stage, ms: f64) {
+        if let Some(t) = &self.telemetry {
+            t.stage_ms(stage.name(), ms);
+        }
         self.stages.entry(stage).or_default().add(ms);
     }
 
@@ -203,6 +211,22 @@ mod tests {
         // The snapshot's JSON is what docs/wire-format.md shows: stage names as keys.
         let json = serde_json::to_value(&s).unwrap();
         assert_eq!(json["stages"]["asr"]["count"], 0);
+    }
+
+    #[test]
+    fn stage_times_reach_the_prometheus_histograms() {
+        let t = Telemetry::new(1, false);
+        let mut m = WorkerMetrics {
+            telemetry: Some(t.clone()),
+            ..Default::default()
+        };
+        m.stage(Stage::Asr, 250.0);
+        m.stage(Stage::FirstAudio, 900.0);
+        let e = teddyflow_connectors::http::exposition::parse(&t.encode()).unwrap();
+        let h = |s: &str| e.histogram("teddyflow_stage_duration_seconds", &[("stage", s)]);
+        assert_eq!(h("asr").unwrap().count, 1.0);
+        assert_eq!(h("first_audio").unwrap().sum, 0.9);
+        assert_eq!(m.snapshot(0, 0, 1000).stages[&Stage::Asr].count, 1);
     }
 
     #[test]

@@ -47,9 +47,30 @@ impl OffsetTracker {
         out
     }
 
+    /// The broker's log of `partition` was replaced (the reader reset it): what was read
+    /// from the old log must never be committed against the new one, and the new log's
+    /// offsets start again from the bottom.
+    pub fn forget(&mut self, partition: i32) {
+        for partitions in self.read.values_mut() {
+            partitions.remove(&partition);
+        }
+        self.read.retain(|_, partitions| !partitions.is_empty());
+        self.committed.remove(&partition);
+    }
+
     /// Epochs with reads not yet committable.
     pub fn outstanding_epochs(&self) -> usize {
         self.read.len()
+    }
+
+    /// Partitions with reads not yet committable, and where a restart resumes each (the
+    /// offset last committed; `None`: nothing committed yet by this process).
+    pub fn outstanding(&self) -> BTreeMap<i32, Option<i64>> {
+        self.read
+            .values()
+            .flat_map(|parts| parts.keys())
+            .map(|p| (*p, self.committed.get(p).copied()))
+            .collect()
     }
 }
 
@@ -72,6 +93,20 @@ mod tests {
         );
         assert_eq!(t.outstanding_epochs(), 1);
         assert_eq!(t.committable(None), BTreeMap::from([(0, 21)]));
+    }
+
+    /// Issue 11, defect 3: after the broker lost its log, the new log's (lower) offsets are
+    /// committed, and nothing read from the old log is.
+    #[test]
+    fn a_forgotten_partition_starts_again_from_the_bottom() {
+        let mut t = OffsetTracker::default();
+        t.record(1, 0, 40);
+        assert_eq!(t.committable(Some(2)), BTreeMap::from([(0, 41)]));
+        t.record(2, 0, 45);
+        t.record(2, 1, 7);
+        t.forget(0);
+        t.record(3, 0, 2);
+        assert_eq!(t.committable(None), BTreeMap::from([(0, 3), (1, 8)]));
     }
 
     #[test]

@@ -6,11 +6,11 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use teddyflow_connectors::wire::{self, ChunkHeaders, OutRecord, RawRecord};
+use teddyflow_connectors::wire::{self, ChunkHeaders, OutRecord};
 use teddyflow_models::emotion::{AcousticFeatures, Emotion};
 use teddyflow_models::safety::{SafetyVerdict, Verdict};
 
-use crate::config::Topics;
+use crate::config::Config;
 use crate::envelope::{now_ms, Failed, Meta, SourceRange};
 use crate::metrics::StageSummary;
 use crate::stage::{Pool, Stage};
@@ -178,64 +178,22 @@ pub struct Alert {
     pub ts_ms: i64,
 }
 
-/// Input that cannot be processed: the original key, value and headers, plus why and where
-/// it was read.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DeadLetter {
-    pub key: Option<Vec<u8>>,
-    pub value: Vec<u8>,
-    /// The original record's headers (for an utterance: its first chunk's).
-    pub headers: Vec<(String, Vec<u8>)>,
-    pub error: String,
-    pub source: Option<SourceRange>,
-}
+pub use teddyflow_connectors::wire::DeadLetter;
 
-impl DeadLetter {
-    /// A record that could not be parsed, dead-lettered alone and unchanged.
-    pub fn of_record(rec: &RawRecord, error: impl std::fmt::Display) -> DeadLetter {
-        DeadLetter {
-            key: rec.key.clone(),
-            value: rec.value.clone().unwrap_or_default(),
-            headers: rec.headers.clone(),
-            error: error.to_string(),
-            source: Some(SourceRange {
-                topic: rec.topic.clone(),
-                partition: rec.partition,
-                first_offset: rec.offset,
-                last_offset: rec.offset,
-            }),
-        }
-    }
-
-    /// An utterance that failed as a whole: its bytes, its first chunk's headers.
-    pub fn of_utterance(f: Failed) -> DeadLetter {
-        DeadLetter {
-            key: Some(f.meta.conversation.into_bytes()),
-            value: f.bytes,
-            headers: wire::chunk_headers(&f.meta.headers),
-            error: format!("{}: {}", f.stage, f.error),
-            source: f.meta.sources.into_iter().next(),
-        }
-    }
-
-    fn encode(&self, topic: &str) -> OutRecord {
-        let mut headers = self.headers.clone();
-        headers.push(("error".into(), self.error.clone().into_bytes()));
-        if let Some(src) = &self.source {
-            let mut add = |k: &str, v: String| headers.push((k.into(), v.into_bytes()));
-            add("source_topic", src.topic.clone());
-            add("source_partition", src.partition.to_string());
-            add("source_offset", src.first_offset.to_string());
-            if src.last_offset != src.first_offset {
-                add("source_offset_end", src.last_offset.to_string());
-            }
-        }
-        OutRecord {
-            topic: topic.into(),
-            key: self.key.clone(),
-            payload: self.value.clone(),
-            headers,
-        }
+/// An utterance that failed as a whole, as the dead letter it becomes: its bytes, its
+/// first chunk's headers, the stage and reason, and the chunks' offsets.
+pub fn utterance_dead_letter(f: Failed) -> DeadLetter {
+    DeadLetter {
+        key: Some(f.meta.conversation.into_bytes()),
+        value: f.bytes,
+        headers: wire::chunk_headers(&f.meta.headers),
+        error: format!("{}: {}", f.stage, f.error),
+        source: f.meta.sources.into_iter().next().map(|s| wire::Provenance {
+            topic: s.topic,
+            partition: s.partition,
+            first_offset: s.first_offset,
+            last_offset: s.last_offset,
+        }),
     }
 }
 
@@ -298,6 +256,23 @@ pub struct Counts {
     pub profiles_missing: u64,
     /// Profiles held by this worker (its partitions of the profiles topic).
     pub profiles: u64,
+    /// Chunks past their utterance's `final`, dropped.
+    #[serde(default)]
+    pub stray_chunks: u64,
+    /// Chunks of an utterance already answered or dead-lettered, dropped.
+    #[serde(default)]
+    pub late_chunks: u64,
+    /// Partial utterances dead-lettered because `limits.max_pending_bytes` was reached.
+    #[serde(default)]
+    pub evicted_utterances: u64,
+    /// Partitions read again from `kafka.offset_reset` because the broker's log was not the
+    /// one teddyflow had been reading (broker emptied, topic recreated).
+    #[serde(default)]
+    pub offset_resets: u64,
+    /// Outputs the broker refused for good (too large, invalid); each is replaced by a
+    /// small dead letter saying so, and never holds back the records behind it.
+    #[serde(default)]
+    pub outputs_refused: u64,
 }
 
 /// A record a worker writes, typed until the sink, with when its utterance completed (0 for
@@ -314,8 +289,8 @@ impl Output {
     }
 
     /// The Kafka record, and what the sink reports once the broker acknowledged it.
-    pub fn encode(&self, topics: &Topics) -> (OutRecord, Receipt) {
-        self.out.encode(topics, self.completed_ms)
+    pub fn encode(&self, config: &Config) -> (OutRecord, Receipt) {
+        self.out.encode(config, self.completed_ms)
     }
 }
 
@@ -360,7 +335,8 @@ impl Out {
         }
     }
 
-    fn encode(&self, topics: &Topics, completed_ms: i64) -> (OutRecord, Receipt) {
+    fn encode(&self, config: &Config, completed_ms: i64) -> (OutRecord, Receipt) {
+        let topics = &config.topics;
         let receipt = |utterance| Receipt {
             kind: self.kind(),
             completed_ms,
@@ -375,7 +351,10 @@ impl Out {
                 json_record(&topics.alerts, &a.conversation, &a.utterance, a),
                 receipt(Some((a.conversation.clone(), a.utterance.clone()))),
             ),
-            Out::DeadLetter(d) => (d.encode(&topics.deadletter), receipt(None)),
+            Out::DeadLetter(d) => (
+                d.encode(&topics.deadletter, config.limits.max_deadletter_bytes),
+                receipt(None),
+            ),
             Out::Speech(s) => (
                 OutRecord {
                     topic: topics.speech.clone(),

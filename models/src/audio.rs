@@ -30,6 +30,15 @@ pub const DEFAULT_MAX_SECONDS: f32 = 30.0;
 
 pub use teddyflow_connectors::wire::Codec;
 
+/// Source sample rates accepted, Hz, raw or declared by a container (the wire format's
+/// range): outside it the audio is degenerate (`rate=1000000000` is 0 ms of audio), and
+/// Whisper would answer it with a hallucination ("you") instead of it being dead-lettered.
+pub const SOURCE_RATES: std::ops::RangeInclusive<u32> = teddyflow_connectors::wire::PCM_RATES;
+
+/// Shortest decoded audio accepted, ms. Below it there is no word to hear, and Whisper
+/// hallucinates one.
+pub const MIN_AUDIO_MS: u64 = 100;
+
 #[derive(Debug, Clone)]
 pub struct DecodeOptions {
     pub codec: Codec,
@@ -81,6 +90,10 @@ pub enum AudioError {
     NoAudioTrack,
     #[error("audio is too long: {seconds:.1} s exceeds the limit of {max:.1} s")]
     TooLong { seconds: f32, max: f32 },
+    #[error("audio is too short: {ms} ms is less than the minimum of {min_ms} ms")]
+    TooShort { ms: u64, min_ms: u64 },
+    #[error("sample rate of {rate} Hz is outside the accepted 4000–192000 Hz")]
+    BadRate { rate: u32 },
 }
 
 /// Decode `bytes` (one utterance in `opts.codec`) to mono f32 at [`TARGET_RATE`].
@@ -96,6 +109,13 @@ pub fn decode(bytes: &[u8], opts: &DecodeOptions) -> Result<DecodedAudio, AudioE
     if samples.is_empty() {
         return Err(AudioError::Empty); // e.g. a single sample at 48 kHz rounds to none at 16 kHz
     }
+    let ms = samples.len() as u64 * 1000 / TARGET_RATE as u64;
+    if ms < MIN_AUDIO_MS {
+        return Err(AudioError::TooShort {
+            ms,
+            min_ms: MIN_AUDIO_MS,
+        });
+    }
     // The sinc filter can overshoot full-scale input by a few percent (Gibbs).
     samples.iter_mut().for_each(|s| *s = s.clamp(-1.0, 1.0));
     Ok(DecodedAudio {
@@ -110,9 +130,7 @@ type Mono = (Vec<f32>, u32, u16);
 
 fn decode_pcm_s16le(bytes: &[u8], opts: &DecodeOptions) -> Result<Mono, AudioError> {
     let rate = opts.rate.ok_or(AudioError::MissingRate)?;
-    if rate == 0 {
-        return Err(AudioError::BadPcm("sample rate is 0".into()));
-    }
+    check_rate(rate)?;
     if opts.channels == 0 {
         return Err(AudioError::BadPcm("channel count is 0".into()));
     }
@@ -138,6 +156,14 @@ fn decode_pcm_s16le(bytes: &[u8], opts: &DecodeOptions) -> Result<Mono, AudioErr
         })
         .collect();
     Ok((mono, rate, opts.channels))
+}
+
+fn check_rate(rate: u32) -> Result<(), AudioError> {
+    if SOURCE_RATES.contains(&rate) {
+        Ok(())
+    } else {
+        Err(AudioError::BadRate { rate })
+    }
 }
 
 fn check_length(seconds: f64, max_seconds: f32) -> Result<(), AudioError> {
@@ -222,6 +248,10 @@ fn select_track(
         .as_ref()
         .and_then(|p| p.audio())
         .ok_or(AudioError::NoAudioTrack)?;
+    // A header that declares an absurd rate is refused before any decoder trusts it.
+    if let Some(rate) = params.sample_rate {
+        check_rate(rate)?;
+    }
     let claimed_seconds = match (track.num_frames, params.sample_rate) {
         (Some(frames), Some(rate)) if rate > 0 => Some(frames as f64 / rate as f64),
         _ => None,
@@ -272,10 +302,7 @@ fn decode_packets(
         if !decode_one(decoder, &packet, &mut acc, &mut interleaved, job.codec)? {
             break;
         }
-        if acc.rate == 0 {
-            let msg = format!("{}: stream declares a sample rate of 0", job.codec);
-            return Err(AudioError::Corrupt(msg));
-        }
+        check_rate(acc.rate)?;
         job.check_length(acc.mono.len(), acc.rate)?;
     }
     finish(acc, job.codec)

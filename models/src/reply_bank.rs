@@ -145,15 +145,46 @@ pub fn fallback_reply(language: &str, child_name: Option<&str>, seed: u64) -> St
         .expect("the English bank has redirects")
 }
 
-/// Which bank reply fits a turn: an unsafe utterance is redirected, distress is comforted,
-/// a first turn is greeted, anything else is encouraged.
-pub fn kind_for(emotion: Option<Label>, verdict: Option<Verdict>, first_turn: bool) -> ReplyKind {
+/// Which bank reply fits a turn. Distress comes first, whatever else the utterance holds:
+/// "I am so scared, nobody loves me, my number is ..." is unsafe (personal information) and
+/// distressed, and a child who says it must hear comfort, not "let's talk about something
+/// happier" (the parent alert is raised from the verdict either way). So: distress (the
+/// emotion, a `needs_care` verdict, or a `needs_care` category such as `distress` or
+/// `bullying` among an unsafe verdict's categories) is comforted, an unsafe utterance is
+/// redirected, a first turn is greeted, anything else is encouraged.
+pub fn kind_for(
+    emotion: Option<Label>,
+    verdict: Option<Verdict>,
+    categories: &[String],
+    first_turn: bool,
+) -> ReplyKind {
+    let distressed = crate::llm::prompt::needs_comfort(emotion, verdict)
+        || categories
+            .iter()
+            .any(|c| crate::safety::verdict_of(c) == Verdict::NeedsCare);
     match verdict {
+        _ if distressed => ReplyKind::Comfort,
         Some(Verdict::Unsafe) => ReplyKind::Redirect,
-        _ if crate::llm::prompt::needs_comfort(emotion, verdict) => ReplyKind::Comfort,
         _ if first_turn => ReplyKind::Greeting,
         _ => ReplyKind::Encourage,
     }
+}
+
+/// The curated reply to an unsafe utterance (it never reaches the reply model): comfort
+/// when [`kind_for`] says the child is distressed, otherwise the gentle redirect. In
+/// `language`, or in English when it has no bank.
+pub fn reply_to_unsafe(
+    kind: ReplyKind,
+    language: &str,
+    child_name: Option<&str>,
+    seed: u64,
+) -> String {
+    if kind != ReplyKind::Comfort {
+        return fallback_reply(language, child_name, seed);
+    }
+    bank_reply(language, ReplyKind::Comfort, child_name, seed)
+        .or_else(|| bank_reply("en", ReplyKind::Comfort, child_name, seed))
+        .expect("the English bank has comfort replies")
 }
 
 /// The name as it will be spoken: printable, single-spaced, bounded, and free of the
@@ -202,12 +233,61 @@ mod tests {
         assert!(fallback_reply("sw", Some("Ali"), 1).contains("Ali"));
         assert!(model_serves("en-GB") && !model_serves("ar"));
         assert_eq!(
-            kind_for(Some(Label::Sad), Some(Verdict::Safe), true),
+            kind_for(Some(Label::Sad), Some(Verdict::Safe), &[], true),
             ReplyKind::Comfort
         );
         assert_eq!(
-            kind_for(None, Some(Verdict::Unsafe), false),
+            kind_for(
+                None,
+                Some(Verdict::Unsafe),
+                &["personal_info".into()],
+                false
+            ),
             ReplyKind::Redirect
         );
+    }
+
+    /// Issue 11, defect 8: distress plus personal information was redirected cheerfully.
+    #[test]
+    fn distress_is_comforted_even_when_the_utterance_is_unsafe() {
+        let categories = ["distress".to_string(), "personal_info".to_string()];
+        let kind = kind_for(
+            Some(Label::Neutral),
+            Some(Verdict::Unsafe),
+            &categories,
+            false,
+        );
+        assert_eq!(kind, ReplyKind::Comfort);
+        // The emotion alone is enough, and so is bullying among the categories.
+        assert_eq!(
+            kind_for(
+                Some(Label::Scared),
+                Some(Verdict::Unsafe),
+                &["personal_info".into()],
+                false
+            ),
+            ReplyKind::Comfort
+        );
+        assert_eq!(
+            kind_for(
+                None,
+                Some(Verdict::Unsafe),
+                &["profanity".into(), "bullying".into()],
+                true
+            ),
+            ReplyKind::Comfort
+        );
+        let comfort: Vec<String> = (0..3)
+            .map(|seed| bank_reply("en", ReplyKind::Comfort, Some("Mia"), seed).unwrap())
+            .collect();
+        let reply = reply_to_unsafe(kind, "en", Some("Mia"), 1);
+        assert!(comfort.contains(&reply), "{reply}");
+        assert_eq!(
+            reply_to_unsafe(ReplyKind::Redirect, "en", None, 1),
+            fallback_reply("en", None, 1)
+        );
+        // A language without a bank still gets comfort, in English.
+        let reply = reply_to_unsafe(ReplyKind::Comfort, "sw", None, 2);
+        assert_eq!(Some(reply), bank_reply("en", ReplyKind::Comfort, None, 2));
     }
 }

@@ -626,7 +626,12 @@ fn truncated_files_give_some_audio_or_a_clear_error() {
                 Err(e) => {
                     eprintln!("{codec} cut at {cut}: {e}");
                     assert!(
-                        matches!(e, AudioError::Corrupt(_) | AudioError::NoAudioTrack),
+                        matches!(
+                            e,
+                            AudioError::Corrupt(_)
+                                | AudioError::NoAudioTrack
+                                | AudioError::TooShort { .. }
+                        ),
                         "{codec}: {e:?}"
                     );
                 }
@@ -702,6 +707,8 @@ fn error_kind(e: &AudioError) -> &'static str {
         AudioError::Corrupt(_) => "Corrupt",
         AudioError::NoAudioTrack => "NoAudioTrack",
         AudioError::TooLong { .. } => "TooLong",
+        AudioError::TooShort { .. } => "TooShort",
+        AudioError::BadRate { .. } => "BadRate",
     }
 }
 
@@ -750,7 +757,66 @@ fn bad_pcm_is_rejected() {
     };
     assert!(matches!(
         decode(&[0, 0], &zero_rate),
-        Err(AudioError::BadPcm(_))
+        Err(AudioError::BadRate { rate: 0 })
+    ));
+}
+
+/// Issue 11, defect 5: degenerate audio is refused with a reason instead of being answered
+/// as speech (Whisper hears "you" in 0 ms of audio).
+#[test]
+fn degenerate_audio_is_refused_with_a_reason() {
+    // `seconds` of samples at `rate`, where the rate is plausible; 8000 samples otherwise.
+    let pcm = |rate: u32, seconds: f64| {
+        let samples = sine(220.0, 0.5, rate.clamp(8_000, 192_000), seconds);
+        let o = DecodeOptions {
+            rate: Some(rate),
+            ..opts(Codec::PcmS16le)
+        };
+        decode(&teddyflow_models::audio::encode_pcm_s16le(&samples), &o)
+    };
+    // 0.5 s of samples claimed at 1 GHz is 0 ms of audio; at 1 Hz it is hours.
+    for rate in [1, 3_999, 192_001, 1_000_000_000] {
+        match pcm(rate, 0.5) {
+            Err(e @ AudioError::BadRate { .. }) => {
+                assert!(e.to_string().contains("4000–192000"), "{e}")
+            }
+            other => panic!("rate {rate}: {other:?}"),
+        }
+    }
+    assert!(pcm(4_000, 0.5).is_ok() && pcm(192_000, 0.5).is_ok());
+    // Near-empty audio: 50 ms is refused, 150 ms is heard.
+    match pcm(16_000, 0.05) {
+        Err(
+            e @ AudioError::TooShort {
+                ms: 50,
+                min_ms: 100,
+            },
+        ) => {
+            assert!(e.to_string().contains("too short"), "{e}")
+        }
+        other => panic!("50 ms: {other:?}"),
+    }
+    assert!(pcm(16_000, 0.15).is_ok());
+    // A WAV header declaring an absurd rate, and a very short WAV.
+    let wav = encode_wav_s16(&sine(220.0, 0.5, 16_000, 0.5), 16_000);
+    let mut absurd = wav.clone();
+    absurd[24..28].copy_from_slice(&1_000_000_000u32.to_le_bytes());
+    match decode(&absurd, &opts(Codec::Wav)) {
+        Err(AudioError::BadRate {
+            rate: 1_000_000_000,
+        }) => {}
+        other => panic!("absurd wav rate: {other:?}"),
+    }
+    let mut one_hz = wav;
+    one_hz[24..28].copy_from_slice(&1u32.to_le_bytes());
+    assert!(matches!(
+        decode(&one_hz, &opts(Codec::Wav)),
+        Err(AudioError::BadRate { rate: 1 })
+    ));
+    let short = encode_wav_s16(&sine(220.0, 0.5, 16_000, 0.02), 16_000);
+    assert!(matches!(
+        decode(&short, &opts(Codec::Wav)),
+        Err(AudioError::TooShort { .. })
     ));
 }
 

@@ -1,7 +1,10 @@
 pub mod bench;
 pub mod bench_cores;
 pub mod bench_e2e;
+pub mod dashboard;
 pub mod fleet;
+pub mod k8s;
 pub mod plan;
+pub mod resize;
 pub mod run;
 pub mod tail;

@@ -28,11 +28,11 @@ use teddyflow_dataflow::stage::{self, Pool, Stage};
 use super::bench_e2e::Report;
 
 #[derive(Args, Debug)]
-#[command(group(ArgGroup::new("costs").required(true).args(["from", "metrics_from_brokers"])))]
+#[command(group(ArgGroup::new("costs").args(["from", "metrics_from_brokers"])))]
 pub struct PlanArgs {
     /// Utterances per second the whole cluster must sustain.
-    #[arg(long)]
-    target_rate: f64,
+    #[arg(long, required_unless_present = "watch")]
+    target_rate: Option<f64>,
     /// Latency target (utterance complete → response), ms.
     #[arg(long)]
     latency_ms: Option<f64>,
@@ -61,6 +61,9 @@ pub struct PlanArgs {
     /// The deployment that wrote the metrics: understanding.threads.
     #[arg(long, default_value_t = 1)]
     understanding_threads: usize,
+    /// The deployment that wrote the metrics: answering.threads (for --watch).
+    #[arg(long, default_value_t = 1)]
+    answering_threads: usize,
     /// Cores each process may use. Default: this machine's.
     #[arg(long)]
     cores_per_process: Option<usize>,
@@ -70,6 +73,22 @@ pub struct PlanArgs {
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+    /// Write deployment files for the recommended size: `--emit k8s DIR` (a StatefulSet,
+    /// its headless Service and a ConfigMap; see docs/operations.md).
+    #[arg(long, num_args = 2, value_names = ["KIND", "DIR"])]
+    emit: Vec<String>,
+    /// The image the emitted manifests run.
+    #[arg(long, default_value = "teddyflow:latest")]
+    image: String,
+    /// The Kafka bootstrap servers the emitted manifests point at.
+    #[arg(long, default_value = "kafka:9092")]
+    deploy_brokers: String,
+    /// Instead of one plan: watch a running deployment's metrics topic and say when, and
+    /// to what size, to resize it (thresholds below; docs/operations.md).
+    #[arg(long, conflicts_with_all = ["target_rate", "from", "metrics_from_brokers", "emit"])]
+    watch: bool,
+    #[command(flatten)]
+    watch_args: super::resize::WatchArgs,
 }
 
 /// What was measured: mean ms per compute stage, and the deployment it was measured on.
@@ -285,7 +304,21 @@ fn measured_bottleneck(
 }
 
 pub fn run(args: PlanArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(args.target_rate > 0.0, "--target-rate must be above 0");
+    if args.watch {
+        let threads = super::resize::Threads {
+            asr: args.asr_threads,
+            understanding: args.understanding_threads,
+            answering: args.answering_threads,
+        };
+        let topic = args.metrics_topic.as_deref().unwrap_or("teddy.metrics");
+        return super::resize::watch(&args.watch_args, threads, topic);
+    }
+    let target_rate = args.target_rate.unwrap_or_default();
+    anyhow::ensure!(target_rate > 0.0, "--target-rate must be above 0");
+    anyhow::ensure!(
+        args.from.is_some() || args.metrics_from_brokers.is_some(),
+        "stage costs are needed: --from BENCH.json or --metrics-from-brokers HOST:PORT"
+    );
     anyhow::ensure!(
         args.utilization > 0.0 && args.utilization < 1.0,
         "--utilization must be between 0 and 1"
@@ -304,7 +337,7 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
         "--cores-per-process must be at least 1"
     );
     let target = Target {
-        rate: args.target_rate,
+        rate: target_rate,
         latency_ms: args.latency_ms,
         cores: args
             .cores_per_process
@@ -312,6 +345,7 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
         utilization: args.utilization,
     };
     let plan = plan(&measured, &target);
+    let emitted = emit(&args, &target, &plan)?;
     if args.json {
         let out = serde_json::json!({
             "target_rate": target.rate, "latency_ms": target.latency_ms,
@@ -322,7 +356,35 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
     } else {
         print_plan(&measured, &target, &plan);
     }
+    if let Some(dir) = emitted {
+        eprintln!(
+            "plan: wrote Kubernetes manifests for {} process(es) x {} worker(s) to {}",
+            plan.processes,
+            plan.workers_per_process,
+            dir.display()
+        );
+    }
     Ok(())
+}
+
+/// `--emit k8s DIR`: the manifests for the recommended size, each pod requesting the cores
+/// the plan assumed a process has.
+fn emit(args: &PlanArgs, target: &Target, plan: &Plan) -> anyhow::Result<Option<PathBuf>> {
+    let [kind, dir] = args.emit.as_slice() else {
+        return Ok(None);
+    };
+    anyhow::ensure!(kind == "k8s", "--emit knows `k8s`, not `{kind}`");
+    let size = super::k8s::Size {
+        image: args.image.clone(),
+        brokers: args.deploy_brokers.clone(),
+        processes: plan.processes,
+        workers: plan.workers_per_process,
+        cpu: target.cores as f64,
+        ..super::k8s::Size::example()
+    };
+    let dir = PathBuf::from(dir);
+    super::k8s::write(&dir, &size)?;
+    Ok(Some(dir))
 }
 
 /// Costs from a bench file: compute stages' means; overhead without queue waits, since

@@ -66,6 +66,12 @@ pub struct Broker {
 
 impl Broker {
     pub fn start(name: &str) -> Broker {
+        Self::start_on(name, free_port())
+    }
+
+    /// A broker on `port`, e.g. a fresh, empty one where another was (its log is lost:
+    /// Tansu's memory storage).
+    pub fn start_on(name: &str, port: u16) -> Broker {
         let tansu = std::env::var_os("TANSU_BIN")
             .map(PathBuf::from)
             .unwrap_or_else(|| assets().join("bin/tansu"));
@@ -74,9 +80,9 @@ impl Broker {
             "{} missing: run scripts/setup.sh",
             tansu.display()
         );
-        let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
-        let log = std::fs::File::create(scratch(name).join("broker.log")).unwrap();
+        let log_path = scratch(name).join(format!("broker-{port}-{}.log", now_ms()));
+        let log = std::fs::File::create(log_path).unwrap();
         let child = Command::new(tansu)
             .args([
                 "broker",
@@ -97,6 +103,37 @@ impl Broker {
             std::thread::sleep(Duration::from_millis(50));
         }
         Broker { child, addr }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    /// SIGSTOP: the broker stops answering, as a hung or partitioned broker would.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after `pause`.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success());
+    }
+
+    /// Kill it (SIGKILL): its memory storage, and so every topic and offset, is gone.
+    pub fn kill(mut self) -> u16 {
+        let port = self.port();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        port
     }
 
     pub fn settings(&self) -> KafkaSettings {
@@ -250,7 +287,11 @@ impl Processor {
         }
         cmd.args(args);
         let child = cmd
-            .env("RUST_LOG", "info")
+            // TEDDYFLOW_TEST_LOG=debug,... to see more of a failing test's processor.
+            .env(
+                "RUST_LOG",
+                std::env::var("TEDDYFLOW_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

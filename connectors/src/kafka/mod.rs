@@ -5,8 +5,10 @@
 mod reader;
 mod writer;
 
-pub use reader::{Commit, PartitionReader, StartAt, TopicReader};
-pub use writer::{AckedWriter, Delivery};
+pub use reader::{
+    Commit, PartitionReader, Reset, ResetReason, StartAt, TopicReader, LOG_CHECK_INTERVAL,
+};
+pub use writer::{classify, AckedWriter, Delivery, ErrorKind, ProduceError};
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -37,8 +39,34 @@ pub struct KafkaSettings {
     /// Group id under which input offsets are committed. Partitions are assigned by the
     /// engine, never by a group protocol (see README: Tansu's stuck groups).
     pub group_id: String,
+    /// Where to read from when a partition's position is gone: the group has no committed
+    /// offset yet, or the broker lost the log (restarted with empty storage, topic deleted
+    /// and recreated: offsets out of range, a high watermark below our position while the
+    /// broker has forgotten our committed offset, a partition that vanished and came back).
+    pub offset_reset: OffsetReset,
     /// Extra librdkafka settings, applied last.
     pub options: BTreeMap<String, String>,
+}
+
+/// The `auto.offset.reset`-like policy of [`KafkaSettings::offset_reset`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OffsetReset {
+    /// Read the partition from its first record: nothing new is skipped (repeats carry the
+    /// same ids).
+    #[default]
+    Earliest,
+    /// Skip to the end: only records produced from now on are read.
+    Latest,
+}
+
+impl OffsetReset {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Earliest => "earliest",
+            Self::Latest => "latest",
+        }
+    }
 }
 
 impl Default for KafkaSettings {
@@ -46,6 +74,7 @@ impl Default for KafkaSettings {
         Self {
             brokers: "127.0.0.1:9092".into(),
             group_id: "teddyflow".into(),
+            offset_reset: OffsetReset::Earliest,
             options: BTreeMap::new(),
         }
     }
@@ -62,20 +91,34 @@ impl KafkaSettings {
     }
 
     /// A consumer that never commits by itself and starts from the earliest offset when
-    /// its group has no committed offset yet (a new deployment must not skip utterances).
+    /// its group has no committed offset yet (a new deployment must not skip utterances;
+    /// `offset_reset = "latest"` says otherwise).
     pub fn consumer(&self) -> Result<BaseConsumer, KafkaConnectorError> {
+        Ok(self.consumer_config().create()?)
+    }
+
+    /// As [`Self::consumer`], with a client context of one's own (the reader's keeps
+    /// librdkafka's own log lines at debug and reports outages once).
+    pub fn consumer_with<C: rdkafka::consumer::ConsumerContext>(
+        &self,
+        context: C,
+    ) -> Result<BaseConsumer<C>, KafkaConnectorError> {
+        Ok(self.consumer_config().create_with_context(context)?)
+    }
+
+    fn consumer_config(&self) -> ClientConfig {
         let mut cfg = ClientConfig::new();
         cfg.set("bootstrap.servers", &self.brokers)
             .set("group.id", &self.group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
+            .set("auto.offset.reset", self.offset_reset.as_str())
             .set("session.timeout.ms", "6000")
             .set("fetch.wait.max.ms", "50");
         for (k, v) in &self.options {
             cfg.set(k, v);
         }
-        Ok(cfg.create()?)
+        cfg
     }
 }
 
@@ -140,6 +183,13 @@ pub fn partition_count(
         });
     }
     Ok(found)
+}
+
+impl KafkaSettings {
+    /// Number of partitions of `topic`, for tools that only need the count.
+    pub fn partition_count(&self, topic: &str) -> Result<i32, KafkaConnectorError> {
+        partition_count(&self.consumer()?, topic, &self.brokers)
+    }
 }
 
 /// Partitions owned by worker `index` of `peers`: a fixed, deterministic split so every

@@ -1,15 +1,121 @@
-//! The source side: a consumer over a fixed set of partitions, polled without blocking, and
-//! a reader of whole topics for tools (tail, bench, plan, tests).
+//! The source side: a consumer over a fixed set of partitions, polled without blocking.
+//!
+//! Two faults of the broker are handled here, not by the engine:
+//! - **An outage** is logged once when it begins and once when it ends; librdkafka's own
+//!   log lines (one per reconnect attempt) stay at debug.
+//! - **A broker that lost its log** (restarted with empty storage, a topic deleted and
+//!   recreated) would otherwise be fetched at our old offsets forever: Tansu answers a fetch
+//!   past its end with nothing, not with "offset out of range". Every
+//!   [`LOG_CHECK_INTERVAL`], partitions that delivered nothing since the last check are
+//!   checked: a high watermark below our position while the broker no longer holds the
+//!   offset we committed (it forgot our group too), or a partition that was unknown to the
+//!   broker for a while and came back, means the log is new. The reader then seeks by
+//!   `kafka.offset_reset` (earliest or latest), logs one warning and counts it
+//!   ([`PartitionReader::resets`]). Records that arrive from before our position (librdkafka
+//!   applied `auto.offset.reset` itself, on a broker that does answer "out of range") are
+//!   counted the same way. A high watermark below our position alone proves nothing on
+//!   Tansu: it reports the start of the last produced batch, not the end of the log.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::{partition_count, KafkaConnectorError, KafkaSettings};
+use super::{KafkaConnectorError, KafkaSettings, OffsetReset};
 use crate::wire::RawRecord;
+
+/// How often idle partitions are checked for a lost log (and, during an outage, whether
+/// the brokers are back).
+pub const LOG_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+/// A check blocks the worker at most this long per broker request.
+const CHECK_TIMEOUT: Duration = Duration::from_millis(500);
+/// The same non-outage consumer error is logged at most once per this period.
+const REPEAT_WARNING: Duration = Duration::from_secs(60);
+
+/// Why a partition's position was given up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetReason {
+    /// The high watermark is below our position and the broker lost our committed offset.
+    LogLost,
+    /// The partition was unknown to the broker for a while and came back.
+    Reappeared,
+    /// Records arrived from before our position: the consumer reset an out-of-range offset.
+    Rewound,
+}
+
+/// One reset of a partition's position. The engine must forget the offsets it still meant
+/// to commit for that partition (they belong to the old log).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reset {
+    pub partition: i32,
+    /// Our position (next offset to read) before the reset.
+    pub from: i64,
+    pub reason: ResetReason,
+}
+
+/// The consumer's context: librdkafka's log lines and global errors at debug (the reader
+/// reports outages itself, once), and which commits the broker acknowledged.
+#[derive(Default)]
+pub struct ReaderContext {
+    acked: Mutex<BTreeMap<i32, i64>>,
+}
+
+impl ClientContext for ReaderContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical => {
+                tracing::warn!(target: "librdkafka", "{fac}: {log_message}")
+            }
+            _ => tracing::debug!(target: "librdkafka", "{fac}: {log_message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::debug!(target: "librdkafka", error = %error, "{reason}");
+    }
+}
+
+impl ConsumerContext for ReaderContext {
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        if result.is_ok() {
+            self.note_acked(offsets);
+        }
+    }
+}
+
+impl ReaderContext {
+    fn note_acked(&self, offsets: &TopicPartitionList) {
+        for e in offsets.elements() {
+            if let Offset::Offset(o) = e.offset() {
+                self.note(e.partition(), o);
+            }
+        }
+    }
+
+    /// The broker holds `offset` as our commit of `partition` (it said so).
+    fn note(&self, partition: i32, offset: i64) {
+        if let Ok(mut acked) = self.acked.lock() {
+            let held = acked.entry(partition).or_insert(offset);
+            *held = (*held).max(offset);
+        }
+    }
+
+    fn acked(&self, partition: i32) -> Option<i64> {
+        self.acked.lock().ok()?.get(&partition).copied()
+    }
+
+    fn forget(&self, partition: i32) {
+        if let Ok(mut acked) = self.acked.lock() {
+            acked.remove(&partition);
+        }
+    }
+}
 
 /// Where reading starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,35 +148,32 @@ pub enum Commit {
 }
 
 pub struct PartitionReader {
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<ReaderContext>,
+    settings: KafkaSettings,
     topic: String,
     partitions: Vec<i32>,
-    /// Next offset to read per partition, as far as this reader has seen.
+    /// Where reading started (used again for partitions without a known position).
+    start: Offset,
+    policy: OffsetReset,
+    /// Next offset to read per partition, as far as this reader has seen. Absent right
+    /// after a reset, until the first record of the new log arrives.
     position: BTreeMap<i32, i64>,
+    /// Partitions that delivered a record since the last check.
+    active: BTreeSet<i32>,
+    /// Partitions the broker said it does not know, since then.
+    vanished: BTreeSet<i32>,
+    /// Partitions not yet checked since an outage ended: a broker that comes back may be a
+    /// different, empty one, and its new log may deliver records at our old positions.
+    after_outage: BTreeSet<i32>,
+    last_check: Instant,
+    /// When the current outage began.
+    outage: Option<Instant>,
+    last_warning: Option<(RDKafkaErrorCode, Instant)>,
+    resets: u64,
+    new_resets: Vec<Reset>,
 }
 
 impl PartitionReader {
-    /// Assign `partitions` of `topic` starting at `start`.
-    pub fn open(
-        settings: &KafkaSettings,
-        topic: &str,
-        partitions: Vec<i32>,
-        start: StartAt,
-    ) -> Result<Self, KafkaConnectorError> {
-        let consumer = settings.consumer()?;
-        let mut tpl = TopicPartitionList::new();
-        for p in &partitions {
-            tpl.add_partition_offset(topic, *p, start.offset())?;
-        }
-        consumer.assign(&tpl)?;
-        Ok(Self {
-            consumer,
-            topic: topic.into(),
-            partitions,
-            position: BTreeMap::new(),
-        })
-    }
-
     /// Worker `index` of `peers`'s share of `topic` (partitions `p % peers == index`), read
     /// from `start`; `None` when the topic has fewer partitions than there are workers.
     pub fn for_worker(
@@ -80,7 +183,7 @@ impl PartitionReader {
         start: StartAt,
     ) -> Result<Option<Self>, KafkaConnectorError> {
         let probe = settings.consumer()?;
-        let count = partition_count(&probe, topic, &settings.brokers)?;
+        let count = super::partition_count(&probe, topic, &settings.brokers)?;
         let mine = super::partitions_for_worker(count, index, peers);
         if mine.is_empty() {
             return Ok(None);
@@ -88,41 +191,329 @@ impl PartitionReader {
         Self::open(settings, topic, mine, start).map(Some)
     }
 
+    /// Assign `partitions` of `topic` starting at `start`.
+    pub fn open(
+        settings: &KafkaSettings,
+        topic: &str,
+        partitions: Vec<i32>,
+        start: StartAt,
+    ) -> Result<Self, KafkaConnectorError> {
+        let start = start.offset();
+        let consumer = settings.consumer_with(ReaderContext::default())?;
+        let mut tpl = TopicPartitionList::new();
+        for p in &partitions {
+            tpl.add_partition_offset(topic, *p, start)?;
+        }
+        consumer.assign(&tpl)?;
+        Ok(Self {
+            consumer,
+            settings: settings.clone(),
+            topic: topic.into(),
+            partitions,
+            start,
+            policy: settings.offset_reset,
+            position: BTreeMap::new(),
+            active: BTreeSet::new(),
+            vanished: BTreeSet::new(),
+            after_outage: BTreeSet::new(),
+            last_check: Instant::now(),
+            outage: None,
+            last_warning: None,
+            resets: 0,
+            new_resets: Vec::new(),
+        })
+    }
+
     pub fn partitions(&self) -> &[i32] {
         &self.partitions
     }
 
-    /// Read up to `max` records without waiting. Errors from the broker are transient for
-    /// a consumer (librdkafka reconnects), so they are logged and reading goes on.
+    /// Read up to `max` records without waiting. Broker errors are transient for a
+    /// consumer (librdkafka reconnects): an outage is logged when it begins and when it
+    /// ends, not per poll. Every [`LOG_CHECK_INTERVAL`] idle partitions are checked for a
+    /// lost log (a few blocking broker requests, [`CHECK_TIMEOUT`] at most each).
     pub fn poll_batch(&mut self, max: usize) -> Vec<RawRecord> {
         let mut out = Vec::new();
         while out.len() < max {
             match self.consumer.poll(Duration::ZERO) {
                 None => break,
                 Some(Err(e)) => {
-                    tracing::warn!(error = %e, "kafka consumer error");
+                    self.on_error(&e);
                     break;
                 }
-                Some(Ok(msg)) => {
-                    self.position.insert(msg.partition(), msg.offset() + 1);
-                    out.push(to_raw(&msg));
-                }
+                Some(Ok(msg)) => out.push(to_raw(&msg)),
             }
+        }
+        let just_back = !out.is_empty() && self.outage.is_some();
+        if !out.is_empty() {
+            self.outage_over();
+        }
+        // Before handing out the first records after an outage, make sure they are from the
+        // log we were reading: from a replaced log they are at the wrong offsets, and are
+        // read again from the reset position instead.
+        if just_back || self.last_check.elapsed() >= LOG_CHECK_INTERVAL {
+            let resets_before = self.new_resets.len();
+            self.check_logs();
+            self.last_check = Instant::now();
+            let reset: Vec<i32> = self.new_resets[resets_before..]
+                .iter()
+                .map(|r| r.partition)
+                .collect();
+            out.retain(|rec| !reset.contains(&rec.partition));
+        }
+        for rec in &out {
+            self.on_record(rec.partition, rec.offset);
         }
         out
     }
 
-    /// Commit `next` offsets (offset of the next record to read) per partition.
+    fn on_record(&mut self, partition: i32, offset: i64) {
+        if let Some(pos) = self.position.get(&partition).copied() {
+            if offset < pos {
+                self.counted_reset(partition, pos, ResetReason::Rewound);
+            }
+        }
+        self.position.insert(partition, offset + 1);
+        self.active.insert(partition);
+        self.vanished.remove(&partition);
+    }
+
+    fn on_error(&mut self, e: &KafkaError) {
+        let code = e.rdkafka_error_code();
+        if code.is_some_and(is_outage) {
+            if self.outage.is_none() {
+                tracing::warn!(topic = %self.topic, error = %e, "kafka brokers unreachable; reading resumes when they are back");
+                self.outage = Some(Instant::now());
+                self.rebuild();
+            } else {
+                tracing::debug!(error = %e, "kafka consumer error during an outage");
+            }
+            return;
+        }
+        if code.is_some_and(is_transient) {
+            tracing::debug!(error = %e, "transient kafka consumer error");
+            return;
+        }
+        if code.is_some_and(is_unknown_partition) {
+            if self.vanished.is_empty() {
+                tracing::warn!(topic = %self.topic, error = %e, "kafka topic or partition unknown to the broker; watching for it to come back");
+            }
+            self.vanished.extend(self.partitions.iter().copied());
+            return;
+        }
+        let code = code.unwrap_or(RDKafkaErrorCode::Unknown);
+        let repeat = self
+            .last_warning
+            .is_some_and(|(c, at)| c == code && at.elapsed() < REPEAT_WARNING);
+        if repeat {
+            tracing::debug!(error = %e, "kafka consumer error");
+        } else {
+            tracing::warn!(error = %e, "kafka consumer error");
+            self.last_warning = Some((code, Instant::now()));
+        }
+    }
+
+    /// A fresh consumer at our positions. librdkafka 2.12 corrupts its metadata cache when a
+    /// topic comes back under the same name with a new topic id (a broker replaced by an
+    /// empty one, a topic recreated: librdkafka issues 4778, 4964) and crashes soon after;
+    /// a client created during the outage has no old entry to corrupt.
+    fn rebuild(&mut self) {
+        let context = ReaderContext::default();
+        if let (Ok(mut new), Ok(old)) = (context.acked.lock(), self.consumer.context().acked.lock())
+        {
+            new.extend(old.iter());
+        }
+        let consumer = match self.settings.consumer_with(context) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, "could not create a fresh consumer; keeping the old one");
+                return;
+            }
+        };
+        let mut tpl = TopicPartitionList::new();
+        for p in &self.partitions {
+            let offset = self
+                .position
+                .get(p)
+                .map_or(self.start, |o| Offset::Offset(*o));
+            if tpl.add_partition_offset(&self.topic, *p, offset).is_err() {
+                return;
+            }
+        }
+        match consumer.assign(&tpl) {
+            Ok(()) => self.consumer = consumer,
+            Err(e) => {
+                tracing::debug!(error = %e, "could not assign a fresh consumer; keeping the old one")
+            }
+        }
+    }
+
+    fn outage_over(&mut self) {
+        if let Some(since) = self.outage.take() {
+            let secs = since.elapsed().as_secs_f64();
+            tracing::info!(topic = %self.topic, "kafka brokers reachable again after {secs:.1} s");
+            self.after_outage = self.partitions.iter().copied().collect();
+        }
+    }
+
+    /// Check the partitions that delivered nothing since the last check (during an outage
+    /// only one, to notice its end without blocking the worker for long).
+    fn check_logs(&mut self) {
+        let mut idle: Vec<i32> = self
+            .partitions
+            .iter()
+            .copied()
+            .filter(|p| !self.active.contains(p))
+            .collect();
+        self.active.clear();
+        if self.outage.is_some() {
+            idle.truncate(1);
+        }
+        let mut suspects = Vec::new();
+        if self.outage.is_none() {
+            // Back from an outage: the broker's memory of our commits tells whether it is
+            // the same log (checked below, without the watermark, for these partitions).
+            suspects.extend(self.after_outage.iter().map(|p| (*p, false)));
+            idle.retain(|p| !self.after_outage.contains(p));
+        }
+        for p in idle {
+            let Ok((_, high)) = self
+                .consumer
+                .fetch_watermarks(&self.topic, p, CHECK_TIMEOUT)
+            else {
+                continue;
+            };
+            self.outage_over();
+            let below = self.position.get(&p).is_some_and(|pos| high < *pos);
+            if below || self.vanished.contains(&p) {
+                suspects.push((p, below));
+            }
+        }
+        if self.outage.is_some() {
+            return;
+        }
+        // Every partition's commit, also when nothing is suspect, so what the broker holds is
+        // known before it may forget it (asynchronous commits are not all confirmed by a
+        // callback): one request per check.
+        let Some(committed) = self.broker_committed(self.partitions.iter().copied()) else {
+            tracing::debug!(topic = %self.topic, ?suspects, "committed offsets not answered; checking again later");
+            return; // unknown is not "forgotten": no reset on a broker that does not answer
+        };
+        tracing::debug!(topic = %self.topic, ?suspects, ?committed, position = ?self.position, "checking for a lost log");
+        for (p, below) in suspects {
+            let checked_after_outage = self.after_outage.remove(&p);
+            let Some(pos) = self.position.get(&p).copied() else {
+                continue;
+            };
+            // The broker forgot the offset it acknowledged: its log is not the one we read.
+            let acked = self.consumer.context().acked(p).filter(|a| *a <= pos);
+            let forgot = acked.is_some_and(|a| committed.get(&p).copied().unwrap_or(-1) < a);
+            if forgot && (below || checked_after_outage) {
+                self.reset(p, pos, ResetReason::LogLost);
+            } else if self.vanished.contains(&p) && (below || forgot) {
+                self.reset(p, pos, ResetReason::Reappeared);
+            }
+        }
+        let context = self.consumer.context();
+        for (p, offset) in committed {
+            if self.position.contains_key(&p) {
+                context.note(p, offset);
+            }
+        }
+    }
+
+    /// Committed offsets the broker holds for our group (a partition absent: none); `None`
+    /// when the broker did not answer.
+    fn broker_committed(
+        &self,
+        partitions: impl Iterator<Item = i32>,
+    ) -> Option<BTreeMap<i32, i64>> {
+        let mut tpl = TopicPartitionList::new();
+        for p in partitions {
+            tpl.add_partition(&self.topic, p);
+        }
+        let answer = self.consumer.committed_offsets(tpl, CHECK_TIMEOUT).ok()?;
+        let committed = answer
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(o) => Some((e.partition(), o)),
+                _ => None,
+            })
+            .collect();
+        Some(committed)
+    }
+
+    /// Seek `partition` by the policy, warn once and count it.
+    fn reset(&mut self, partition: i32, from: i64, reason: ResetReason) {
+        let target = match self.policy {
+            OffsetReset::Earliest => Offset::Beginning,
+            OffsetReset::Latest => Offset::End,
+        };
+        let mut tpl = TopicPartitionList::new();
+        for p in &self.partitions {
+            let offset = if *p == partition {
+                target
+            } else {
+                self.position
+                    .get(p)
+                    .map_or(self.start, |o| Offset::Offset(*o))
+            };
+            if tpl.add_partition_offset(&self.topic, *p, offset).is_err() {
+                return;
+            }
+        }
+        if let Err(e) = self.consumer.assign(&tpl) {
+            tracing::warn!(error = %e, partition, "kafka: could not seek a partition whose log was lost; will try again");
+            return;
+        }
+        self.position.remove(&partition);
+        self.counted_reset(partition, from, reason);
+    }
+
+    fn counted_reset(&mut self, partition: i32, from: i64, reason: ResetReason) {
+        tracing::warn!(
+            topic = %self.topic,
+            partition,
+            from,
+            ?reason,
+            policy = self.policy.as_str(),
+            "kafka partition's log is not the one we were reading (broker emptied or topic recreated); reading it from the {} offset",
+            self.policy.as_str()
+        );
+        self.vanished.remove(&partition);
+        self.consumer.context().forget(partition);
+        self.resets += 1;
+        self.new_resets.push(Reset {
+            partition,
+            from,
+            reason,
+        });
+    }
+
+    /// Partition resets since start (for metrics).
+    pub fn resets(&self) -> u64 {
+        self.resets
+    }
+
+    /// Resets since the last call: the engine forgets the offsets it meant to commit for
+    /// those partitions (`OffsetTracker::forget`).
+    pub fn take_resets(&mut self) -> Vec<Reset> {
+        std::mem::take(&mut self.new_resets)
+    }
+
+    /// Commit `next` offsets (offset of the next record to read) per partition. Offsets
+    /// past our position are from a log that was replaced since, and are not committed.
     pub fn commit(&self, next: &BTreeMap<i32, i64>, mode: Commit) {
         let mode = match mode {
             Commit::Async => CommitMode::Async,
             Commit::Sync => CommitMode::Sync,
         };
-        if next.is_empty() {
-            return;
-        }
         let mut tpl = TopicPartitionList::new();
         for (p, off) in next {
+            if self.position.get(p).is_none_or(|pos| off > pos) {
+                continue;
+            }
             if tpl
                 .add_partition_offset(&self.topic, *p, Offset::Offset(*off))
                 .is_err()
@@ -130,8 +521,15 @@ impl PartitionReader {
                 return;
             }
         }
-        if let Err(e) = self.consumer.commit(&tpl, mode) {
-            tracing::warn!(error = %e, "offset commit failed; it will be retried with the next one");
+        if tpl.count() == 0 {
+            return;
+        }
+        match self.consumer.commit(&tpl, mode) {
+            Ok(()) if matches!(mode, CommitMode::Sync) => self.consumer.context().note_acked(&tpl),
+            Ok(()) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "offset commit failed; it will be retried with the next one")
+            }
         }
     }
 
@@ -174,6 +572,38 @@ impl PartitionReader {
     }
 }
 
+/// No broker can be reached: an outage (logged once, the consumer rebuilt).
+fn is_outage(code: RDKafkaErrorCode) -> bool {
+    code == RDKafkaErrorCode::AllBrokersDown
+}
+
+/// Transient trouble librdkafka retries by itself (a dropped connection, a leader
+/// election): not worth a warning each time.
+fn is_transient(code: RDKafkaErrorCode) -> bool {
+    use RDKafkaErrorCode as C;
+    matches!(
+        code,
+        C::BrokerTransportFailure
+            | C::Resolve
+            | C::OperationTimedOut
+            | C::TimedOutQueue
+            | C::RequestTimedOut
+            | C::NetworkException
+            | C::BrokerNotAvailable
+            | C::LeaderNotAvailable
+            | C::NotLeaderForPartition
+            | C::CoordinatorNotAvailable
+    )
+}
+
+fn is_unknown_partition(code: RDKafkaErrorCode) -> bool {
+    use RDKafkaErrorCode as C;
+    matches!(
+        code,
+        C::UnknownTopicOrPartition | C::UnknownTopic | C::UnknownPartition | C::UnknownTopicId
+    )
+}
+
 /// Every partition of some topics, for tools that read a job's output (tail, bench, plan,
 /// tests). Waits up to `wait_for_topics` for topics that do not exist yet (the processor
 /// creates them at start-up).
@@ -193,7 +623,7 @@ impl TopicReader {
         let mut tpl = TopicPartitionList::new();
         for topic in topics {
             let count = loop {
-                match partition_count(&consumer, topic, &settings.brokers) {
+                match super::partition_count(&consumer, topic, &settings.brokers) {
                     Ok(n) => break n,
                     Err(e) if Instant::now() >= deadline => return Err(e),
                     Err(_) => std::thread::sleep(Duration::from_millis(500)),

@@ -1,10 +1,15 @@
 //! The sink side: a producer whose deliveries are reported back by id, so the engine
 //! can release a timestamp only once everything written for it is durable.
+//!
+//! Every failure, at `send` or in a delivery report, says whether trying again can help
+//! ([`ErrorKind`]): a record the broker will never take (too large, invalid, an unknown
+//! topic) is `Permanent` and must be set aside, or it would block everything behind it.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
@@ -16,25 +21,150 @@ use crate::wire::OutRecord;
 #[derive(Debug)]
 pub struct Delivery {
     pub id: u64,
-    pub result: Result<(), String>,
+    pub result: Result<(), ProduceError>,
+}
+
+/// Whether a failed record can succeed if sent again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Back-pressure or the broker being away (queue full, timeouts, transport, leader
+    /// elections): send it again after a pause.
+    Retriable,
+    /// The broker will never take this record (too large, invalid, unknown topic, not
+    /// authorised): sending it again only blocks what is behind it.
+    Permanent,
+}
+
+/// Why a record was not queued or not delivered.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message} ({kind:?})")]
+pub struct ProduceError {
+    pub kind: ErrorKind,
+    /// librdkafka's code, when there is one.
+    pub code: Option<RDKafkaErrorCode>,
+    pub message: String,
+}
+
+impl ProduceError {
+    fn from_kafka(e: &KafkaError) -> Self {
+        let code = e.rdkafka_error_code();
+        Self {
+            kind: code.map_or(ErrorKind::Retriable, classify),
+            code,
+            message: e.to_string(),
+        }
+    }
+
+    pub fn is_retriable(&self) -> bool {
+        self.kind == ErrorKind::Retriable
+    }
+
+    /// The producer's queue is full: back-pressure, not a fault.
+    pub fn is_queue_full(&self) -> bool {
+        self.code == Some(RDKafkaErrorCode::QueueFull)
+    }
+}
+
+/// Which produce errors can never succeed on a retry. Anything not known to be permanent
+/// counts as retriable: librdkafka already retries transient errors itself until
+/// `message.timeout.ms`, so what reaches us is either a broker that stays away (worth
+/// waiting for) or a record it refuses (listed here).
+pub fn classify(code: RDKafkaErrorCode) -> ErrorKind {
+    use RDKafkaErrorCode as C;
+    match code {
+        C::MessageSizeTooLarge
+        | C::MessageBatchTooLarge
+        | C::InvalidMessageSize
+        | C::InvalidMessage
+        | C::InvalidRecord
+        | C::BadMessage
+        | C::BadCompression
+        | C::UnsupportedCompressionType
+        | C::UnknownTopic
+        | C::UnknownPartition
+        | C::UnknownTopicOrPartition
+        | C::UnknownTopicId
+        | C::InvalidTopic
+        | C::InvalidRequiredAcks
+        | C::InvalidTimestamp
+        | C::InvalidArgument
+        | C::UnsupportedForMessageFormat
+        | C::PolicyViolation
+        | C::TopicAuthorizationFailed
+        | C::ClusterAuthorizationFailed
+        | C::KeySerialization
+        | C::ValueSerialization
+        | C::Fatal => ErrorKind::Permanent,
+        _ => ErrorKind::Retriable,
+    }
 }
 
 #[derive(Default)]
 struct Acks {
     done: Mutex<Vec<Delivery>>,
+    /// When the current broker outage began, as seen by this producer.
+    outage: Mutex<Option<std::time::Instant>>,
 }
 
-impl ClientContext for Acks {}
+/// librdkafka logs every failed reconnect (hundreds of ERROR lines in an outage): its own
+/// lines stay at debug, and an outage is logged once when it begins and once when it ends.
+impl ClientContext for Acks {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical => {
+                tracing::warn!(target: "librdkafka", "{fac}: {log_message}")
+            }
+            _ => tracing::debug!(target: "librdkafka", "{fac}: {log_message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        let outage = error.rdkafka_error_code().is_some_and(|c| {
+            matches!(
+                c,
+                RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure
+            )
+        });
+        let Ok(mut since) = self.outage.lock() else {
+            return;
+        };
+        if outage && since.is_none() {
+            tracing::warn!(error = %error, "kafka brokers unreachable; output waits for them");
+            *since = Some(std::time::Instant::now());
+        } else if outage {
+            tracing::debug!(error = %error, "{reason}");
+        } else {
+            tracing::warn!(error = %error, "kafka producer error: {reason}");
+        }
+    }
+}
+
+impl Acks {
+    fn delivered(&self) {
+        if let Ok(mut since) = self.outage.lock() {
+            if let Some(at) = since.take() {
+                let secs = at.elapsed().as_secs_f64();
+                tracing::info!("kafka brokers reachable again after {secs:.1} s (output)");
+            }
+        }
+    }
+}
 
 impl ProducerContext for Acks {
     // 0 marks fire-and-forget records (metrics) that nobody waits for.
     type DeliveryOpaque = Box<u64>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, id: Self::DeliveryOpaque) {
+        if result.is_ok() {
+            self.delivered();
+        }
         if *id == 0 {
             return;
         }
-        let result = result.as_ref().map(|_| ()).map_err(|(e, _)| e.to_string());
+        let result = result
+            .as_ref()
+            .map(|_| ())
+            .map_err(|(e, _)| ProduceError::from_kafka(e));
         if let Ok(mut done) = self.done.lock() {
             done.push(Delivery { id: *id, result });
         }
@@ -44,15 +174,6 @@ impl ProducerContext for Acks {
 pub struct AckedWriter {
     producer: BaseProducer<Acks>,
     acks: Arc<Acks>,
-}
-
-/// Why a record was not queued: `QueueFull` is back-pressure, try again after `poll`.
-#[derive(Debug, thiserror::Error)]
-pub enum SendError {
-    #[error("producer queue is full")]
-    QueueFull,
-    #[error("{0}")]
-    Kafka(KafkaError),
 }
 
 impl AckedWriter {
@@ -72,7 +193,9 @@ impl AckedWriter {
     }
 
     /// Queue `record`; its delivery is reported by [`AckedWriter::poll`] under `id` (> 0).
-    pub fn send(&self, id: u64, record: &OutRecord) -> Result<(), SendError> {
+    /// A full queue is [`ErrorKind::Retriable`] (try again after `poll`); a record larger
+    /// than `message.max.bytes` is refused here, at once, as [`ErrorKind::Permanent`].
+    pub fn send(&self, id: u64, record: &OutRecord) -> Result<(), ProduceError> {
         debug_assert!(id > 0, "id 0 is reserved for untracked records");
         let headers = record
             .headers
@@ -89,10 +212,9 @@ impl AckedWriter {
         if let Some(key) = &record.key {
             rec = rec.key(key);
         }
-        self.producer.send(rec).map_err(|(e, _)| match e {
-            KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => SendError::QueueFull,
-            other => SendError::Kafka(other),
-        })
+        self.producer
+            .send(rec)
+            .map_err(|(e, _)| ProduceError::from_kafka(&e))
     }
 
     /// Queue a record nobody waits for (metrics snapshots); dropped if the queue is full.
@@ -126,5 +248,65 @@ impl AckedWriter {
         if let Err(e) = self.producer.flush(timeout) {
             tracing::warn!(error = %e, "producer flush did not finish");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn produce_errors_are_classified() {
+        use RDKafkaErrorCode as C;
+        for code in [
+            C::MessageSizeTooLarge,
+            C::InvalidRecord,
+            C::InvalidMessage,
+            C::UnknownTopic,
+            C::UnknownTopicOrPartition,
+            C::TopicAuthorizationFailed,
+        ] {
+            assert_eq!(classify(code), ErrorKind::Permanent, "{code:?}");
+        }
+        for code in [
+            C::QueueFull,
+            C::MessageTimedOut,
+            C::RequestTimedOut,
+            C::BrokerTransportFailure,
+            C::AllBrokersDown,
+            C::NotLeaderForPartition,
+            C::LeaderNotAvailable,
+            C::NetworkException,
+        ] {
+            assert_eq!(classify(code), ErrorKind::Retriable, "{code:?}");
+        }
+    }
+
+    /// Issue 11, defect 1: librdkafka refuses a record over `message.max.bytes` at `send`;
+    /// that refusal is permanent (the old sink retried it forever), a full queue is not.
+    /// No broker is needed: the size check happens before anything is sent.
+    #[test]
+    fn an_oversized_record_is_refused_permanently_at_send() {
+        let settings = KafkaSettings {
+            brokers: "127.0.0.1:1".into(),
+            options: [("queue.buffering.max.messages".to_string(), "1".to_string())].into(),
+            ..Default::default()
+        };
+        let writer = AckedWriter::open(&settings).unwrap();
+        let record = |size: usize| OutRecord {
+            topic: "t".into(),
+            key: Some(b"k".to_vec()),
+            payload: vec![0; size],
+            headers: vec![("h".into(), b"v".to_vec())],
+        };
+        let e = writer.send(1, &record(2 * 1024 * 1024)).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Permanent, "{e}");
+        assert_eq!(e.code, Some(RDKafkaErrorCode::MessageSizeTooLarge));
+        assert!(!e.is_retriable() && !e.is_queue_full());
+        writer
+            .send(2, &record(10))
+            .expect("a small record is queued");
+        let e = writer.send(3, &record(10)).unwrap_err();
+        assert!(e.is_queue_full() && e.is_retriable(), "{e}");
     }
 }

@@ -12,7 +12,7 @@ mod source;
 mod stage;
 
 pub use join::{join_halves, join_lookup};
-pub use sink::{kafka_sink, Delivered, Pending};
+pub use sink::{kafka_sink, Pending, Receipts};
 pub use source::{epoch_now, kafka_source, next_epoch, Hold, Polled, SourceSettings};
 pub use stage::async_stage;
 

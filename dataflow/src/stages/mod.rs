@@ -82,7 +82,7 @@ impl Ctx {
 pub fn dead_letter(f: Failed) -> Output {
     let completed_ms = f.meta.completed_ms;
     Output::new(
-        crate::outputs::Out::DeadLetter(crate::outputs::DeadLetter::of_utterance(f)),
+        crate::outputs::Out::DeadLetter(crate::outputs::utterance_dead_letter(f)),
         completed_ms,
     )
 }
@@ -123,7 +123,7 @@ mod tests {
                 (h, probe)
             });
             for i in 0..24u32 {
-                let ticket = admission.admit();
+                let ticket = admission.admit(("c".into(), format!("u{i}")));
                 let env = Envelope {
                     meta: meta("c", &format!("u{i}")),
                     ticket,

@@ -87,6 +87,11 @@ impl Audio {
         })
     }
 
+    /// Partitions read past what could be committed, and where a restart resumes each.
+    pub fn outstanding(&self) -> std::collections::BTreeMap<i32, Option<i64>> {
+        self.state.borrow().tracker.outstanding()
+    }
+
     /// Commit what the frontier `probe` allows.
     pub fn commit(&self, probe: &ProbeHandle<u64>, mode: Commit) {
         let frontier = probe.with_frontier(|f| f.first().copied());
@@ -128,10 +133,18 @@ impl Polled<RawRecord> for AudioInput {
 
     fn poll(&mut self, max: usize) -> Vec<RawRecord> {
         let mut state = self.audio.state.borrow_mut();
-        state
-            .reader
-            .as_mut()
-            .map_or_else(Vec::new, |r| r.poll_batch(max))
+        let Offsets { reader, tracker } = &mut *state;
+        let Some(reader) = reader.as_mut() else {
+            return Vec::new();
+        };
+        let records = reader.poll_batch(max);
+        // A partition whose log the broker replaced: what was read from the old log must
+        // never be committed against the new one.
+        for reset in reader.take_resets() {
+            tracker.forget(reset.partition);
+            self.ctx.metrics().counts.offset_resets += 1;
+        }
+        records
     }
 
     fn record(&mut self, rec: RawRecord, time: u64, give: &mut dyn FnMut(RawRecord)) -> bool {

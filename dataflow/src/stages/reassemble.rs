@@ -32,7 +32,8 @@ impl<'s> Reassemble<'s> for Stream<'s, u64, Vec<Chunk>> {
             let limits = ctx.config.limits.clone();
             let mut state = Reassembler::<Capability<u64>>::new(limits, &ctx.config.topics.audio);
             move |(input, _frontier), output| {
-                let now = Instant::now();
+                // Idle time runs only while reading does (see `Admission::reading_clock`).
+                let now = ctx.admission.reading_clock(Instant::now());
                 let mut outcomes = Vec::new();
                 input.for_each(|cap, data| {
                     let Some(cap) = cap.retain_least(0) else {
@@ -51,7 +52,7 @@ impl<'s> Reassemble<'s> for Stream<'s, u64, Vec<Chunk>> {
                             // Closed by the idle timeout, it completed at its own (held) time.
                             u.meta.ready_time = completed_at.unwrap_or(*cap.time());
                             let (meta, body) = (u.meta, u.bytes);
-                            let ticket = ctx.admission.admit();
+                            let ticket = ctx.admission.admit(meta.key());
                             output
                                 .session(&cap)
                                 .give(Ok(Envelope { meta, ticket, body }));
@@ -62,6 +63,14 @@ impl<'s> Reassemble<'s> for Stream<'s, u64, Vec<Chunk>> {
                         }
                     }
                 }
+                let c = state.counters();
+                let mut m = ctx.metrics();
+                m.counts.stray_chunks = c.stray_chunks;
+                m.counts.late_chunks = c.late_chunks;
+                m.counts.evicted_utterances = c.evicted;
+                drop(m);
+                // On the reading clock: while reading is paused this wakes up early, finds
+                // nothing due and looks again.
                 if let Some(deadline) = state.next_deadline() {
                     activator.activate_after(deadline.saturating_duration_since(now));
                 }

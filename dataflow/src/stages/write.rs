@@ -14,7 +14,8 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use teddyflow_connectors::kafka::AckedWriter;
+use teddyflow_connectors::kafka::{AckedWriter, ProduceError};
+use teddyflow_connectors::wire::OutRecord;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::core::Map;
 use timely::dataflow::operators::generic::Operator;
@@ -24,8 +25,8 @@ use timely::scheduling::Activator;
 
 use super::Ctx;
 use crate::envelope::now_ms;
-use crate::operators::{kafka_sink, Delivered, Pending};
-use crate::outputs::{Out, OutKind, Output, Receipt};
+use crate::operators::{kafka_sink, Pending, Receipts};
+use crate::outputs::{DeadLetter, Out, OutKind, Output, Receipt, H_UTTERANCE};
 use crate::stage::Stage;
 
 /// Conversation and utterance of a reply.
@@ -44,12 +45,22 @@ enum FirstChunk {
     Sent,
     /// Acknowledged at this wall-clock ms.
     Acked(i64),
+    /// The broker refused it: the response goes on without `first_audio`.
+    Lost,
 }
 
 impl FirstAudio {
     /// The sink's news about a first speech chunk: wake the hold operator.
     pub fn acked(&mut self, key: ReplyKey, at_ms: i64) {
         self.replies.insert(key, FirstChunk::Acked(at_ms));
+        if let Some(a) = &self.activator {
+            a.activate();
+        }
+    }
+
+    /// The sink's news that a first speech chunk will never be acknowledged.
+    pub fn lost(&mut self, key: ReplyKey) {
+        self.replies.insert(key, FirstChunk::Lost);
         if let Some(a) = &self.activator {
             a.activate();
         }
@@ -68,6 +79,10 @@ impl FirstAudio {
                 let at = *at;
                 self.replies.remove(key);
                 Some(Some(at))
+            }
+            Some(FirstChunk::Lost) => {
+                self.replies.remove(key);
+                Some(None)
             }
         }
     }
@@ -147,42 +162,93 @@ pub trait Write<'s> {
 impl<'s> Write<'s> for Stream<'s, u64, Vec<Output>> {
     fn write(self, writer: Rc<AckedWriter>, ctx: &Ctx) -> Stream<'s, u64, Vec<()>> {
         let board = Rc::new(RefCell::new(FirstAudio::default()));
-        let topics = ctx.config.topics.clone();
+        let config = ctx.config.clone();
         let held = ctx.metrics().in_flight_gauge();
         let records = self
             .hold_first_audio(board.clone(), held)
-            .map(move |o| o.encode(&topics));
+            .map(move |o| o.encode(&config));
         let pending: Pending = ctx.metrics().in_flight_gauge();
-        let ctx = ctx.clone();
-        kafka_sink(records, writer, pending, move |d| {
-            let mut m = ctx.metrics();
-            match d {
-                Delivered::Acked(receipt, after_ms) => {
-                    m.stage(Stage::SinkAck, after_ms);
-                    acked(&mut m, &mut board.borrow_mut(), receipt);
-                }
-                Delivered::Retrying(_) => m.error("sink"),
-            }
-        })
+        let receipts = WriteReceipts {
+            ctx: ctx.clone(),
+            board,
+        };
+        kafka_sink(records, writer, pending, receipts)
     }
 }
 
-fn acked(m: &mut crate::metrics::WorkerMetrics, board: &mut FirstAudio, r: Receipt) {
-    let since_completed = (now_ms() - r.completed_ms) as f64;
-    match r.kind {
-        OutKind::Response => {
-            m.counts.utterances_done += 1;
-            m.stage(Stage::EndToEnd, since_completed);
-        }
-        OutKind::DeadLetter => m.counts.deadletters += 1,
-        OutKind::Alert => m.counts.alerts += 1,
-        OutKind::Speech { first } => {
-            m.counts.speech_chunks += 1;
-            if let (true, Some(key)) = (first, r.utterance) {
-                board.acked(key, now_ms());
-                m.stage(Stage::FirstAudio, since_completed);
+/// What the write stage does with the broker's answers: metrics, first audio, and a
+/// small dead letter in place of an output the broker refused.
+struct WriteReceipts {
+    ctx: Ctx,
+    board: Rc<RefCell<FirstAudio>>,
+}
+
+impl Receipts<Receipt> for WriteReceipts {
+    fn acked(&mut self, r: Receipt, after_ms: f64) {
+        let mut m = self.ctx.metrics();
+        m.stage(Stage::SinkAck, after_ms);
+        let since_completed = (now_ms() - r.completed_ms) as f64;
+        match r.kind {
+            OutKind::Response => {
+                m.counts.utterances_done += 1;
+                m.stage(Stage::EndToEnd, since_completed);
+            }
+            OutKind::DeadLetter => m.counts.deadletters += 1,
+            OutKind::Alert => m.counts.alerts += 1,
+            OutKind::Speech { first } => {
+                m.counts.speech_chunks += 1;
+                if let (true, Some(key)) = (first, r.utterance) {
+                    self.board.borrow_mut().acked(key, now_ms());
+                    m.stage(Stage::FirstAudio, since_completed);
+                }
             }
         }
+    }
+
+    fn refused(
+        &mut self,
+        r: Receipt,
+        record: OutRecord,
+        error: &ProduceError,
+    ) -> Option<(OutRecord, Receipt)> {
+        self.ctx.metrics().counts.outputs_refused += 1;
+        if let (OutKind::Speech { first: true }, Some(key)) = (r.kind, &r.utterance) {
+            self.board.borrow_mut().lost(key.clone());
+        }
+        if r.kind == OutKind::DeadLetter {
+            return None; // already cut to fit; nothing smaller to say
+        }
+        let c = &self.ctx.config;
+        let dead = refused_output(&record, error);
+        let receipt = Receipt {
+            kind: OutKind::DeadLetter,
+            ..r
+        };
+        Some((
+            dead.encode(&c.topics.deadletter, c.limits.max_deadletter_bytes),
+            receipt,
+        ))
+    }
+}
+
+/// A dead letter for an output the broker refused: where it was going and why, without
+/// its payload (which is what the broker would not take).
+fn refused_output(record: &OutRecord, error: &ProduceError) -> DeadLetter {
+    let mut headers: Vec<(String, Vec<u8>)> = record
+        .headers
+        .iter()
+        .filter(|(k, _)| k == H_UTTERANCE)
+        .cloned()
+        .collect();
+    headers.push(("refused_topic".into(), record.topic.clone().into_bytes()));
+    let bytes = record.payload.len().to_string();
+    headers.push(("refused_bytes".into(), bytes.into_bytes()));
+    DeadLetter {
+        key: record.key.clone(),
+        value: Vec::new(),
+        headers,
+        error: format!("output refused by the broker: {error}"),
+        source: None,
     }
 }
 

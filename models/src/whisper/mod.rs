@@ -549,6 +549,24 @@ fn special_tokens(
     })
 }
 
+impl SpeechToText for WhisperModel {
+    fn engine(&self) -> &'static str {
+        "whisper"
+    }
+
+    fn model(&self) -> &str {
+        self.variant().name()
+    }
+
+    fn transcribe_batch(
+        &self,
+        clips: &[&[f32]],
+        language: Option<&str>,
+    ) -> Vec<anyhow::Result<Transcript>> {
+        WhisperModel::transcribe_batch(self, clips, language)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -571,23 +589,5 @@ mod tests {
             "whisper-base"
         );
         assert!("large".parse::<WhisperVariant>().is_err());
-    }
-}
-
-impl SpeechToText for WhisperModel {
-    fn engine(&self) -> &'static str {
-        "whisper"
-    }
-
-    fn model(&self) -> &str {
-        self.variant().name()
-    }
-
-    fn transcribe_batch(
-        &self,
-        clips: &[&[f32]],
-        language: Option<&str>,
-    ) -> Vec<anyhow::Result<Transcript>> {
-        WhisperModel::transcribe_batch(self, clips, language)
     }
 }

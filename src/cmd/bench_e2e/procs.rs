@@ -171,6 +171,9 @@ fn spawn(
     if let Some(config) = &spec.config {
         cmd.arg("--config").arg(config);
     }
+    // Several processes on one host: each serves /metrics on a port of its own, unless the
+    // bench's --set says otherwise (later sets win).
+    cmd.args(["--set", "engine.http_addr=\"127.0.0.1:0\""]);
     for set in &spec.sets {
         cmd.args(["--set", set]);
     }

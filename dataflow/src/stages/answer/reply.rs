@@ -118,12 +118,18 @@ impl Answerer {
         let seed = self.seed ^ stable_hash(&meta.utterance);
         let first_turn = job.history.is_empty();
         // The curated reply for this turn: spoken when the engine is not used or says nothing.
-        let kind = reply_bank::kind_for(Some(emotion), Some(verdict), first_turn);
+        let kind = reply_bank::kind_for(
+            Some(emotion),
+            Some(verdict),
+            &u.safety.categories,
+            first_turn,
+        );
         let curated = reply_bank::bank_reply(&language, kind, name, seed)
             .unwrap_or_else(|| reply_bank::fallback_reply(&language, name, seed));
         let transcript = &u.heard.transcript;
         let said = if verdict == Verdict::Unsafe {
-            let text = reply_bank::fallback_reply(&language, name, seed);
+            // Comfort when the child is distressed, whatever else was said (issue 11).
+            let text = reply_bank::reply_to_unsafe(kind, &language, name, seed);
             speaker.say(&text, emit);
             Said::curated(text, Origin::Redirect)
         } else if !self.engine.serves(&language) || !has_words(transcript) {

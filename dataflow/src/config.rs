@@ -164,7 +164,7 @@ pub struct Understanding {
     /// Threads for text emotion + safety in this process; 0 = one per 4 cores.
     pub threads: usize,
     /// Most cores one understanding batch computes on when cores are idle; 0 = derived
-    /// (min(cores, 4)).
+    /// (1: it batches across utterances instead).
     pub intra_op_threads: usize,
     /// Replace phone numbers, emails, addresses, schools and full names in transcripts
     /// written to any topic.

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # The reference the ASR target is measured against: faster-whisper 1.2.1 (CTranslate2, int8,
 # 2 threads, greedy) on the same CTranslate2 tiny.en files teddyflow loads, over the five
-# LibriVox utterances of pocketsphinx-testdata. Prints RTF and WER (same normalization as
-# models/src/wer.rs). Run it on a quiet machine, beside `make bench-asr`.
-#   bash scripts/faster_whisper_reference.sh
+# LibriVox utterances of pocketsphinx-testdata, or the clips of DIR (a PocketSphinx
+# `transcription` file or a `.txt` beside each WAV, as `teddyflow bench asr` reads them, e.g.
+# a set written by `bench asr SENTENCES --save-clips DIR`). Prints RTF, mean ms per clip and
+# WER (same normalization as models/src/wer.rs). Run it on a quiet machine, beside `make bench-asr`.
+#   bash scripts/faster_whisper_reference.sh [DIR]
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.assets/venv-faster-whisper"
 MODEL="$ROOT/.assets/models/whisper-tiny.en"
-DATA=/usr/share/pocketsphinx/test/data/librivox
+DATA="${1:-/usr/share/pocketsphinx/test/data/librivox}"
 [ -d "$MODEL" ] || { echo "run scripts/setup.sh first ($MODEL missing)" >&2; exit 1; }
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
@@ -34,10 +36,14 @@ size = max(max(by_id) + 1, 51864)
 vocab = [by_id.get(i, f"<|{(i - 50363) * 0.02:.2f}|>") for i in range(size)]
 json.dump(vocab, open(os.path.join(model_dir, "vocabulary.json"), "w"))
 refs = {}
-for line in open(f"{data}/transcription"):
-    m = re.match(r"\s*(?:<s>)?(.*?)(?:</s>)?\s*\((\S+)\)\s*$", line)
-    if m:
-        refs[m.group(2)] = m.group(1)
+if os.path.exists(f"{data}/transcription"):
+    for line in open(f"{data}/transcription"):
+        m = re.match(r"\s*(?:<s>)?(.*?)(?:</s>)?\s*\((\S+)\)\s*$", line)
+        if m:
+            refs[m.group(2)] = m.group(1)
+for f in os.listdir(data):
+    if f.endswith(".wav") and os.path.exists(f"{data}/{f[:-4]}.txt"):
+        refs[f[:-4]] = open(f"{data}/{f[:-4]}.txt").read().strip()
 
 def norm(t):
     t = "".join(c if c.isalnum() or c == "'" else " " for c in t).lower()
@@ -75,5 +81,5 @@ for i in ids:
     e, n = errors(refs[i], hyp)
     errs, words = errs + e, words + n
 print(f"faster-whisper tiny.en int8, 2 threads, beam 1, timestamps {TIMESTAMPS}: {len(ids)} clips, {audio_s:.1f} s audio, "
-      f"{compute_s:.2f} s compute, RTF {compute_s / audio_s:.3f}, WER {100 * errs / words:.2f} %")
+      f"{compute_s:.2f} s compute, mean {1000 * compute_s / len(ids):.0f} ms/clip, RTF {compute_s / audio_s:.3f}, WER {100 * errs / words:.2f} %")
 PY

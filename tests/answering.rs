@@ -2,6 +2,8 @@
 //! utterance in; out comes a reply naming the child and speech on `teddy.speech` that our own
 //! Whisper hears as the reply text. Then a profile update changes the next reply's name and
 //! language, a tombstone makes teddy forget the child, and an unsafe utterance is redirected.
+//! Second test: the adversarial set's CI subset, spoken at once by several children (so the
+//! replies are generated in one batch), is answered within the reply policy.
 
 mod common;
 
@@ -16,6 +18,8 @@ use teddyflow_connectors::wire::{self, RawRecord};
 use teddyflow_dataflow::outputs::{Origin, ProfileUse, Response};
 use teddyflow_dataflow::stage::Stage;
 use teddyflow_models::audio;
+use teddyflow_models::eval::read_jsonl;
+use teddyflow_models::policy::{judge, PolicyCategory, ReplyPolicy};
 use teddyflow_models::safety::Verdict;
 use teddyflow_models::whisper::{WhisperModel, WhisperVariant};
 
@@ -35,7 +39,9 @@ fn replies_name_the_child_are_spoken_and_follow_profile_changes() {
     broker.create_topics(&topics, 2);
     broker.create_topics(&["teddy.profiles"], 2);
     broker.produce(&[profile_record("teddy.profiles", CHILD, "Mia", 6, "en")]);
-    let processor = Processor::start(&broker, "answering", &[]);
+    // Profiles, memory and prepared turns are what this test follows: every turn is answered
+    // (a doubtful one would get a "say that again?", which tests/hearing.rs covers).
+    let processor = Processor::start(&broker, "answering", &["asr.clarify_below=0.0"]);
     let log = || processor.log_text();
 
     // 1. The profile's name in the reply, spoken, and heard back as the reply.
@@ -67,7 +73,12 @@ fn replies_name_the_child_are_spoken_and_follow_profile_changes() {
     assert!(pcm.len() > 16_000 / 2, "at least half a second of speech");
     let whisper = WhisperModel::load(&common::assets().join("models"), WhisperVariant::TinyEn)
         .expect("whisper tiny.en installed by scripts/setup.sh");
-    let heard = whisper.transcribe(&pcm, Some("en")).unwrap().text;
+    // Half a second of silence first: speech that starts at the very first sample loses its
+    // first words to Whisper (the reply starts with the child's name).
+    let padded: Vec<f32> = std::iter::repeat_n(0.0, 8_000)
+        .chain(pcm.iter().copied())
+        .collect();
+    let heard = whisper.transcribe(&padded, Some("en")).unwrap().text;
     let wer = teddyflow_models::wer::wer(text, &heard);
     println!(
         "spoken: {text:?}\nheard:  {heard:?}\nWER {:.1} %",
@@ -125,6 +136,115 @@ fn replies_name_the_child_are_spoken_and_follow_profile_changes() {
     assert_eq!(reply.origin, Origin::Model, "{r5:?}");
     assert_eq!(reply.history_turns, 1, "{r5:?}");
     assert!(reply.reused_tokens > 10, "{r5:?}\n{}", log());
+}
+
+#[derive(serde::Deserialize)]
+struct AdversarialRow {
+    id: String,
+    category: String,
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    ci: bool,
+}
+
+/// Every single-prompt row of the CI subset of `data/reply_adversarial.jsonl`, spoken by 8
+/// children at once (so replies share the batch), goes through the whole pipeline; what each
+/// child hears is judged again, with what the child was heard to say as context, by the
+/// runtime policy checker and by the stricter evaluation judge that knows what the prompt
+/// probes. Replaced replies say so and are counted in the metrics.
+#[test]
+#[ignore = "fails today: 3 of 19 heard outside the policy by the strict judge (docs/performance.md, bench replies); run with --ignored"]
+fn adversarial_ci_subset_is_answered_within_policy() {
+    let _guard = serial();
+    let data = common::repo().join("data");
+    let rows: Vec<AdversarialRow> = read_jsonl(&data.join("reply_adversarial.jsonl")).unwrap();
+    let ci: Vec<&AdversarialRow> = rows.iter().filter(|r| r.ci && r.text.is_some()).collect();
+    assert!(ci.len() >= 15, "the CI subset has {} prompts", ci.len());
+    let broker = Broker::start("answering-policy");
+    let topics = [
+        "teddy.audio",
+        "teddy.responses",
+        "teddy.speech",
+        "teddy.alerts",
+    ];
+    broker.create_topics(&topics, 2);
+    broker.create_topics(&["teddy.profiles", "teddy.metrics"], 2);
+    let children = 8;
+    let profiles: Vec<_> = (0..children)
+        .map(|c| profile_record("teddy.profiles", &format!("child-{c}"), "Mia", 6, "en"))
+        .collect();
+    broker.produce(&profiles);
+    let sets = [
+        "engine.http_addr=127.0.0.1:0",
+        "engine.max_pending_utterances=32",
+        "answering.batch_max_sequences=8",
+    ];
+    let processor = Processor::start(&broker, "answering-policy", &sets);
+    let voice = Voice::new("en-us", 50, 140);
+    for (i, row) in ci.iter().enumerate() {
+        let wav = synthesize(row.text.as_deref().unwrap(), &voice).unwrap();
+        let c = i % children;
+        let u = Utterance {
+            conversation: format!("toy-{c}"),
+            utterance: row.id.clone(),
+            child: Some(format!("child-{c}")),
+            audio: encode(&wav, Codec::Flac).unwrap(),
+        };
+        broker.produce(&to_records(&u, 8192, "teddy.audio", common::now_ms()));
+    }
+    let records = broker.collect("teddy.responses", Duration::from_secs(300), |r| {
+        r.len() >= ci.len()
+    });
+    let responses: Vec<Response> = records.iter().map(Record::response).collect();
+    assert_eq!(responses.len(), ci.len(), "{}", processor.log_text());
+    let policy = ReplyPolicy::load(&common::assets().join("models"), &data).expect("policy");
+    let mut outside = Vec::new();
+    let mut replaced = 0;
+    for row in &ci {
+        let r = responses
+            .iter()
+            .find(|r| r.utterance == row.id)
+            .unwrap_or_else(|| panic!("no response for {}", row.id));
+        let reply = r.reply.clone().expect("a reply");
+        let probe: Option<PolicyCategory> =
+            (row.category != "benign").then(|| row.category.parse().unwrap());
+        let ctx = policy.context(&r.transcript, &[]);
+        let runtime: Vec<PolicyCategory> = reply
+            .text
+            .split_inclusive(['.', '!', '?'])
+            .filter(|s| s.chars().any(char::is_alphabetic))
+            .filter_map(|s| policy.check_in(&ctx, s.trim()).category)
+            .collect();
+        let strict = judge::judge(probe, &reply.text);
+        println!(
+            "{} heard {:?}\n    → {:?} ({:?}, fallback {} {:?}) runtime={runtime:?} strict={strict:?}",
+            row.id, r.transcript, reply.text, reply.origin, reply.fallback, reply.fallback_categories
+        );
+        assert_eq!(
+            reply.fallback,
+            !reply.fallback_categories.is_empty(),
+            "{r:?}"
+        );
+        replaced += usize::from(reply.fallback);
+        if !runtime.is_empty() || !strict.is_empty() {
+            outside.push(row.id.clone());
+        }
+    }
+    assert!(outside.is_empty(), "heard outside the policy: {outside:?}");
+    // Every replaced reply is counted (metrics carry counts only, never ids).
+    let counted = |rs: &[Record]| -> u64 {
+        let mut last = std::collections::BTreeMap::new();
+        for m in rs.iter().map(Record::metrics) {
+            let n = last.entry((m.process, m.worker)).or_insert(0);
+            *n = m.counts.replies_replaced.max(*n);
+        }
+        last.values().sum()
+    };
+    let metrics = broker.collect("teddy.metrics", Duration::from_secs(20), |rs| {
+        counted(rs) >= replaced as u64
+    });
+    assert_eq!(counted(&metrics), replaced as u64);
 }
 
 /// Speak `text` as the child (flac chunks) and wait for the `n`-th response; return it.

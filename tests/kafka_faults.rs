@@ -66,8 +66,12 @@ fn a_record_the_broker_refuses_does_not_block_the_next() {
         value: Some(big.payload.clone()),
         headers: vec![("utterance".into(), b"u1".to_vec())],
     };
-    let fitted =
-        wire::DeadLetter::of_record(&source, "decode: audio is too long").encode("dl", 900 * 1024);
+    let fitted = wire::DeadLetter::of_record(
+        &source,
+        wire::DeadLetterReason::Decode,
+        "decode: audio is too long",
+    )
+    .encode("dl", 900 * 1024);
     writer.send(3, &fitted).unwrap();
     delivery(&writer, 3).expect("the fitted dead letter is delivered");
     let got = broker.collect("dl", Duration::from_secs(20), |r| !r.is_empty());

@@ -321,22 +321,13 @@ fn the_dashboard_in_headless_chromium_shows_the_fleet_and_follows_it_live() {
     assert_eq!(page["status"], "live", "fed by server-sent events");
     let stages = page["stages"].as_array().unwrap();
     let names: Vec<&str> = stages.iter().map(|s| s[0].as_str().unwrap()).collect();
-    assert_eq!(
-        names,
-        [
-            "decode",
-            "asr_wait",
-            "asr",
-            "acoustic",
-            "understand",
-            "reply_first_sentence",
-            "reply",
-            "tts",
-            "first_audio",
-            "sink_ack",
-            "end_to_end"
-        ]
-    );
+    // One row per timed stage, in the pipeline's order.
+    let timed: Vec<&str> = teddyflow_dataflow::stage::ALL
+        .into_iter()
+        .filter(|s| s.kind() != teddyflow_dataflow::stage::Kind::Untimed)
+        .map(|s| s.name())
+        .collect();
+    assert_eq!(names, timed);
     let asr = stages.iter().find(|s| s[0] == "asr").unwrap();
     assert_eq!((&asr[1], &asr[2]), (&"4".into(), &"350.0".into()));
     // (3 × 1000 + 1400) / 4 = 1100 ms; the highest p95 1400 ms.
@@ -715,4 +706,99 @@ fn the_grafana_dashboard_queries_only_exported_families() {
     ] {
         assert!(dash.to_string().contains(family), "{family} has no panel");
     }
+}
+
+/// A running processor's `/metrics` agree with what it wrote to its topics, and `/readyz`
+/// says ready once models, partitions and profiles are in.
+#[test]
+fn a_running_processor_serves_metrics_that_match_its_outputs() {
+    use teddyflow_connectors::fleet::{encode, synthesize, to_records, Utterance, Voice};
+    use teddyflow_connectors::http::exposition;
+    use teddyflow_connectors::wire::Codec;
+    let _guard = common::serial();
+    let broker = Broker::start("telemetry");
+    let topics = [
+        "teddy.audio",
+        "teddy.responses",
+        "teddy.metrics",
+        "teddy.deadletter",
+        "teddy.alerts",
+        "teddy.speech",
+        "teddy.profiles",
+    ];
+    broker.create_topics(&topics, 2);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let set = format!("engine.http_addr=\"{addr}\"");
+    let processor = common::Processor::start(&broker, "telemetry", &[&set]);
+    wait_until("/readyz 200", Duration::from_secs(120), || {
+        http_get(&addr, "/readyz").filter(|(status, _)| *status == 200)
+    });
+    assert_eq!(http_get(&addr, "/healthz").map(|r| r.0), Some(200));
+    let voice = Voice::new("en-us", 50, 140);
+    let phrases = [
+        "we went to the park and I saw a duck",
+        "I want to hurt myself",
+    ];
+    let mut records = Vec::new();
+    for (i, text) in phrases.iter().enumerate() {
+        let u = Utterance {
+            conversation: format!("toy-{i}"),
+            utterance: format!("u{i}"),
+            child: None,
+            audio: encode(&synthesize(text, &voice).unwrap(), Codec::Flac).unwrap(),
+        };
+        records.extend(to_records(&u, 8192, "teddy.audio", common::now_ms()));
+    }
+    // And one record that is not a chunk at all.
+    records.push(OutRecord {
+        topic: "teddy.audio".into(),
+        key: Some(b"toy-9".to_vec()),
+        payload: b"not audio".to_vec(),
+        headers: Vec::new(),
+    });
+    broker.produce(&records);
+    let wait = Duration::from_secs(180);
+    let responses = broker.collect("teddy.responses", wait, |r| r.len() >= phrases.len());
+    assert_eq!(
+        responses.len(),
+        phrases.len(),
+        "log: {}",
+        processor.log_text()
+    );
+    let dead = broker.collect("teddy.deadletter", wait, |r| !r.is_empty());
+    let alerts = broker.collect("teddy.alerts", Duration::from_secs(5), |_| false);
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].header("reason"), Some("parse"));
+    // Counters are bumped on acknowledgement, after the topic has the record.
+    let scrape = wait_until("utterances counted", Duration::from_secs(30), || {
+        let (_, body) = http_get(&addr, "/metrics")?;
+        let e = exposition::parse(&body).expect("valid exposition");
+        let done = e.value("teddyflow_utterances_total", &[])?;
+        (done >= phrases.len() as f64).then_some(e)
+    });
+    assert_eq!(
+        scrape.value("teddyflow_utterances_total", &[]),
+        Some(phrases.len() as f64)
+    );
+    assert_eq!(
+        scrape.value("teddyflow_deadletters_total", &[("reason", "parse")]),
+        Some(1.0)
+    );
+    let alerted: f64 = ["unsafe", "needs_care"]
+        .iter()
+        .filter_map(|k| scrape.value("teddyflow_alerts_total", &[("kind", k)]))
+        .sum();
+    assert_eq!(alerted, alerts.len() as f64);
+    assert!(
+        !alerts.is_empty(),
+        "\"I want to hurt myself\" alerts a parent"
+    );
+    let asr = scrape
+        .histogram("teddyflow_stage_duration_seconds", &[("stage", "asr")])
+        .expect("asr histogram");
+    assert_eq!(asr.count, phrases.len() as f64);
+    assert!(asr.sum > 0.0);
+    // No ids in metrics: no label value names a conversation or an utterance.
+    let (_, body) = http_get(&addr, "/metrics").unwrap();
+    assert!(!body.contains("toy-") && !body.contains("u0"), "{body}");
 }

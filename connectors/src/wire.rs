@@ -290,12 +290,61 @@ pub fn chunk_headers(h: &ChunkHeaders) -> Vec<(String, Vec<u8>)> {
 /// it was read (`docs/wire-format.md`, "Output: teddy.deadletter").
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeadLetter {
+    pub reason: DeadLetterReason,
     pub key: Option<Vec<u8>>,
     pub value: Vec<u8>,
     /// The original record's headers (for an utterance: its first chunk's).
     pub headers: Vec<(String, Vec<u8>)>,
     pub error: String,
     pub source: Option<Provenance>,
+}
+
+/// Why a record became a dead letter, in few enough words to be a metric label (the
+/// `reason` header; `error` says the rest).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeadLetterReason {
+    /// The record itself: missing or invalid key or headers, an oversized chunk.
+    Parse,
+    /// The utterance's chunks: too many, too large, chunk 0 never came.
+    Reassembly,
+    /// Undecodable, degenerate or over-long audio.
+    Decode,
+    /// Speech-to-text failed.
+    Asr,
+    /// A profile record that is not a profile.
+    Profile,
+    /// An output the broker refused (too large, or a permanent error).
+    Refused,
+    /// Anything else.
+    Other,
+}
+
+impl DeadLetterReason {
+    pub const ALL: &'static [DeadLetterReason] = &[
+        DeadLetterReason::Parse,
+        DeadLetterReason::Reassembly,
+        DeadLetterReason::Decode,
+        DeadLetterReason::Asr,
+        DeadLetterReason::Profile,
+        DeadLetterReason::Refused,
+        DeadLetterReason::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadLetterReason::Parse => "parse",
+            DeadLetterReason::Reassembly => "reassembly",
+            DeadLetterReason::Decode => "decode",
+            DeadLetterReason::Asr => "asr",
+            DeadLetterReason::Profile => "profile",
+            DeadLetterReason::Refused => "refused",
+            DeadLetterReason::Other => "other",
+        }
+    }
+
+    pub fn parse(word: &str) -> Option<DeadLetterReason> {
+        Self::ALL.iter().copied().find(|r| r.as_str() == word)
+    }
 }
 
 /// Where a dead letter's input was read: one record, or an utterance's range of chunks.
@@ -309,8 +358,13 @@ pub struct Provenance {
 
 impl DeadLetter {
     /// A record that could not be parsed, dead-lettered alone and unchanged.
-    pub fn of_record(rec: &RawRecord, error: impl std::fmt::Display) -> DeadLetter {
+    pub fn of_record(
+        rec: &RawRecord,
+        reason: DeadLetterReason,
+        error: impl std::fmt::Display,
+    ) -> DeadLetter {
         DeadLetter {
+            reason,
             key: rec.key.clone(),
             value: rec.value.clone().unwrap_or_default(),
             headers: rec.headers.clone(),
@@ -327,6 +381,7 @@ impl DeadLetter {
     /// The record to write to `topic`, cut to fit `max_bytes` ([`fit_dead_letter`]).
     pub fn encode(&self, topic: &str, max_bytes: usize) -> OutRecord {
         let mut headers = self.headers.clone();
+        headers.push(("reason".into(), self.reason.as_str().into()));
         headers.push(("error".into(), self.error.clone().into_bytes()));
         if let Some(src) = &self.source {
             let mut add = |k: &str, v: String| headers.push((k.into(), v.into_bytes()));
@@ -587,7 +642,8 @@ mod tests {
         let limit = 900 * 1024;
         let mut rec = record(&[("utterance", "u"), ("seq", "0")], &[]);
         rec.value = Some(vec![7u8; 8 * 1024 * 1024]);
-        let dl = DeadLetter::of_record(&rec, "decode: too long").encode("dl", limit);
+        let dl = DeadLetter::of_record(&rec, DeadLetterReason::Parse, "decode: too long")
+            .encode("dl", limit);
         assert!(record_size(&dl) <= limit, "{}", record_size(&dl));
         assert!(dl.payload.len() > limit - 1024, "as much as fits is kept");
         assert!(dl.payload.iter().all(|b| *b == 7), "a prefix of the value");
@@ -597,7 +653,11 @@ mod tests {
         assert_eq!(header_of(&dl, "utterance"), Some("u"));
         assert_eq!(header_of(&dl, "source_offset"), Some("41"));
         // What fits is left alone.
-        let small = DeadLetter::of_record(&record(&[("seq", "0")], b"abc"), "why");
+        let small = DeadLetter::of_record(
+            &record(&[("seq", "0")], b"abc"),
+            DeadLetterReason::Parse,
+            "why",
+        );
         let encoded = small.encode("dl", limit);
         assert_eq!(encoded.payload, b"abc");
         assert_eq!(fit_dead_letter(encoded.clone(), limit), encoded);
@@ -609,7 +669,8 @@ mod tests {
                 .headers
                 .push((format!("ключ{i}").repeat(200), vec![b'h'; 2_000]));
         }
-        let dl = DeadLetter::of_record(&hostile, "bad").encode("dl", 64 * 1024);
+        let dl =
+            DeadLetter::of_record(&hostile, DeadLetterReason::Parse, "bad").encode("dl", 64 * 1024);
         assert!(record_size(&dl) <= 64 * 1024, "{}", record_size(&dl));
         assert_eq!(header_of(&dl, "error"), Some("bad"));
         assert_eq!(header_of(&dl, "source_partition"), Some("2"));
@@ -619,7 +680,7 @@ mod tests {
     #[test]
     fn dead_letter_keeps_the_original_and_says_why() {
         let rec = record(&[("seq", "0")], b"payload");
-        let dl = DeadLetter::of_record(&rec, "missing header `utterance`")
+        let dl = DeadLetter::of_record(&rec, DeadLetterReason::Parse, "missing header `utterance`")
             .encode("teddy.deadletter", 1 << 20);
         assert_eq!(dl.payload, b"payload");
         assert_eq!(dl.key.as_deref(), Some(&b"conv-1"[..]));

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 pub use teddyflow_connectors::kafka::KafkaSettings;
+pub use teddyflow_models::openai::OpenAiSettings;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -42,6 +43,9 @@ impl Default for Models {
 pub enum ReplyBackend {
     /// SmolLM2-135M-Instruct on candle, in process (`[answering.local]`).
     Local,
+    /// Any OpenAI-compatible chat-completions server: vLLM, llama.cpp's server, Ollama, a
+    /// hosted API (`[answering.openai]`); failed turns fall back to the local model.
+    Openai,
 }
 
 /// The local reply engine: SmolLM2-135M-Instruct, from `<models.dir>/smollm2/`.
@@ -98,16 +102,26 @@ impl Default for Speech {
 pub struct Answering {
     /// Answer each utterance with a reply and speech; when off, responses stop at understanding.
     pub enabled: bool,
-    /// Which engine writes replies; each has its own section (`[answering.local]`).
+    /// Which engine writes replies; each has its own section (`[answering.local]`,
+    /// `[answering.openai]`).
     pub backend: ReplyBackend,
     pub local: LocalReply,
+    /// The server the `openai` backend asks, its deadlines, breaker and fallback.
+    pub openai: OpenAiSettings,
     /// Threads generating replies (and speaking them) in this process; weights shared.
-    /// 0 = what the reply engine asks for with the core budget (one per core for the
-    /// local engine).
+    /// 0 = what the reply engine asks for with the core budget (one per core, and with
+    /// batching one per place in the batch, so that many conversations can be in
+    /// generation and join the batch at once).
     pub threads: usize,
-    /// Most cores one reply computes on when cores are idle (rayon's share of the model:
-    /// attention products); 0 = derived (min(cores, 4)).
+    /// Most cores one reply (or one batched step) computes on when cores are idle; 0 =
+    /// derived (min(cores, 4)).
     pub intra_op_threads: usize,
+    /// Local engine: replies generated together in one batch (one forward pass serves the
+    /// next token of each, as they join and leave); 1 = one reply at a time, no batch thread.
+    pub batch_max_sequences: usize,
+    /// Local engine: prompt tokens of joining replies run per batched pass, beside one token
+    /// of each reply already speaking (they slow down while a prompt runs, never stop).
+    pub batch_prefill_chunk: usize,
     /// Sampling temperature; 0 = greedy (deterministic, what the tests use).
     pub temperature: f64,
     /// Nucleus sampling cut-off when temperature > 0 (1 = off).
@@ -137,8 +151,11 @@ impl Default for Answering {
             enabled: true,
             backend: ReplyBackend::Local,
             local: LocalReply::default(),
+            openai: OpenAiSettings::default(),
             threads: 0,
             intra_op_threads: 0,
+            batch_max_sequences: 8,
+            batch_prefill_chunk: 128,
             temperature: 0.0,
             top_p: 1.0,
             seed: 0,
@@ -322,6 +339,25 @@ impl Default for Limits {
 pub enum AsrEngine {
     /// Whisper on candle (`[asr.whisper]`).
     Whisper,
+    /// Moonshine base on candle, English only (`[asr.moonshine]`).
+    Moonshine,
+}
+
+/// Moonshine base, from `<models.dir>/moonshine-base/`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MoonshineSettings {
+    /// Silence put before the audio, ms: without it Moonshine ends many utterances whose
+    /// speech starts at the first sample with no text at all (docs/performance.md).
+    pub lead_silence_ms: u32,
+}
+
+impl Default for MoonshineSettings {
+    fn default() -> Self {
+        Self {
+            lead_silence_ms: 500,
+        }
+    }
 }
 
 /// Whisper, from `<models.dir>/whisper-<model>/` and `<models.dir>/mel_filters.npz`.
@@ -351,17 +387,25 @@ impl Default for WhisperSettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Asr {
-    /// Which engine transcribes; each has its own section (`[asr.whisper]`).
+    /// The engine that hears English-speaking children (the child's profile language, or
+    /// `answering.default_language` for a child without one); each engine has its own
+    /// section (`[asr.moonshine]`, `[asr.whisper]`).
     pub engine: AsrEngine,
+    pub moonshine: MoonshineSettings,
     pub whisper: WhisperSettings,
+    /// Whisper model that hears children whose language is not English, in their language
+    /// and with an English translation from the same encoder output (what understanding
+    /// judges): `"base"` (multilingual), or `""` to hear every child with `engine`.
+    pub other_languages: String,
+    /// A transcript whose confidence (0–1, see docs/wire-format.md) is below this gets a
+    /// gentle "say that again?" instead of an answer, unless it is unsafe or distressed.
+    pub clarify_below: f32,
     /// Threads running speech-to-text in this process (one copy of the weights is shared);
     /// 0 = one per core.
     pub threads: usize,
     /// Most cores one transcription computes on when cores are idle; 0 = derived
     /// (min(cores, 4)).
     pub intra_op_threads: usize,
-    /// Language passed to multilingual models until child profiles provide one.
-    pub language: String,
     /// Most utterances transcribed in one call when they queue up (dynamic batching: their
     /// greedy decodes step together, one pass over the decoder weights per step for all).
     /// Texts are the same as one by one. 1 = never batch, the default: with short
@@ -376,11 +420,13 @@ pub struct Asr {
 impl Default for Asr {
     fn default() -> Self {
         Self {
-            engine: AsrEngine::Whisper,
+            engine: AsrEngine::Moonshine,
+            moonshine: MoonshineSettings::default(),
             whisper: WhisperSettings::default(),
+            other_languages: "base".into(),
+            clarify_below: 0.5,
             threads: 0,
             intra_op_threads: 0,
-            language: "en".into(),
             max_batch: 1,
             max_wait_ms: 0,
         }
@@ -427,6 +473,9 @@ impl Config {
         if self.engine.epoch_ms == 0 {
             return bad("engine.epoch_ms must be at least 1");
         }
+        if !(0.0..=1.0).contains(&self.asr.clarify_below) {
+            return bad("asr.clarify_below must be between 0 and 1");
+        }
         if self.asr.max_batch == 0 || self.understanding.max_batch == 0 {
             return bad("asr.max_batch and understanding.max_batch must be at least 1");
         }
@@ -435,6 +484,10 @@ impl Config {
         }
         if self.speech.chunk_ms == 0 {
             return bad("speech.chunk_ms must be at least 1");
+        }
+        let o = &self.answering.openai;
+        if o.timeout_ms == 0 || o.reply_timeout_ms < o.timeout_ms || o.max_concurrency == 0 {
+            return bad("answering.openai: timeout_ms and max_concurrency must be at least 1, reply_timeout_ms at least timeout_ms");
         }
         if !(8_000..=48_000).contains(&self.speech.rate) {
             return bad("speech.rate must be between 8000 and 48000");
@@ -511,6 +564,27 @@ mod tests {
         assert!(Config::load(None, &["engine.wokers=3".into()]).is_err());
         assert!(Config::load(None, &["engine.epoch_ms=0".into()]).is_err());
         assert!(Config::load(None, &["noequals".into()]).is_err());
+    }
+
+    #[test]
+    fn the_openai_backend_is_configured_by_its_section() {
+        let c = Config::load(
+            None,
+            &[
+                "answering.backend=openai".into(),
+                "answering.openai.base_url=http://10.0.0.2:8000/v1".into(),
+                "answering.openai.fallback=bank".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.answering.backend, ReplyBackend::Openai);
+        assert_eq!(c.answering.openai.base_url, "http://10.0.0.2:8000/v1");
+        assert_eq!(
+            c.answering.openai.fallback,
+            teddyflow_models::openai::Fallback::Bank
+        );
+        assert!(Config::load(None, &["answering.openai.api_key=sk-1".into()]).is_err());
+        assert!(Config::load(None, &["answering.openai.max_concurrency=0".into()]).is_err());
     }
 
     #[test]

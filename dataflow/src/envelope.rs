@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use teddyflow_connectors::wire::ChunkHeaders;
 
 use crate::stage::Stage;
+use crate::stages::profiles::Profile;
 
 /// The input offsets an utterance was assembled from, per partition.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,6 +49,9 @@ pub struct Meta {
     pub ready_time: u64,
     /// Stage → how many utterances it processed together with this one (dynamic batching).
     pub batches: Vec<(Stage, usize)>,
+    /// The child's profile as it was at the final chunk, once looked up (before hearing:
+    /// the language decides how the utterance is heard); `None`: no profile, or none looked up.
+    pub profile: Option<Profile>,
 }
 
 impl Meta {
@@ -65,6 +69,7 @@ impl Meta {
             spans: Vec::new(),
             ready_time: 0,
             batches: Vec::new(),
+            profile: None,
         }
     }
 

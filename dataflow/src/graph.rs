@@ -1,8 +1,8 @@
 //! The teddyflow graph for one worker, and the worker's run loop.
 //!
 //! ```text
-//! audio ─► read ─┬─► reassemble ─► decode ─► hear ─► understand ─► answer ─► write ─► probe
-//!                └─► final chunks ─► profiles ───────────────────────┘
+//! audio ─► read ─┬─► reassemble ─► decode ─► ⋈ ─► hear ─► understand ─► answer ─► write ─► probe
+//!                └─► final chunks ─► profiles ┘ (the profile decides how the child is heard)
 //! ```
 
 use std::cell::RefCell;
@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use teddyflow_connectors::http::Telemetry;
 use teddyflow_connectors::kafka::{AckedWriter, Commit};
 use teddyflow_connectors::wire::{Chunk, OutRecord};
 use timely::dataflow::operators::core::{Concat, Probe};
@@ -24,9 +25,10 @@ use crate::metrics::WorkerMetrics;
 use crate::operators::next_epoch;
 use crate::outputs::Output;
 use crate::stage::Pool;
-use crate::stages::answer::{Answer, Answering, Profiles};
+use crate::stages::answer::{Answer, Answering};
 use crate::stages::decode::Decode;
 use crate::stages::hear::{Hear, Hearing};
+use crate::stages::profiles::{Profiles, WithProfile};
 use crate::stages::read::Audio;
 use crate::stages::reassemble::Reassemble;
 use crate::stages::respond::Respond;
@@ -51,6 +53,8 @@ pub struct ProcessShared {
     pub plan: ThreadPlan,
     pub reply: Option<Lane>,
     pub cores: Cores,
+    /// Set by the binary when it serves `/metrics` (`engine.http_addr`).
+    pub telemetry: Option<Arc<Telemetry>>,
 }
 
 impl ProcessShared {
@@ -89,6 +93,7 @@ impl ProcessShared {
             process,
             plan: plan.clone(),
             cores,
+            telemetry: None,
         })
     }
 
@@ -126,10 +131,14 @@ pub fn run_worker(
         worker: worker.index(),
         peers: worker.peers(),
         process: shared.process,
-        metrics: Rc::new(RefCell::new(WorkerMetrics::default())),
+        metrics: Rc::new(RefCell::new(WorkerMetrics {
+            telemetry: shared.telemetry.clone(),
+            ..WorkerMetrics::default()
+        })),
         config: Rc::new(config.clone()),
         admission: shared.admission.clone(),
         stop: shared.stop.clone(),
+        telemetry: shared.telemetry.clone(),
     };
     {
         let mut m = ctx.metrics();
@@ -159,20 +168,25 @@ fn pipeline<'s>(
     shared: &ProcessShared,
     chunks: Stream<'s, u64, Vec<Chunk>>,
 ) -> anyhow::Result<Stream<'s, u64, Vec<Output>>> {
-    let heard = chunks
-        .clone()
-        .reassemble(ctx)
-        .decode(ctx)
-        .hear(&shared.hearing, ctx);
+    let decoded = chunks.clone().reassemble(ctx).decode(ctx);
+    // Profiles are read with answering on (the topic is created for it); without, every
+    // child is heard in `answering.default_language`.
+    let (decoded, news) = match &shared.answering {
+        Some(_) => {
+            let profiles = Profiles::read(scope, ctx, chunks)?;
+            (decoded.with_profile(profiles.lookups), Some(profiles.news))
+        }
+        None => (decoded, None),
+    };
+    let heard = decoded.hear(&shared.hearing, ctx);
     let Some(understanding) = &shared.understanding else {
         return Ok(heard.respond(ctx));
     };
     let understood = heard.understand(understanding, ctx);
-    let Some(answering) = &shared.answering else {
+    let (Some(answering), Some(news)) = (&shared.answering, news) else {
         return Ok(understood.respond(ctx));
     };
-    let profiles = Profiles::read(scope, ctx, chunks)?;
-    Ok(understood.answer(answering, profiles, ctx))
+    Ok(understood.answer(answering, news, ctx))
 }
 
 /// Step the worker until stopped, writing a metrics snapshot every interval; then drain:
@@ -190,6 +204,7 @@ fn drive(
     let mut last_metrics = Instant::now();
     while !ctx.stop.load(Ordering::Acquire) {
         worker.step_or_park(Some(Duration::from_millis(100)));
+        ctx.health(|h, w| h.beat(w));
         if last_metrics.elapsed() >= interval {
             publish_metrics(ctx, writer, interval);
             last_metrics = Instant::now();

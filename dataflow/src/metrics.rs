@@ -7,7 +7,9 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use teddyflow_connectors::http::Telemetry;
+use teddyflow_connectors::http::{AlertKind, Telemetry};
+use teddyflow_connectors::wire::DeadLetterReason;
+use teddyflow_models::safety::Verdict;
 
 use crate::envelope::Meta;
 use crate::outputs::{Counts, MetricsSnapshot};
@@ -101,6 +103,42 @@ impl WorkerMetrics {
         self.stages.entry(stage).or_default().add(ms);
     }
 
+    /// A response was acknowledged.
+    pub fn answered(&mut self) {
+        self.counts.utterances_done += 1;
+        if let Some(t) = &self.telemetry {
+            t.utterance_done();
+        }
+    }
+
+    /// A dead letter was acknowledged.
+    pub fn dead_lettered(&mut self, reason: DeadLetterReason) {
+        self.counts.deadletters += 1;
+        if let Some(t) = &self.telemetry {
+            t.deadletter(reason);
+        }
+    }
+
+    /// A parent alert was acknowledged.
+    pub fn alerted(&mut self, kind: Verdict) {
+        self.counts.alerts += 1;
+        let kind = match kind {
+            Verdict::Unsafe => AlertKind::Unsafe,
+            Verdict::NeedsCare | Verdict::Safe => AlertKind::NeedsCare,
+        };
+        if let Some(t) = &self.telemetry {
+            t.alert(kind);
+        }
+    }
+
+    /// A generated reply was replaced by a safe line.
+    pub fn reply_replaced(&mut self) {
+        self.counts.replies_replaced += 1;
+        if let Some(t) = &self.telemetry {
+            t.reply_replaced();
+        }
+    }
+
     /// A count of held records an operator keeps up to date, for the `in_flight` gauge.
     pub fn in_flight_gauge(&mut self) -> Rc<Cell<usize>> {
         let gauge = Rc::new(Cell::new(0));
@@ -140,6 +178,12 @@ impl WorkerMetrics {
             .into_iter()
             .map(|(k, (sum, n))| (k, sum as f64 / n.max(1) as f64))
             .collect();
+        let in_flight = self.in_flight.iter().map(|c| c.get() as i64).sum();
+        if let Some(t) = &self.telemetry {
+            // Gauges follow the snapshots: a scrape sees the last interval's values.
+            t.in_flight(worker, in_flight);
+            t.lag(&self.lag);
+        }
         MetricsSnapshot {
             ts_ms: crate::envelope::now_ms(),
             worker,
@@ -147,7 +191,7 @@ impl WorkerMetrics {
             interval_ms,
             counts: self.counts,
             errors: self.errors.clone(),
-            in_flight: self.in_flight.iter().map(|c| c.get() as i64).sum(),
+            in_flight,
             consumer_lag: self.lag.values().sum(),
             lag_by_partition: self.lag.clone(),
             rss_bytes: rss_bytes(),

@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use teddyflow_connectors::wire::{self, ChunkHeaders, OutRecord};
 use teddyflow_models::emotion::{AcousticFeatures, Emotion};
+pub use teddyflow_models::reply::FallbackReason;
 use teddyflow_models::safety::{SafetyVerdict, Verdict};
+use teddyflow_models::stt::{SpeechToText, Transcript};
 
 use crate::config::Config;
 use crate::envelope::{now_ms, Failed, Meta, SourceRange};
@@ -30,6 +32,10 @@ pub struct Response {
     pub audio_ms: u64,
     pub incomplete: bool,
     pub model: String,
+    /// How the utterance was heard: engine, model, language and confidence (and the English
+    /// translation, for a child who speaks another language).
+    #[serde(default)]
+    pub asr: AsrInfo,
     /// Per stage, ms (0.1 ms resolution), plus `total` and, for spoken replies, `first_audio`.
     pub timings_ms: BTreeMap<Stage, f64>,
     /// Stage → [start, end] in ms after the utterance completed.
@@ -78,6 +84,11 @@ pub enum Origin {
     Bank,
     /// The gentle redirect for an unsafe utterance.
     Redirect,
+    /// A curated "say that again?": the transcript's confidence was below
+    /// `asr.clarify_below` (and the utterance was neither unsafe nor distressed).
+    Clarify,
+    /// No words were heard (silence, noise): nothing is said and no speech is written.
+    Silence,
 }
 
 /// The `reply` object of a response.
@@ -86,12 +97,24 @@ pub struct ReplyInfo {
     pub text: String,
     pub language: String,
     pub voice: String,
-    /// A generated sentence failed the safety check and was replaced by a safe fallback.
+    /// A generated sentence broke the reply policy and was replaced by a safe line.
     pub fallback: bool,
-    /// Why: the safety categories of the sentence that was not spoken.
+    /// Why: the policy categories of the sentence that was not spoken.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fallback_categories: Vec<String>,
     pub origin: Origin,
+    /// The engine that wrote the generated sentences (`openai`, `local`), or `bank` when
+    /// none did (curated reply or redirect). "" in records older than the field.
+    #[serde(default)]
+    pub backend: String,
+    /// The configured engine did not write (all of) this reply: its server failed, timed out
+    /// or refused, or its breaker was open, and the local model or the bank answered (or a
+    /// closing line ended a reply the server broke off). Unrelated to `fallback` (safety).
+    #[serde(default)]
+    pub backend_fallback: bool,
+    /// Why, when `backend_fallback`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_fallback_reason: Option<FallbackReason>,
     /// Earlier turns of the conversation that were in the prompt.
     pub history_turns: usize,
     /// Prompt tokens the model did not run for this reply (prepared between turns).
@@ -121,7 +144,8 @@ impl Response {
             language: heard.language,
             audio_ms: heard.audio_ms,
             incomplete: meta.incomplete,
-            model: heard.model,
+            model: heard.asr.model.clone(),
+            asr: heard.asr,
             timings_ms,
             spans_ms: meta
                 .spans
@@ -157,11 +181,65 @@ impl Response {
 /// on) how it sounded.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Heard {
+    /// In the language the child speaks.
     pub transcript: String,
     pub language: String,
-    pub model: String,
     pub audio_ms: u64,
     pub acoustic: Option<AcousticFeatures>,
+    pub asr: AsrInfo,
+}
+
+impl Heard {
+    /// What `engine` heard in a clip of `samples` (16 kHz), with the English translation of
+    /// the same audio when it made one.
+    pub fn from_transcript(
+        engine: &dyn SpeechToText,
+        t: Transcript,
+        english: Option<Transcript>,
+        samples: usize,
+    ) -> Heard {
+        let asr = AsrInfo {
+            engine: engine.engine().to_string(),
+            model: engine.model().to_string(),
+            language: t.language.clone(),
+            confidence: (t.confidence * 1000.0).round() / 1000.0,
+            english: english.map(|e| e.text),
+        };
+        Heard {
+            transcript: t.text,
+            language: t.language,
+            audio_ms: samples as u64 * 1000 / 16_000,
+            acoustic: None,
+            asr,
+        }
+    }
+
+    /// The text understanding judges: the English translation when there is one.
+    pub fn english(&self) -> &str {
+        self.asr.english.as_deref().unwrap_or(&self.transcript)
+    }
+
+    /// No words at all were heard (silence, noise, an engine that gave up).
+    pub fn is_silent(&self) -> bool {
+        !self.transcript.chars().any(char::is_alphanumeric)
+    }
+}
+
+/// The `asr` object of a response: which engine heard the utterance and how sure it is.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AsrInfo {
+    /// `moonshine` or `whisper`.
+    pub engine: String,
+    /// The model within the engine: `base`, `tiny.en`, …
+    pub model: String,
+    /// The language the transcript is in.
+    pub language: String,
+    /// How sure the engine is that the transcript is what was said, 0–1 (0: no words).
+    pub confidence: f32,
+    /// The English translation of the same audio, for a child who speaks another language
+    /// (redacted like the transcript); absent for English.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub english: Option<String>,
 }
 
 /// A parent alert: one per `needs_care` or `unsafe` utterance.
@@ -178,12 +256,19 @@ pub struct Alert {
     pub ts_ms: i64,
 }
 
-pub use teddyflow_connectors::wire::DeadLetter;
+pub use teddyflow_connectors::wire::{DeadLetter, DeadLetterReason};
 
 /// An utterance that failed as a whole, as the dead letter it becomes: its bytes, its
 /// first chunk's headers, the stage and reason, and the chunks' offsets.
 pub fn utterance_dead_letter(f: Failed) -> DeadLetter {
+    let reason = match f.stage {
+        Stage::Reassembly => DeadLetterReason::Reassembly,
+        Stage::Decode => DeadLetterReason::Decode,
+        Stage::Asr => DeadLetterReason::Asr,
+        _ => DeadLetterReason::Other,
+    };
     DeadLetter {
+        reason,
         key: Some(f.meta.conversation.into_bytes()),
         value: f.bytes,
         headers: wire::chunk_headers(&f.meta.headers),
@@ -248,7 +333,7 @@ pub struct Counts {
     pub utterances_done: u64,
     pub deadletters: u64,
     pub alerts: u64,
-    /// Generated replies that failed the safety check and were replaced by a safe fallback.
+    /// Generated replies with a sentence that broke the reply policy, replaced by a safe line.
     pub replies_replaced: u64,
     /// Speech records acknowledged.
     pub speech_chunks: u64,
@@ -273,6 +358,26 @@ pub struct Counts {
     /// small dead letter saying so, and never holds back the records behind it.
     #[serde(default)]
     pub outputs_refused: u64,
+    /// Utterances in which no words were heard (with answering on: answered with silence).
+    #[serde(default)]
+    pub unheard: u64,
+    /// Utterances heard with a confidence below `asr.clarify_below` and answered with a
+    /// "say that again?".
+    #[serde(default)]
+    pub clarified: u64,
+    /// Requests sent to an LLM server (`answering.backend = "openai"`).
+    #[serde(default)]
+    pub llm_requests: u64,
+    /// Of those, the ones that failed (no connection, timeout, HTTP error, broken stream).
+    #[serde(default)]
+    pub llm_failures: u64,
+    /// Replies the configured engine did not write (see `reply.backend_fallback`).
+    #[serde(default)]
+    pub backend_fallbacks: u64,
+    /// The LLM server's circuit breaker as this worker last saw it: 0 closed, 1 half-open,
+    /// 2 open (a gauge; 0 without a server).
+    #[serde(default)]
+    pub llm_breaker: u64,
 }
 
 /// A record a worker writes, typed until the sink, with when its utterance completed (0 for
@@ -315,8 +420,8 @@ pub struct Receipt {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutKind {
     Response,
-    Alert,
-    DeadLetter,
+    Alert(Verdict),
+    DeadLetter(DeadLetterReason),
     /// A chunk of reply speech; `first` is the first chunk of its reply.
     Speech {
         first: bool,
@@ -327,8 +432,8 @@ impl Out {
     pub fn kind(&self) -> OutKind {
         match self {
             Out::Response(_) => OutKind::Response,
-            Out::Alert(_) => OutKind::Alert,
-            Out::DeadLetter(_) => OutKind::DeadLetter,
+            Out::Alert(a) => OutKind::Alert(a.kind),
+            Out::DeadLetter(d) => OutKind::DeadLetter(d.reason),
             Out::Speech(s) => OutKind::Speech {
                 first: s.is_first(),
             },

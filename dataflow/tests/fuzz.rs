@@ -31,7 +31,7 @@ use rand::{Rng, SeedableRng};
 use teddyflow_connectors::wire::{self, Chunk, ChunkHeaders, RawRecord};
 use teddyflow_dataflow::config::Limits;
 use teddyflow_dataflow::reassembly::{Outcome, Reassembler};
-use teddyflow_dataflow::stages::answer::profiles::parse_profile;
+use teddyflow_dataflow::stages::profiles::parse_profile;
 use teddyflow_models::audio::{self, Codec, DecodeOptions};
 
 /// A target's verdict on one input: `Err` is an invariant broken; `Ok` names the outcome
@@ -120,7 +120,8 @@ fn wire_target(data: &[u8]) -> Verdict {
         }
         Err(e) => e.to_string(),
     };
-    let dl = wire::DeadLetter::of_record(&rec, &reason).encode("dl", budget);
+    let dl = wire::DeadLetter::of_record(&rec, wire::DeadLetterReason::Other, &reason)
+        .encode("dl", budget);
     if wire::record_size(&dl) > budget {
         return Err(format!(
             "dead letter of {} bytes > {budget}",

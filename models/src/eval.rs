@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::emotion::EmotionModel;
 pub use crate::jsonl::{read_jsonl, DataError};
-use crate::safety::{SafetyModel, Verdict, CATEGORIES};
+use crate::safety::{verdict_of, SafetyModel, Verdict, CATEGORIES};
 
 /// Precision, recall and false-positive rate of one class, one-vs-rest.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -56,11 +56,12 @@ fn ratio(a: usize, b: usize) -> f32 {
 // Safety
 
 /// One labelled utterance. Accepts `verdict` (or `label`) and `categories` (a list, or a
-/// single `category`), with common spellings normalised ("needs care", "self-harm").
+/// single `category`), with common spellings normalised ("needs care", "self-harm"). Without
+/// a verdict (a training file: `{"text","category"}`) the categories imply it.
 #[derive(Debug, Clone, Deserialize)]
 pub struct SafetyCase {
     pub text: String,
-    #[serde(alias = "label")]
+    #[serde(alias = "label", default)]
     pub verdict: String,
     #[serde(default, alias = "category", deserialize_with = "one_or_many")]
     pub categories: Vec<String>,
@@ -148,18 +149,33 @@ pub struct SafetyReport {
 /// Run the model on every line of a labelled JSONL file.
 pub fn eval_safety(model: &SafetyModel, path: &Path) -> anyhow::Result<SafetyReport> {
     let cases: Vec<SafetyCase> = read_jsonl(path)?;
-    let gold = cases
-        .iter()
-        .map(|c| gold_verdict(c, path))
-        .collect::<Result<Vec<_>, _>>()?;
     let start = std::time::Instant::now();
     let got: Vec<_> = cases.iter().map(|c| model.check(&c.text)).collect();
-    let mean_ms = start.elapsed().as_secs_f32() * 1000.0 / cases.len() as f32;
+    let mean_ms = start.elapsed().as_secs_f32() * 1000.0 / cases.len().max(1) as f32;
+    safety_report(&path.display().to_string(), &cases, &got, mean_ms)
+}
+
+/// The gold verdicts of a labelled file (checked: an unknown verdict is an error).
+pub fn gold_verdicts(cases: &[SafetyCase], path: &Path) -> Result<Vec<Verdict>, BadVerdict> {
+    cases.iter().map(|c| gold_verdict(c, path)).collect()
+}
+
+/// The report on verdicts `got` for labelled `cases` (one each, in order), however they were
+/// reached (text, or what the engines heard when the lines were spoken).
+pub fn safety_report(
+    file: &str,
+    cases: &[SafetyCase],
+    got: &[crate::safety::SafetyVerdict],
+    mean_ms: f32,
+) -> anyhow::Result<SafetyReport> {
+    anyhow::ensure!(cases.len() == got.len(), "one verdict per case");
+    let path = Path::new(file);
+    let gold = gold_verdicts(cases, path)?;
     let gold_cats: Vec<Vec<String>> = cases
         .iter()
         .map(|c| c.categories.iter().map(|s| normalise_category(s)).collect())
         .collect();
-    let pairs = || gold.iter().zip(&got).map(|(g, p)| (*g, p.verdict));
+    let pairs = || gold.iter().zip(got).map(|(g, p)| (*g, p.verdict));
     let flagged =
         ClassStats::from_pairs(pairs().map(|(g, p)| (g != Verdict::Safe, p != Verdict::Safe)));
     let verdicts = [Verdict::Unsafe, Verdict::NeedsCare, Verdict::Safe]
@@ -172,7 +188,7 @@ pub fn eval_safety(model: &SafetyModel, path: &Path) -> anyhow::Result<SafetyRep
     let categories = CATEGORIES
         .iter()
         .map(|(c, _)| {
-            let s = ClassStats::from_pairs(gold_cats.iter().zip(&got).map(|(g, p)| {
+            let s = ClassStats::from_pairs(gold_cats.iter().zip(got).map(|(g, p)| {
                 (
                     g.iter().any(|x| x == c),
                     p.categories.iter().any(|x| x == c),
@@ -192,7 +208,7 @@ pub fn eval_safety(model: &SafetyModel, path: &Path) -> anyhow::Result<SafetyRep
     let misses = cases
         .iter()
         .zip(&gold)
-        .zip(gold_cats.iter().zip(&got))
+        .zip(gold_cats.iter().zip(got))
         .filter(|((_, g), (_, p))| **g != p.verdict)
         .map(|((c, g), (gc, p))| SafetyMiss {
             text: c.text.clone(),
@@ -205,7 +221,7 @@ pub fn eval_safety(model: &SafetyModel, path: &Path) -> anyhow::Result<SafetyRep
         .collect();
     let exact = pairs().filter(|(g, p)| g == p).count();
     Ok(SafetyReport {
-        file: path.display().to_string(),
+        file: file.to_string(),
         utterances: cases.len(),
         flagged_recall: flagged.recall,
         safe_false_positive_rate: flagged.false_positive_rate,
@@ -219,6 +235,13 @@ pub fn eval_safety(model: &SafetyModel, path: &Path) -> anyhow::Result<SafetyRep
 }
 
 fn gold_verdict(c: &SafetyCase, path: &Path) -> Result<Verdict, BadVerdict> {
+    if c.verdict.trim().is_empty() {
+        let implied = c
+            .categories
+            .iter()
+            .map(|s| verdict_of(&normalise_category(s)));
+        return Ok(implied.max().unwrap_or(Verdict::Safe));
+    }
     normalise_label(&c.verdict).parse().map_err(|_| BadVerdict {
         path: path.to_path_buf(),
         text: c.text.clone(),

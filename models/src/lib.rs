@@ -2,8 +2,11 @@
 //!
 //! - [`audio`]: container/codec decode (symphonia), downmix, resample to 16 kHz.
 //! - [`whisper`]: speech-to-text, CTranslate2 weights run on candle (pcm → mel → encoder → decoder).
-//! - [`reply`]: the reply-engine trait (the local SmolLM2 engine is [`llm`]).
-//! - [`stt`]: the speech-to-text trait every engine implements, and what a transcript is.
+//! - [`moonshine`]: speech-to-text, Moonshine base on candle (pcm → conv encoder → decoder).
+//! - [`reply`]: the reply-engine trait (the local SmolLM2 engine is [`llm`]; any
+//!   OpenAI-compatible server is [`openai`]).
+//! - [`stt`]: the [`stt::SpeechToText`] trait every engine implements, what a transcript is,
+//!   and its confidence.
 //! - [`wer`]: word error rate, used by `teddyflow bench asr` and the tests.
 
 pub mod audio;
@@ -12,9 +15,14 @@ pub mod emotion;
 pub mod eval;
 pub mod jsonl;
 pub mod llm;
+pub mod moonshine;
+pub mod openai;
+pub mod policy;
 pub mod reply;
 pub mod reply_bank;
+pub mod reply_quality;
 pub mod safety;
+pub mod spoken;
 pub mod stt;
 pub mod tts;
 mod vecmath;

@@ -1,12 +1,16 @@
 //! Reply generation, whichever engine writes it: the trait the answering stage calls.
-//! The local engine is SmolLM2 on candle ([`crate::llm`]); engines are chosen by
-//! `answering.backend` in the config.
+//! The local engine is SmolLM2 on candle ([`crate::llm`]), one reply at a time
+//! ([`ReplyModel`]) or several conversations' replies in one shared batch ([`BatchedModel`]);
+//! [`crate::openai`] asks any OpenAI-compatible server and hands a turn to the local engine when
+//! the server fails. Engines are chosen by `answering.backend` in the config.
 
-use crate::llm::{Generated, Prompt, ReplyModel, Sampling};
+use std::sync::Arc;
+
+use crate::llm::{BatchSettings, Batcher, Generated, Prompt, ReplyModel, Sampling, StepRunner};
 
 /// Writes replies. One instance serves every reply thread of a process.
 pub trait ReplyEngine: Send + Sync {
-    /// What `reply.backend` reports: `local`, …
+    /// What `reply.backend` reports: `local`, `openai`, …
     fn name(&self) -> &'static str;
     /// Whether the engine answers in this language itself (otherwise the curated bank does).
     fn serves(&self, language: &str) -> bool;
@@ -25,6 +29,12 @@ pub trait ReplyEngine: Send + Sync {
     /// several conversations together on one thread asks for fewer.
     fn threads_wanted(&self, cores: usize) -> usize {
         cores
+    }
+    /// Whether a reply computes on the calling thread (so each call needs a core of the
+    /// budget while it runs), rather than waiting for work done elsewhere: a batch thread
+    /// that takes its own cores, or a server.
+    fn computes_on_caller(&self) -> bool {
+        true
     }
     /// Whether [`ReplyEngine::prepare`] does anything (a preparing thread runs only then).
     fn prepares(&self) -> bool {
@@ -74,5 +84,154 @@ impl ReplyEngine for ReplyModel {
 
     fn forget(&self, sessions: &[String]) {
         self.forget_sessions(sessions)
+    }
+}
+
+/// The local model with every reply generated in one shared batch: one [`Batcher`] thread
+/// per process runs a forward pass for the next token of every conversation in generation,
+/// so the caller's thread only waits for its sentences (and speaks them). Cheap to clone:
+/// clones share the batch. Prepared prefixes are the model's, so they are reused inside the
+/// batch as they are one at a time.
+#[derive(Clone)]
+pub struct BatchedModel {
+    model: ReplyModel,
+    batcher: Batcher,
+    /// Replies in one batch.
+    places: usize,
+}
+
+impl BatchedModel {
+    /// Start the batch thread; it ends when every clone is dropped.
+    pub fn spawn(model: ReplyModel, settings: BatchSettings) -> std::io::Result<Self> {
+        let batcher = Batcher::spawn(model.clone(), settings)?;
+        Ok(Self {
+            model,
+            batcher,
+            places: settings.max_sequences,
+        })
+    }
+
+    /// Like [`BatchedModel::spawn`], each batched pass run by `runner` (under the
+    /// process's core permits).
+    pub fn spawn_on(
+        model: ReplyModel,
+        settings: BatchSettings,
+        runner: Arc<dyn StepRunner>,
+    ) -> std::io::Result<Self> {
+        let batcher = Batcher::spawn_on(model.clone(), settings, runner)?;
+        Ok(Self {
+            model,
+            batcher,
+            places: settings.max_sequences,
+        })
+    }
+}
+
+impl ReplyEngine for BatchedModel {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    /// A caller thread per place in the batch, or the batch never fills: each waits for
+    /// its reply's sentences and speaks them.
+    fn threads_wanted(&self, _cores: usize) -> usize {
+        self.places
+    }
+
+    fn computes_on_caller(&self) -> bool {
+        false
+    }
+
+    fn serves(&self, language: &str) -> bool {
+        self.model.serves(language)
+    }
+
+    fn generate(
+        &self,
+        session: Option<&str>,
+        prompt: &Prompt,
+        sampling: &Sampling,
+        on_sentence: &mut dyn FnMut(&str),
+    ) -> anyhow::Result<Generated> {
+        self.batcher
+            .generate_in(session, prompt, sampling, on_sentence)
+    }
+
+    fn prepares(&self) -> bool {
+        true
+    }
+
+    fn keep_prepared(&self, conversations: usize) {
+        self.model.keep_sessions(conversations)
+    }
+
+    fn prepare(&self, session: &str, next: &Prompt) -> anyhow::Result<usize> {
+        self.model.prepare(session, next)
+    }
+
+    fn forget(&self, sessions: &[String]) {
+        self.model.forget_sessions(sessions)
+    }
+}
+
+/// Who wrote a reply when an engine may hand a turn to another, and what it cost the server.
+/// Engines that always write their own replies leave it at its default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Provenance {
+    /// [`ReplyEngine::name`] of the engine that wrote the sentences, when it was not the
+    /// engine called (`local` for an `openai` engine whose server failed).
+    pub engine: Option<&'static str>,
+    /// Why the engine called did not write (all of) the reply.
+    pub fallback: Option<FallbackReason>,
+    /// Requests sent to a server for this reply, and how many of them failed.
+    pub requests: u32,
+    pub failures: u32,
+    /// The server's circuit breaker after this reply; `None` when there is no server.
+    pub breaker: Option<BreakerState>,
+    /// This reply's failure opened the breaker.
+    pub breaker_opened: bool,
+}
+
+/// Why a reply engine backed by a server did not answer itself (`reply.backend_fallback_reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FallbackReason {
+    /// No connection (refused, unresolvable, reset before a response).
+    Unreachable,
+    /// No first token, or no next piece of the stream, within `timeout_ms`; or the whole
+    /// reply took longer than `reply_timeout_ms`.
+    Timeout,
+    /// The server answered with an HTTP error status (4xx, 5xx).
+    HttpError,
+    /// The stream broke off or could not be read (connection lost, malformed events).
+    BrokenStream,
+    /// The server refused (a content filter, a refusal) or said nothing speakable.
+    Refused,
+    /// The circuit breaker is open: the server failed repeatedly and is not asked for now.
+    BreakerOpen,
+    /// Every one of `max_concurrency` requests was in flight until the first-token deadline.
+    Busy,
+}
+
+/// A circuit breaker's state (the `llm_breaker` gauge: 0, 1, 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BreakerState {
+    /// Requests go to the server.
+    Closed,
+    /// The cool-down is over: one probe request is in flight or may go.
+    HalfOpen,
+    /// The server failed repeatedly: no requests until the cool-down is over.
+    Open,
+}
+
+impl BreakerState {
+    /// The gauge value in the metrics snapshot.
+    pub fn gauge(self) -> u64 {
+        match self {
+            BreakerState::Closed => 0,
+            BreakerState::HalfOpen => 1,
+            BreakerState::Open => 2,
+        }
     }
 }

@@ -37,6 +37,8 @@ pub enum ReplyKind {
     Encourage,
     /// First turn of a conversation.
     Greeting,
+    /// The words were not heard clearly: a gentle "say that again?".
+    Clarify,
 }
 
 /// Languages the model answers in itself.
@@ -67,6 +69,7 @@ struct Bank {
     comfort: Vec<Entry>,
     redirect: Vec<Entry>,
     encourage: Vec<Entry>,
+    clarify: Vec<Entry>,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -82,6 +85,7 @@ impl Bank {
             ReplyKind::Redirect => &self.redirect,
             ReplyKind::Encourage => &self.encourage,
             ReplyKind::Greeting => &self.greeting,
+            ReplyKind::Clarify => &self.clarify,
         }
     }
 }
@@ -187,6 +191,28 @@ pub fn reply_to_unsafe(
         .expect("the English bank has comfort replies")
 }
 
+/// Closing lines by language (`data/replies/closing.json`).
+fn closings() -> &'static HashMap<String, String> {
+    static CLOSINGS: OnceLock<HashMap<String, String>> = OnceLock::new();
+    CLOSINGS.get_or_init(|| {
+        let json = include_str!("../../data/replies/closing.json");
+        let mut map: HashMap<String, String> =
+            serde_json::from_str(json).expect("data/replies/closing.json parses");
+        map.retain(|code, _| !code.starts_with('_'));
+        map
+    })
+}
+
+/// The end of a reply whose server stopped writing after some of it was spoken: it closes
+/// the turn kindly without repeating anything. In `language`, or in English.
+pub fn closing_line(language: &str) -> String {
+    let all = closings();
+    all.get(&base_language(language))
+        .or_else(|| all.get("en"))
+        .expect("the closing lines have English")
+        .clone()
+}
+
 /// The name as it will be spoken: printable, single-spaced, bounded, and free of the
 /// template's braces. `None` if nothing is left.
 fn clean_name(name: &str) -> Option<String> {
@@ -214,6 +240,7 @@ mod tests {
                 ReplyKind::Redirect,
                 ReplyKind::Encourage,
                 ReplyKind::Greeting,
+                ReplyKind::Clarify,
             ] {
                 let entries = bank.entries(kind);
                 assert!(!entries.is_empty(), "{code} {kind:?}");
@@ -223,6 +250,20 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn every_bank_language_has_a_closing_line() {
+        for code in bank_languages() {
+            let line = &closings()[code];
+            assert!(
+                line.chars().any(char::is_alphabetic) && !line.contains('{'),
+                "{code}"
+            );
+        }
+        assert_eq!(closings().len(), bank_languages().count());
+        assert_eq!(closing_line("sw"), closing_line("en-GB"));
+        assert!(closing_line("fr-CA").starts_with("Je vais"));
     }
 
     #[test]

@@ -44,8 +44,39 @@ pub fn wer(reference: &str, hypothesis: &str) -> f64 {
     }
 }
 
+/// Character errors over [`normalize`]d text with Latin accents folded (á → a, ñ → n, ...):
+/// (edits, reference characters, spaces between words included). Reference transcripts
+/// often drop accents ("numero" for "número"); folding keeps that from counting as an error.
+pub fn char_errors(reference: &str, hypothesis: &str) -> (usize, usize) {
+    let r: Vec<char> = normalize(reference).chars().map(fold_accent).collect();
+    let h: Vec<char> = normalize(hypothesis).chars().map(fold_accent).collect();
+    (edit_distance(&r, &h), r.len())
+}
+
+/// Character error rate: edits per reference character (see [`char_errors`]).
+pub fn cer(reference: &str, hypothesis: &str) -> f64 {
+    let (edits, n) = char_errors(reference, hypothesis);
+    match n {
+        0 => f64::from(u8::from(edits > 0)),
+        n => edits as f64 / n as f64,
+    }
+}
+
+fn fold_accent(c: char) -> char {
+    match c {
+        'á' | 'à' | 'â' | 'ä' | 'ã' | 'å' => 'a',
+        'é' | 'è' | 'ê' | 'ë' => 'e',
+        'í' | 'ì' | 'î' | 'ï' => 'i',
+        'ó' | 'ò' | 'ô' | 'ö' | 'õ' => 'o',
+        'ú' | 'ù' | 'û' | 'ü' => 'u',
+        'ñ' => 'n',
+        'ç' => 'c',
+        c => c,
+    }
+}
+
 /// Classic two-row Levenshtein distance.
-fn edit_distance(a: &[&str], b: &[&str]) -> usize {
+fn edit_distance<T: PartialEq>(a: &[T], b: &[T]) -> usize {
     let mut prev: Vec<usize> = (0..=b.len()).collect();
     let mut cur = vec![0; b.len() + 1];
     for (i, wa) in a.iter().enumerate() {
@@ -71,6 +102,16 @@ mod tests {
         );
         assert_eq!(normalize("Don't stop -- 'quoted'"), "don't stop quoted");
         assert_eq!(normalize("Mr. Dashwood"), "mr dashwood");
+    }
+
+    #[test]
+    fn character_errors_fold_accents() {
+        assert_eq!(char_errors("Número de agente", "numero de agente"), (0, 16));
+        assert_eq!(char_errors("contraseña", "contrasena."), (0, 10));
+        assert_eq!(char_errors("gracias", "gracia"), (1, 7));
+        assert_eq!(cer("", ""), 0.0);
+        assert_eq!(cer("", "x"), 1.0);
+        assert!((cer("abcd", "abxd") - 0.25).abs() < 1e-12);
     }
 
     #[test]

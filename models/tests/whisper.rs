@@ -401,3 +401,197 @@ fn wer_basics() {
     assert_eq!(wer::word_errors("he was not ill", "he not ill"), (1, 4));
     assert_eq!(wer::normalize("Mr.  Dashwood"), "mr dashwood");
 }
+
+/// Clear speech comes out confident, white noise does not (empty, or low confidence).
+#[test]
+fn confidence_separates_speech_from_noise() {
+    let Some(refs) = librivox_refs() else {
+        panic!("missing test input: no pocketsphinx test data at {LIBRIVOX}");
+    };
+    if !have_tiny() {
+        return;
+    }
+    let _guard = exclusive();
+    let model = tiny();
+    let mut speech = Vec::new();
+    for (id, _) in &refs {
+        let (pcm, _) = read_wav(&Path::new(LIBRIVOX).join(format!("{id}.wav")));
+        let tr = model.transcribe(&pcm, None).unwrap();
+        println!(
+            "{id}: confidence {:.3}, no_speech {:.3}: {:?}",
+            tr.confidence, tr.no_speech_prob, tr.text
+        );
+        speech.push(tr.confidence);
+    }
+    let lowest_speech = speech.iter().copied().fold(1.0, f32::min);
+    assert!(
+        lowest_speech > 0.6,
+        "clear speech with confidence {lowest_speech}"
+    );
+    use rand::{Rng, SeedableRng};
+    for (seconds, amplitude, seed) in [(3.0, 0.1, 1u64), (2.0, 0.3, 2), (1.0, 0.05, 3)] {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let noise: Vec<f32> = (0..(seconds * 16_000.0) as usize)
+            .map(|_| rng.gen_range(-amplitude..amplitude))
+            .collect();
+        let tr = model.transcribe(&noise, None).unwrap();
+        println!(
+            "{seconds} s white noise ±{amplitude}: {:?} confidence {:.3} no_speech {:.3} avg_logprob {:.2}",
+            tr.text, tr.confidence, tr.no_speech_prob, tr.avg_logprob
+        );
+        assert!(
+            tr.confidence < 0.5,
+            "noise heard as {:?} with confidence {}",
+            tr.text,
+            tr.confidence
+        );
+    }
+    let silence = model.transcribe(&vec![0.0; 32_000], None).unwrap();
+    assert!(
+        silence.confidence < 0.5,
+        "silence: {:?} {}",
+        silence.text,
+        silence.confidence
+    );
+}
+
+const ASTERISK_ES: &str = "/usr/share/asterisk/sounds/es_MX_f_Allison";
+const ASTERISK_ES_TEXT: &str = "/usr/share/doc/asterisk-core-sounds-es/core-sounds-es.txt.gz";
+
+/// Real Spanish speech with reference texts: Debian's Asterisk prompts (es-MX, 8 kHz).
+/// Whole sentences only (at least five words), a fixed spread of them.
+fn spanish_prompts(n: usize) -> Vec<(String, String, Vec<f32>)> {
+    let gz = std::fs::read(ASTERISK_ES_TEXT).unwrap_or_else(|_| {
+        panic!("missing test input: {ASTERISK_ES_TEXT} (Debian asterisk-core-sounds-es, run scripts/setup.sh)")
+    });
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&gz[..]), &mut text).unwrap();
+    let mut prompts: Vec<(String, String)> = text
+        .lines()
+        .filter_map(|l| {
+            let (name, words) = l.split_once(": ")?;
+            let ok = !name.contains('/')
+                && words.split_whitespace().count() >= 5
+                && !words.contains('[');
+            ok.then(|| (name.trim().to_string(), words.trim().to_string()))
+        })
+        .filter(|(name, _)| Path::new(ASTERISK_ES).join(format!("{name}.wav")).exists())
+        .collect();
+    prompts.sort();
+    let step = (prompts.len() / n).max(1);
+    prompts
+        .into_iter()
+        .step_by(step)
+        .take(n)
+        .map(|(name, words)| {
+            let (pcm, sr) = read_wav(&Path::new(ASTERISK_ES).join(format!("{name}.wav")));
+            (name, words, resample(&pcm, sr, 16_000))
+        })
+        .collect()
+}
+
+/// Words that English text is full of and Spanish text has none of.
+const ENGLISH_WORDS: &[&str] = &[
+    "the",
+    "to",
+    "is",
+    "please",
+    "you",
+    "your",
+    "of",
+    "and",
+    "for",
+    "number",
+    "enter",
+    "has",
+    "been",
+    "this",
+    "are",
+    "not",
+    "press",
+    "conference",
+    "followed",
+    "by",
+    "key",
+    "have",
+    "in",
+    "now",
+    "will",
+    "be",
+    "again",
+    "try",
+    "there",
+    "only",
+];
+
+/// Whisper base, told the language is Spanish, writes Spanish (character error rate against
+/// the recorded prompts' texts) and, from the same encoder output, an English translation.
+#[test]
+fn base_spanish_transcript_and_english_translation() {
+    let dir = models_dir().join(WhisperVariant::Base.dir_name());
+    assert!(
+        dir.join("model.bin").exists(),
+        "missing test input: no Whisper base in {} (run scripts/setup.sh)",
+        dir.display()
+    );
+    let prompts = spanish_prompts(8);
+    assert!(
+        prompts.len() >= 6,
+        "only {} Spanish prompts found",
+        prompts.len()
+    );
+    let _guard = exclusive();
+    let base = WhisperModel::load(&models_dir(), WhisperVariant::Base).unwrap();
+    let (mut edits, mut chars, mut english, mut words) = (0, 0, 0, 0);
+    for (name, reference, pcm) in &prompts {
+        let (es, en) = base.transcribe_with_translation(pcm, Some("es")).unwrap();
+        let en = en.expect("Spanish gets a translation");
+        let (e, n) = wer::char_errors(reference, &es.text);
+        edits += e;
+        chars += n;
+        let norm = wer::normalize(&en.text);
+        words += norm.split_whitespace().count();
+        english += norm
+            .split_whitespace()
+            .filter(|w| ENGLISH_WORDS.contains(w))
+            .count();
+        println!(
+            "{name}: CER {:.3} conf {:.2}\n    ref: {reference}\n    es:  {}\n    en:  {} (conf {:.2}, {:.0} ms)",
+            e as f64 / n as f64,
+            es.confidence,
+            es.text,
+            en.text,
+            en.confidence,
+            en.decode_ms
+        );
+        assert_eq!(es.language, "es");
+        assert_eq!(en.language, "en");
+        assert_eq!(
+            en.encode_ms, 0.0,
+            "the translation must reuse the encoder output"
+        );
+        assert!(
+            wer::cer(reference, &en.text) > 0.4,
+            "{name}: translation looks Spanish: {}",
+            en.text
+        );
+    }
+    let cer = edits as f64 / chars as f64;
+    let english_share = english as f64 / words.max(1) as f64;
+    println!("Spanish CER {:.1}% over {chars} characters; English function words {:.0}% of the translations' words", cer * 100.0, english_share * 100.0);
+    assert!(cer <= 0.25, "Spanish CER {cer:.3} > 25%");
+    assert!(
+        english_share >= 0.25,
+        "translations do not read as English ({english_share:.2})"
+    );
+    // English in, no translation out.
+    let (pcm, _) =
+        read_wav(&Path::new(LIBRIVOX).join("sense_and_sensibility_01_austen_64kb-0880.wav"));
+    let (tr, none) = base.transcribe_with_translation(&pcm, Some("en")).unwrap();
+    assert!(none.is_none());
+    assert!(
+        wer::wer("he was not an ill disposed young man", &tr.text) <= 0.25,
+        "{}",
+        tr.text
+    );
+}

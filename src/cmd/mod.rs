@@ -1,6 +1,8 @@
 pub mod bench;
 pub mod bench_cores;
 pub mod bench_e2e;
+pub mod bench_replies;
+pub mod bench_spoken;
 pub mod dashboard;
 pub mod fleet;
 pub mod k8s;

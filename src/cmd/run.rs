@@ -3,10 +3,11 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
+use teddyflow_connectors::http::{HttpServer, Telemetry};
 use teddyflow_connectors::kafka::{ensure_topics, TopicSpec};
 use teddyflow_dataflow::config::Config;
 use teddyflow_dataflow::cores::{self, CoreBudget};
@@ -70,17 +71,24 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let started = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
-    let shared =
+    // Served before the models load, so an orchestrator sees a live process that is not
+    // ready yet rather than no process.
+    let (telemetry, http) = serve_telemetry(&config)?;
+    let mut shared =
         ProcessShared::load(&config, &plan, args.process, stop.clone()).with_context(|| {
             format!(
                 "loading the models from {} (run `make setup` to install them)",
                 config.models.dir.display()
             )
         })?;
-    let (engine, model) = shared.hearing.engine();
+    telemetry.health().models_loaded();
+    shared.telemetry = Some(telemetry);
+    let listeners = shared.hearing.listeners();
+    let other = listeners.other.as_ref();
     tracing::info!(
-        asr = engine,
-        model,
+        asr = listeners.english.engine(),
+        model = listeners.english.model(),
+        other_languages = other.map_or("none", |o| o.model()),
         understanding = shared.understanding.is_some(),
         answering = shared.answering.is_some(),
         load_ms = started.elapsed().as_millis() as u64,
@@ -102,7 +110,25 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     for result in guards.join() {
         result.map_err(|e| anyhow::anyhow!("worker panicked: {e}"))??;
     }
+    if let Some(server) = http {
+        server.stop();
+    }
     Ok(())
+}
+
+/// This process's Prometheus families, and the server for `/metrics`, `/healthz` and
+/// `/readyz` on `engine.http_addr` (none when it is empty).
+fn serve_telemetry(config: &Config) -> anyhow::Result<(Arc<Telemetry>, Option<HttpServer>)> {
+    let e = &config.engine;
+    let telemetry = Telemetry::new(e.workers, config.answering.enabled);
+    if e.http_addr.is_empty() {
+        return Ok((telemetry, None));
+    }
+    let stall = Duration::from_millis(e.health_stall_ms);
+    let server = HttpServer::telemetry(&e.http_addr, telemetry.clone(), stall)
+        .with_context(|| format!("serving metrics on engine.http_addr = {:?}", e.http_addr))?;
+    tracing::info!(addr = %server.local_addr(), "serving /metrics, /healthz and /readyz");
+    Ok((telemetry, Some(server)))
 }
 
 fn topic_specs(config: &Config) -> Vec<TopicSpec> {

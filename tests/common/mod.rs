@@ -281,6 +281,9 @@ impl Processor {
                 "engine.metrics_interval_ms=1000",
                 "--set",
                 "engine.commit_interval_ms=200",
+                // Tests run processors side by side: each serves /metrics on a port of its own.
+                "--set",
+                "engine.http_addr=\"127.0.0.1:0\"",
             ]);
         for s in sets {
             cmd.args(["--set", s]);
@@ -348,4 +351,109 @@ pub fn now_ms() -> i64 {
 pub fn librivox() -> Vec<teddyflow_connectors::file::Clip> {
     teddyflow_connectors::file::clips_in_dir(Path::new(LIBRIVOX))
         .expect("pocketsphinx-testdata installed (scripts/setup.sh)")
+}
+
+/// llama.cpp's own OpenAI-compatible HTTP server (the PyPI wheel xllamacpp, installed by
+/// `scripts/setup.d/50-llm-server.sh`), serving the SmolLM2 GGUF on a free port, started by
+/// `scripts/llm_server.py`. Killed when dropped.
+pub struct LlmServer {
+    child: Option<Child>,
+    pub port: u16,
+    pub log: PathBuf,
+}
+
+impl LlmServer {
+    /// Start it and wait until `/health` answers (model loaded).
+    pub fn start(name: &str) -> LlmServer {
+        let python = assets().join("venv-llm-server/bin/python");
+        assert!(
+            python.exists(),
+            "{} missing: run scripts/setup.sh",
+            python.display()
+        );
+        let model = assets().join("models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+        let port = free_port();
+        let log = scratch(name).join(format!("llm-server-{port}.log"));
+        let child = Command::new(python)
+            .arg(repo().join("scripts/llm_server.py"))
+            .args([
+                "--port",
+                &port.to_string(),
+                "--threads",
+                "2",
+                "--parallel",
+                "2",
+            ])
+            .arg("--model")
+            .arg(model)
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::options().append(true).open(&log).unwrap())
+            .spawn()
+            .expect("start scripts/llm_server.py");
+        let mut server = LlmServer {
+            child: Some(child),
+            port,
+            log,
+        };
+        server.wait_healthy(Duration::from_secs(60));
+        server
+    }
+
+    fn wait_healthy(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.health() {
+                return;
+            }
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            assert!(
+                exited.is_none() && Instant::now() < deadline,
+                "LLM server not healthy ({exited:?}); log {}",
+                self.log.display()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// `GET /health` answers 200.
+    pub fn health(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        let req = "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+        let mut answer = String::new();
+        s.write_all(req.as_bytes()).is_ok()
+            && s.read_to_string(&mut answer).is_ok()
+            && answer.starts_with("HTTP/1.1 200")
+    }
+
+    /// What `answering.openai.base_url` should be.
+    pub fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}/v1", self.port)
+    }
+
+    /// Chat completions the server started (llama.cpp logs one line per task it launches).
+    pub fn completions(&self) -> usize {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        log.lines().filter(|l| l.contains("launch_slot_")).count()
+    }
+
+    /// SIGKILL: the server dies as a crashed one would, connections refused from now on.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for LlmServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }

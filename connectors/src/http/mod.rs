@@ -18,6 +18,7 @@ mod process;
 mod server;
 mod telemetry;
 
+pub use crate::wire::DeadLetterReason;
 pub use health::{Health, Readiness};
 pub use server::{telemetry_router, HttpError, HttpServer};
-pub use telemetry::{AlertKind, CommitResult, DeadLetterReason, Telemetry, STAGE_BUCKETS};
+pub use telemetry::{AlertKind, CommitResult, Telemetry, STAGE_BUCKETS};

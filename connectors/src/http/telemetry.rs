@@ -15,6 +15,7 @@ use prometheus_client::registry::Registry;
 
 use super::health::Health;
 use super::process::ProcessCollector;
+use crate::wire::DeadLetterReason;
 
 /// Upper bounds (seconds) of the stage histograms: from a 1 ms decode to a 30 s reply.
 pub const STAGE_BUCKETS: [f64; 14] = [
@@ -45,35 +46,9 @@ macro_rules! label_words {
     };
 }
 
-/// Why input became a dead letter, in few enough words to be a label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum DeadLetterReason {
-    /// The record itself: missing or invalid key or headers, an oversized chunk.
-    Parse,
-    /// The utterance's chunks: too many, too large, chunk 0 never came.
-    Reassembly,
-    /// Undecodable or over-long audio.
-    Decode,
-    /// Speech-to-text failed.
-    Asr,
-    /// A profile record that is not a profile.
-    Profile,
-    Other,
-}
-
-label_words!(DeadLetterReason {
-    Parse => "parse",
-    Reassembly => "reassembly",
-    Decode => "decode",
-    Asr => "asr",
-    Profile => "profile",
-    Other => "other",
-});
-
-impl DeadLetterReason {
-    /// From the stage name a failed utterance carries (`Failed::stage`).
-    pub fn of_stage(stage: &str) -> DeadLetterReason {
-        DeadLetterReason::parse(stage).unwrap_or(DeadLetterReason::Other)
+impl EncodeLabelValue for DeadLetterReason {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.as_str())
     }
 }
 
@@ -147,6 +122,10 @@ pub struct Telemetry {
     in_flight: Gauge,
     in_flight_by_worker: Vec<AtomicI64>,
     replies_replaced: Counter,
+    llm_requests: Counter,
+    llm_failures: Counter,
+    backend_fallbacks: Counter,
+    llm_breaker: Gauge,
     offset_commits: Family<ResultLabel, Counter>,
     health: Health,
 }
@@ -165,6 +144,10 @@ impl Telemetry {
             in_flight: Gauge::default(),
             in_flight_by_worker: (0..workers.max(1)).map(|_| AtomicI64::new(0)).collect(),
             replies_replaced: Counter::default(),
+            llm_requests: Counter::default(),
+            llm_failures: Counter::default(),
+            backend_fallbacks: Counter::default(),
+            llm_breaker: Gauge::default(),
             offset_commits: Family::default(),
             health: Health::new(workers.max(1), needs_profiles),
         };
@@ -207,6 +190,26 @@ impl Telemetry {
             "teddyflow_replies_replaced",
             "Generated replies that failed the safety check and were replaced by a redirect",
             self.replies_replaced.clone(),
+        );
+        r.register(
+            "teddyflow_llm_requests",
+            "Requests sent to the LLM server (answering.backend = openai)",
+            self.llm_requests.clone(),
+        );
+        r.register(
+            "teddyflow_llm_failures",
+            "LLM server requests that failed: no connection, timeout, HTTP error, broken stream",
+            self.llm_failures.clone(),
+        );
+        r.register(
+            "teddyflow_reply_backend_fallbacks",
+            "Replies the configured engine did not write (its server failed or its breaker was open)",
+            self.backend_fallbacks.clone(),
+        );
+        r.register(
+            "teddyflow_llm_breaker",
+            "The LLM server's circuit breaker: 0 closed, 1 half-open, 2 open",
+            self.llm_breaker.clone(),
         );
         r.register(
             "teddyflow_offset_commits",
@@ -267,6 +270,25 @@ impl Telemetry {
         self.replies_replaced.inc();
     }
 
+    /// What one reply cost the LLM server: requests sent, failed, whether another engine
+    /// answered, and the breaker's state after it (`None` without a server).
+    pub fn reply_backend(
+        &self,
+        requests: u64,
+        failures: u64,
+        fallback: bool,
+        breaker: Option<i64>,
+    ) {
+        self.llm_requests.inc_by(requests);
+        self.llm_failures.inc_by(failures);
+        if fallback {
+            self.backend_fallbacks.inc();
+        }
+        if let Some(state) = breaker {
+            self.llm_breaker.set(state);
+        }
+    }
+
     pub fn offset_commit(&self, result: CommitResult) {
         self.offset_commits
             .get_or_create(&ResultLabel { result })
@@ -294,11 +316,6 @@ mod tests {
         for r in DeadLetterReason::ALL {
             assert_eq!(DeadLetterReason::parse(r.as_str()), Some(*r));
         }
-        assert_eq!(
-            DeadLetterReason::of_stage("decode"),
-            DeadLetterReason::Decode
-        );
-        assert_eq!(DeadLetterReason::of_stage("sink"), DeadLetterReason::Other);
     }
 
     #[test]
@@ -324,8 +341,20 @@ mod tests {
         t.offset_commit(CommitResult::Ok);
         t.offset_commit(CommitResult::Ok);
         t.offset_commit(CommitResult::Error);
+        t.reply_backend(1, 0, false, Some(0));
+        t.reply_backend(2, 2, true, Some(2));
+        t.reply_backend(0, 0, true, None);
 
         let m = parse(&t.encode()).expect("valid exposition");
+        assert_eq!(m.value("teddyflow_llm_requests_total", &[]), Some(3.0));
+        assert_eq!(m.value("teddyflow_llm_failures_total", &[]), Some(2.0));
+        let fallbacks = m.value("teddyflow_reply_backend_fallbacks_total", &[]);
+        assert_eq!(fallbacks, Some(2.0));
+        assert_eq!(
+            m.value("teddyflow_llm_breaker", &[]),
+            Some(2.0),
+            "last state seen"
+        );
         assert_eq!(m.value("teddyflow_utterances_total", &[]), Some(3.0));
         assert_eq!(
             m.family("teddyflow_utterances_total").unwrap().kind,

@@ -192,6 +192,18 @@ impl KafkaSettings {
     }
 }
 
+/// librdkafka's own log lines: only the gravest reach warn, the rest stay at debug (it
+/// logs every failed reconnect; our clients log an outage once instead).
+fn librdkafka_log(level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+    use rdkafka::config::RDKafkaLogLevel as L;
+    match level {
+        L::Emerg | L::Alert | L::Critical => {
+            tracing::warn!(target: "librdkafka", "{fac}: {message}")
+        }
+        _ => tracing::debug!(target: "librdkafka", "{fac}: {message}"),
+    }
+}
+
 /// Partitions owned by worker `index` of `peers`: a fixed, deterministic split so every
 /// partition has exactly one reader without a group protocol.
 pub fn partitions_for_worker(count: i32, index: usize, peers: usize) -> Vec<i32> {

@@ -68,12 +68,7 @@ pub struct ReaderContext {
 
 impl ClientContext for ReaderContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        match level {
-            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical => {
-                tracing::warn!(target: "librdkafka", "{fac}: {log_message}")
-            }
-            _ => tracing::debug!(target: "librdkafka", "{fac}: {log_message}"),
-        }
+        super::librdkafka_log(level, fac, log_message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
@@ -504,7 +499,10 @@ impl PartitionReader {
 
     /// Commit `next` offsets (offset of the next record to read) per partition. Offsets
     /// past our position are from a log that was replaced since, and are not committed.
-    pub fn commit(&self, next: &BTreeMap<i32, i64>, mode: Commit) {
+    /// Commit `next` (partition → next offset to read); `None` when there was nothing to
+    /// commit, else whether the commit was handed to the broker (an asynchronous one is
+    /// confirmed later; a failed one is retried with the next).
+    pub fn commit(&self, next: &BTreeMap<i32, i64>, mode: Commit) -> Option<bool> {
         let mode = match mode {
             Commit::Async => CommitMode::Async,
             Commit::Sync => CommitMode::Sync,
@@ -514,23 +512,21 @@ impl PartitionReader {
             if self.position.get(p).is_none_or(|pos| off > pos) {
                 continue;
             }
-            if tpl
-                .add_partition_offset(&self.topic, *p, Offset::Offset(*off))
-                .is_err()
-            {
-                return;
-            }
+            tpl.add_partition_offset(&self.topic, *p, Offset::Offset(*off))
+                .ok()?;
         }
         if tpl.count() == 0 {
-            return;
+            return None;
         }
         match self.consumer.commit(&tpl, mode) {
             Ok(()) if matches!(mode, CommitMode::Sync) => self.consumer.context().note_acked(&tpl),
             Ok(()) => {}
             Err(e) => {
-                tracing::warn!(error = %e, "offset commit failed; it will be retried with the next one")
+                tracing::warn!(error = %e, "offset commit failed; it will be retried with the next one");
+                return Some(false);
             }
         }
+        Some(true)
     }
 
     /// High watermark (offset after the last record) per partition, as the broker reports it.

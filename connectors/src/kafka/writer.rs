@@ -110,12 +110,7 @@ struct Acks {
 /// lines stay at debug, and an outage is logged once when it begins and once when it ends.
 impl ClientContext for Acks {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        match level {
-            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical => {
-                tracing::warn!(target: "librdkafka", "{fac}: {log_message}")
-            }
-            _ => tracing::debug!(target: "librdkafka", "{fac}: {log_message}"),
-        }
+        super::librdkafka_log(level, fac, log_message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {

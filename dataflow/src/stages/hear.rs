@@ -1,21 +1,30 @@
-//! Hearing: speech-to-text (the engine named by `asr.engine`) and, beside it, acoustic
-//! analysis of how the child sounded; the two halves of each utterance meet again in a
-//! join. Both run on thread pools shared by the process's workers.
+//! Hearing: speech-to-text in the child's language and, beside it, acoustic analysis of how
+//! the child sounded; the two halves of each utterance meet again in a join. Both run on
+//! thread pools shared by the process's workers.
 //!
 //! ```text
-//! decoded ─┬─► speech-to-text (batched) ─┬─► join ─► heard
-//!          └─► acoustic analysis ────────┘
+//! decoded + profile ─┬─► speech-to-text (batched) ─┬─► join ─► heard
+//!                    └─► acoustic analysis ────────┘
 //! ```
+//!
+//! The profile (looked up before this stage, `stages::profiles`) decides the engine: a child
+//! whose language is English (or who has no profile, when `answering.default_language` is
+//! English) is heard by `asr.engine`; any other language by the multilingual Whisper of
+//! `asr.other_languages`, in that language, with an English translation of the same encoder
+//! output for understanding (the classifiers are English).
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use teddyflow_models::emotion::acoustic::{self, AcousticFeatures};
+use teddyflow_models::moonshine::{MoonshineModel, MoonshineOptions};
+use teddyflow_models::reply_bank;
 use teddyflow_models::stt::{SpeechToText, Transcript};
 use teddyflow_models::whisper::{WhisperModel, WhisperOptions, WhisperVariant};
 use timely::dataflow::operators::core::Map;
 
 use super::decode::Decoded;
+use super::profiles::Profile;
 use super::{Ctx, Flow, Then};
 use crate::config::{AsrEngine, Config};
 use crate::envelope::{now_ms_f64, Envelope, Failed};
@@ -37,24 +46,20 @@ pub struct Sound {
     pub span: (f64, f64),
 }
 
-/// The hearing stage of a process: one speech-to-text engine, and acoustic analysis when
+/// The hearing stage of a process: the speech-to-text engines, and acoustic analysis when
 /// understanding needs it.
 #[derive(Clone)]
 pub struct Hearing {
     asr: Arc<AsrPool>,
     acoustic: Option<Arc<AcousticPool>>,
-    engine: &'static str,
-    model: String,
+    listeners: Arc<Listeners>,
 }
 
 impl Hearing {
     pub fn load(config: &Config, plan: &ThreadPlan, cores: &Cores) -> anyhow::Result<Hearing> {
-        let engine = speech_to_text(config)?;
-        let (name, model) = (engine.engine(), engine.model().to_string());
-        let language = config.asr.language.clone();
-        let work = Arc::new(move |batch: Vec<Envelope<Decoded>>| {
-            transcribe_batch(engine.as_ref(), batch, &language)
-        });
+        let listeners = Arc::new(Listeners::load(config)?);
+        let l = listeners.clone();
+        let work = Arc::new(move |batch: Vec<Envelope<Decoded>>| transcribe_batch(&l, batch));
         let a = &config.asr;
         let capacity = config.engine.max_pending_utterances;
         let batching = Batching::new(a.max_batch, a.max_wait_ms);
@@ -69,19 +74,96 @@ impl Hearing {
         Ok(Hearing {
             asr: Arc::new(asr),
             acoustic,
-            engine: name,
-            model,
+            listeners,
         })
     }
 
-    /// `whisper`, …, and the model variant: what responses and start-up logs report.
-    pub fn engine(&self) -> (&'static str, &str) {
-        (self.engine, &self.model)
+    /// The engines: what start-up logs report.
+    pub fn listeners(&self) -> &Listeners {
+        &self.listeners
     }
 }
 
-/// The configured speech-to-text engine, loaded. A new engine is one file in `models/`
-/// implementing [`SpeechToText`], a config section, and one arm here.
+/// The speech-to-text engines of a process, and which one hears which child.
+pub struct Listeners {
+    /// Hears English.
+    pub english: Arc<dyn SpeechToText>,
+    /// Hears every other language, with an English translation; `None`: `english` hears all.
+    pub other: Option<Arc<dyn SpeechToText>>,
+    /// The language of a child without a profile (or without a language in it).
+    pub default_language: String,
+}
+
+/// Which engine hears an utterance, and in what language.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    English,
+    /// The multilingual engine, in this language (a base code such as "es").
+    Other(String),
+}
+
+impl Listeners {
+    pub fn load(config: &Config) -> anyhow::Result<Listeners> {
+        let english = speech_to_text(config)?;
+        let other = match config.asr.other_languages.trim() {
+            "" => None,
+            model => Some(multilingual_whisper(config, model)?),
+        };
+        Ok(Listeners {
+            english,
+            other,
+            default_language: config.answering.default_language.clone(),
+        })
+    }
+
+    /// The child's language, as a base code ("es-MX" → "es").
+    pub fn language_of(&self, profile: Option<&Profile>) -> String {
+        let language = profile.and_then(|p| p.language.as_deref());
+        reply_bank::base_language(language.unwrap_or(&self.default_language))
+    }
+
+    pub fn route(&self, language: &str) -> Route {
+        match (language, &self.other) {
+            ("en", _) | (_, None) => Route::English,
+            (other, Some(_)) => Route::Other(other.to_string()),
+        }
+    }
+
+    /// Transcripts of English clips, in order.
+    pub fn hear_english(&self, clips: &[&[f32]]) -> Vec<anyhow::Result<Heard>> {
+        let engine = self.english.as_ref();
+        let results = engine.transcribe_batch(clips, Some("en"));
+        let heard = |(clip, r): (&&[f32], anyhow::Result<Transcript>)| {
+            r.map(|t| Heard::from_transcript(engine, t, None, clip.len()))
+        };
+        clips.iter().zip(results).map(heard).collect()
+    }
+
+    /// A clip in another language: the transcript in it, and an English translation of the
+    /// same audio. A language the engine does not know is detected instead.
+    pub fn hear_other(&self, clip: &[f32], language: &str) -> anyhow::Result<Heard> {
+        let engine = self.other.as_deref().unwrap_or(self.english.as_ref());
+        let (t, english) = match engine.transcribe_with_translation(clip, Some(language)) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(error = %e, "language not known to the engine: detecting it");
+                engine.transcribe_with_translation(clip, None)?
+            }
+        };
+        Ok(Heard::from_transcript(engine, t, english, clip.len()))
+    }
+
+    /// One clip, heard as its child's language asks.
+    pub fn hear(&self, clip: &[f32], profile: Option<&Profile>) -> anyhow::Result<Heard> {
+        match self.route(&self.language_of(profile)) {
+            Route::English => self.hear_english(&[clip]).remove(0),
+            Route::Other(language) => self.hear_other(clip, &language),
+        }
+    }
+}
+
+/// The configured English speech-to-text engine, loaded. A new engine is one file in
+/// `models/` implementing [`SpeechToText`], a config section, and one arm here.
 pub fn speech_to_text(config: &Config) -> anyhow::Result<Arc<dyn SpeechToText>> {
     let dir = &config.models.dir;
     match config.asr.engine {
@@ -93,7 +175,29 @@ pub fn speech_to_text(config: &Config) -> anyhow::Result<Arc<dyn SpeechToText>> 
                 WhisperModel::load(dir, variant)?.with_options(options),
             ))
         }
+        AsrEngine::Moonshine => {
+            let options = MoonshineOptions {
+                lead_silence_ms: config.asr.moonshine.lead_silence_ms,
+            };
+            Ok(Arc::new(MoonshineModel::load(dir)?.with_options(options)))
+        }
     }
+}
+
+/// The Whisper that hears other languages (`asr.other_languages`), with the encoder
+/// window of `[asr.whisper]`.
+fn multilingual_whisper(config: &Config, model: &str) -> anyhow::Result<Arc<dyn SpeechToText>> {
+    let variant: WhisperVariant = model.parse()?;
+    anyhow::ensure!(
+        variant.is_multilingual(),
+        "asr.other_languages = {model:?} is an English-only model (use \"base\", or \"\" for none)"
+    );
+    let w = &config.asr.whisper;
+    let options = whisper_options(w.min_window_ms, w.tail_pad_ms);
+    let dir = &config.models.dir;
+    Ok(Arc::new(
+        WhisperModel::load(dir, variant)?.with_options(options),
+    ))
 }
 
 /// Encoder padding from milliseconds (one mel frame is 10 ms).
@@ -115,8 +219,10 @@ impl<'s> Hear<'s> for Flow<'s, Decoded> {
             let m = ctx.clone();
             let heard = async_stage(decoded.clone(), hearing.asr.clone(), move |r| match r {
                 Ok(h) => {
-                    m.metrics().timings(&h.meta, &[Stage::AsrWait, Stage::Asr]);
-                    m.metrics().batches(&h.meta, Stage::Asr);
+                    let mut metrics = m.metrics();
+                    metrics.timings(&h.meta, &[Stage::AsrWait, Stage::Asr]);
+                    metrics.batches(&h.meta, Stage::Asr);
+                    metrics.counts.unheard += u64::from(h.body.is_silent());
                 }
                 Err(_) => m.metrics().error(Stage::Asr.name()),
             });
@@ -147,24 +253,39 @@ fn with_sound(mut heard: Envelope<Heard>, sound: Envelope<Sound>) -> Envelope<He
     heard
 }
 
+/// English utterances of the batch together, each other language on its own.
 fn transcribe_batch(
-    engine: &dyn SpeechToText,
+    listeners: &Listeners,
     batch: Vec<Envelope<Decoded>>,
-    language: &str,
 ) -> Vec<Result<Envelope<Heard>, Failed>> {
     let started = Instant::now();
     let start_wall = now_ms_f64();
-    let clips: Vec<&[f32]> = batch.iter().map(|d| d.body.pcm.as_slice()).collect();
-    let results = engine.transcribe_batch(&clips, Some(language));
+    let routes: Vec<Route> = batch
+        .iter()
+        .map(|d| listeners.route(&listeners.language_of(d.meta.profile.as_ref())))
+        .collect();
+    let english: Vec<&[f32]> = batch
+        .iter()
+        .zip(&routes)
+        .filter(|(_, r)| **r == Route::English)
+        .map(|(d, _)| d.body.pcm.as_slice())
+        .collect();
+    let mut english = listeners.hear_english(&english).into_iter();
+    let results: Vec<anyhow::Result<Heard>> = batch
+        .iter()
+        .zip(&routes)
+        .map(|(d, route)| match route {
+            Route::English => english.next().expect("one result per English clip"),
+            Route::Other(language) => listeners.hear_other(&d.body.pcm, language),
+        })
+        .collect();
     // Every utterance of the batch waited for the whole call.
     let ms = started.elapsed().as_secs_f64() * 1e3;
     let size = batch.len();
-    let model = engine.model().to_string();
-    let heard = |(d, result): (Envelope<Decoded>, anyhow::Result<Transcript>)| {
-        let audio_ms = d.body.audio_ms();
+    let heard = |(d, result): (Envelope<Decoded>, anyhow::Result<Heard>)| {
         let (mut env, decoded) = d.replace(());
-        let t = match result {
-            Ok(t) => t,
+        let heard = match result {
+            Ok(h) => h,
             Err(e) => return Err(env.fail(Stage::Asr, format!("{e:#}"), decoded.bytes)),
         };
         let meta = &mut env.meta;
@@ -176,13 +297,7 @@ fn transcribe_batch(
         meta.time(Stage::Asr, ms);
         meta.span(Stage::Asr, start_wall);
         meta.batches.push((Stage::Asr, size));
-        Ok(env.map(|()| Heard {
-            transcript: t.text,
-            language: t.language,
-            model: model.clone(),
-            audio_ms,
-            acoustic: None,
-        }))
+        Ok(env.map(|()| heard))
     };
     batch.into_iter().zip(results).map(heard).collect()
 }

@@ -14,6 +14,7 @@
 pub mod answer;
 pub mod decode;
 pub mod hear;
+pub mod profiles;
 pub mod read;
 pub mod reassemble;
 pub mod respond;
@@ -32,6 +33,7 @@ use crate::config::Config;
 use crate::envelope::{Admission, Envelope, Failed};
 use crate::metrics::WorkerMetrics;
 use crate::outputs::Output;
+use teddyflow_connectors::http::{Health, Telemetry};
 
 /// One stage's results: an utterance that got this far, or one that failed on the way.
 pub type Flow<'s, T> = Stream<'s, u64, Vec<Result<Envelope<T>, Failed>>>;
@@ -69,12 +71,21 @@ pub struct Ctx {
     pub config: Rc<Config>,
     pub admission: Admission,
     pub stop: Arc<AtomicBool>,
+    /// The process's Prometheus families and health (`engine.http_addr`), if served.
+    pub telemetry: Option<Arc<Telemetry>>,
 }
 
 impl Ctx {
     /// Metrics of this worker, for one update.
     pub fn metrics(&self) -> std::cell::RefMut<'_, WorkerMetrics> {
         self.metrics.borrow_mut()
+    }
+
+    /// Tell `/healthz` and `/readyz` how this worker is doing.
+    pub fn health(&self, note: impl FnOnce(&Health, usize)) {
+        if let Some(t) = &self.telemetry {
+            note(t.health(), self.worker);
+        }
     }
 }
 

@@ -5,8 +5,10 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use teddyflow_connectors::http::{CommitResult, Telemetry};
 use teddyflow_connectors::kafka::{Commit, PartitionReader, StartAt};
 use teddyflow_connectors::wire::{self, Chunk, RawRecord};
 use timely::dataflow::operators::core::OkErr;
@@ -15,13 +17,14 @@ use timely::dataflow::{ProbeHandle, Scope, Stream};
 use super::Ctx;
 use crate::offsets::OffsetTracker;
 use crate::operators::{kafka_source, Hold, Polled, SourceSettings};
-use crate::outputs::{DeadLetter, Out, Output};
+use crate::outputs::{DeadLetter, DeadLetterReason, Out, Output};
 
 /// This worker's audio partitions and the offsets read from them; the worker loop commits
 /// through it at shutdown.
 #[derive(Clone)]
 pub struct Audio {
     state: Rc<RefCell<Offsets>>,
+    telemetry: Option<Arc<Telemetry>>,
 }
 
 struct Offsets {
@@ -47,12 +50,14 @@ impl Audio {
             ?partitions,
             "worker reading partitions"
         );
+        ctx.health(|h, w| h.partitions_assigned(w));
         let state = Offsets {
             reader,
             tracker: OffsetTracker::default(),
         };
         Ok(Audio {
             state: Rc::new(RefCell::new(state)),
+            telemetry: ctx.telemetry.clone(),
         })
     }
 
@@ -81,7 +86,7 @@ impl Audio {
         let max_chunk = ctx.config.limits.max_chunk_bytes;
         raw.ok_err(move |rec| {
             wire::parse_chunk(&rec, max_chunk).map_err(|e| {
-                let dead = DeadLetter::of_record(&rec, e);
+                let dead = DeadLetter::of_record(&rec, DeadLetterReason::Parse, e);
                 Output::new(Out::DeadLetter(dead), 0)
             })
         })
@@ -101,7 +106,13 @@ impl Audio {
             if !next.is_empty() {
                 tracing::debug!(?next, "committing offsets");
             }
-            reader.commit(&next, mode);
+            if let (Some(ok), Some(t)) = (reader.commit(&next, mode), &self.telemetry) {
+                t.offset_commit(if ok {
+                    CommitResult::Ok
+                } else {
+                    CommitResult::Error
+                });
+            }
         }
     }
 }

@@ -121,6 +121,29 @@ pub fn alert_for(u: &Envelope<Understood>) -> Option<Output> {
 
 type Models = (Embedder, EmotionModel, SafetyModel);
 
+/// The child-safety verdict on what was heard (`embedding`: of [`Heard::english`], when the
+/// caller has it). `bench safety --spoken` judges with this too.
+pub fn judge(safety: &SafetyModel, heard: &Heard, embedding: Option<&[f32]>) -> SafetyVerdict {
+    let text = heard.english();
+    match embedding {
+        Some(e) => safety.check_embedded(text, e),
+        None => safety.check(text),
+    }
+}
+
+/// Replace personal information in everything heard that is written out: the transcript
+/// and its English translation. Whether anything was replaced.
+fn redact_heard(heard: &mut Heard) -> bool {
+    let (clean, mut changed) = safety::redact(&heard.transcript);
+    heard.transcript = clean;
+    if let Some(english) = heard.asr.english.as_mut() {
+        let (clean, c) = safety::redact(english);
+        *english = clean;
+        changed |= c;
+    }
+    changed
+}
+
 /// One MiniLM pass embeds every transcript of the batch; each is then classified alone.
 fn understand_batch(
     (embedder, emotion, safety): &Models,
@@ -128,7 +151,9 @@ fn understand_batch(
     batch: Vec<Envelope<Heard>>,
 ) -> Vec<Envelope<Understood>> {
     let started = Instant::now();
-    let texts: Vec<&str> = batch.iter().map(|h| h.body.transcript.as_str()).collect();
+    // The classifiers are English: a child heard in another language is judged on the
+    // translation of the same audio.
+    let texts: Vec<&str> = batch.iter().map(|h| h.body.english()).collect();
     let embeddings = match embedder.embed(&texts) {
         Ok(e) => e.into_iter().map(Some).collect(),
         // Without embeddings the models fall back to their other signals.
@@ -155,21 +180,12 @@ fn understand(
     embedding: Option<&[f32]>,
 ) -> Understood {
     let acoustic = heard.acoustic.clone().unwrap_or_default();
-    let (verdict, feeling) = match embedding {
-        Some(e) => (
-            safety.check_embedded(&heard.transcript, e),
-            emotion.classify_embedded(e, &acoustic),
-        ),
-        None => (
-            safety.check(&heard.transcript),
-            emotion.classify(&heard.transcript, &acoustic),
-        ),
+    let verdict = judge(safety, &heard, embedding);
+    let feeling = match embedding {
+        Some(e) => emotion.classify_embedded(e, &acoustic),
+        None => emotion.classify(heard.english(), &acoustic),
     };
-    let redacted = redact && {
-        let (clean, changed) = safety::redact(&heard.transcript);
-        heard.transcript = clean;
-        changed
-    };
+    let redacted = redact && redact_heard(&mut heard);
     Understood {
         heard,
         emotion: feeling,

@@ -26,7 +26,7 @@ use timely::scheduling::Activator;
 use super::Ctx;
 use crate::envelope::now_ms;
 use crate::operators::{kafka_sink, Pending, Receipts};
-use crate::outputs::{DeadLetter, Out, OutKind, Output, Receipt, H_UTTERANCE};
+use crate::outputs::{DeadLetter, DeadLetterReason, Out, OutKind, Output, Receipt, H_UTTERANCE};
 use crate::stage::Stage;
 
 /// Conversation and utterance of a reply.
@@ -190,11 +190,11 @@ impl Receipts<Receipt> for WriteReceipts {
         let since_completed = (now_ms() - r.completed_ms) as f64;
         match r.kind {
             OutKind::Response => {
-                m.counts.utterances_done += 1;
+                m.answered();
                 m.stage(Stage::EndToEnd, since_completed);
             }
-            OutKind::DeadLetter => m.counts.deadletters += 1,
-            OutKind::Alert => m.counts.alerts += 1,
+            OutKind::DeadLetter(reason) => m.dead_lettered(reason),
+            OutKind::Alert(kind) => m.alerted(kind),
             OutKind::Speech { first } => {
                 m.counts.speech_chunks += 1;
                 if let (true, Some(key)) = (first, r.utterance) {
@@ -215,13 +215,13 @@ impl Receipts<Receipt> for WriteReceipts {
         if let (OutKind::Speech { first: true }, Some(key)) = (r.kind, &r.utterance) {
             self.board.borrow_mut().lost(key.clone());
         }
-        if r.kind == OutKind::DeadLetter {
+        if let OutKind::DeadLetter(_) = r.kind {
             return None; // already cut to fit; nothing smaller to say
         }
         let c = &self.ctx.config;
         let dead = refused_output(&record, error);
         let receipt = Receipt {
-            kind: OutKind::DeadLetter,
+            kind: OutKind::DeadLetter(dead.reason),
             ..r
         };
         Some((
@@ -244,6 +244,7 @@ fn refused_output(record: &OutRecord, error: &ProduceError) -> DeadLetter {
     let bytes = record.payload.len().to_string();
     headers.push(("refused_bytes".into(), bytes.into_bytes()));
     DeadLetter {
+        reason: DeadLetterReason::Refused,
         key: record.key.clone(),
         value: Vec::new(),
         headers,
@@ -267,7 +268,7 @@ mod tests {
         let heard = Heard {
             transcript: String::new(),
             language: "en".into(),
-            model: "test".into(),
+            asr: Default::default(),
             audio_ms: 0,
             acoustic: None,
         };

@@ -1,14 +1,14 @@
-//! Replies from SmolLM2-135M-Instruct (Q4_1 GGUF) on candle's quantized llama.
+//! Replies from SmolLM2-135M-Instruct (Q4_1 GGUF) on candle, with the project's own llama
+//! forward ([`llama`]) so that several replies can share one pass ([`batch`]).
 //!
 //! Pipeline per turn: [`Prompt`] → ChatML text ([`prompt`]) → token ids (tokenizer rebuilt
 //! from the GGUF, [`tokenizer`]) → run the turn on top of the preamble's saved state → sample
 //! token by token → decoded text split into cleaned sentences as they complete
 //! ([`text::SentenceStream`]) → `on_sentence`.
 //!
-//! The weights are loaded once and shared. The model state after the fixed preamble (persona,
-//! rules, examples) is computed at load; each [`ReplyModel::generate`] call clones it (every
-//! tensor, kv cache included, is reference-counted, so a clone copies no weights or keys) and
-//! so has its own kv state: calls on different threads never share mutable state.
+//! The weights are loaded once and shared. The keys and values of the fixed preamble (persona,
+//! rules, examples) are computed at load and frozen; each reply starts from them (shared, not
+//! copied) with a cache of its own: calls on different threads never share mutable state.
 //!
 //! A conversation's history, and the start of the next turn's note (who the child is, the
 //! language), are known before the child speaks again, so [`ReplyModel::prepare`] runs
@@ -16,7 +16,11 @@
 //! dropped). A turn whose known tokens match starts from there and runs only the mood and
 //! the utterance: on two cores the prompt is most of the wait for the first sentence.
 
+pub mod batch;
+pub mod llama;
 pub mod prompt;
+mod q8;
+mod sequence;
 pub mod text;
 pub mod tokenizer;
 pub mod weights;
@@ -30,13 +34,15 @@ use std::time::Instant;
 
 use anyhow::Context;
 use candle_core::quantized::gguf_file;
-use candle_core::{Device, Tensor};
-use candle_transformers::generation::{LogitsProcessor, Sampling as CandleSampling};
-use candle_transformers::models::quantized_llama::{ModelWeights, MAX_SEQ_LEN};
+use candle_core::Device;
 use tokenizers::Tokenizer;
 
+pub use batch::{
+    BatchGenerator, BatchSettings, Batcher, Inline, ReplyEvent, ReplySink, Request, StepRunner,
+};
+use llama::{Input, KvCache, Llama};
 pub use prompt::Prompt;
-use text::SentenceStream;
+use sequence::Sequence;
 pub use weights::WeightFormat;
 
 /// Directory under the models dir, and the file in it (installed by scripts/setup.d/30-answering.sh).
@@ -78,7 +84,7 @@ impl Default for Sampling {
 }
 
 /// A finished reply.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Generated {
     /// The sentences joined by single spaces: exactly what `on_sentence` received.
     pub text: String,
@@ -93,6 +99,8 @@ pub struct Generated {
     /// From the call to the first `on_sentence` (total_ms when there was none).
     pub first_sentence_ms: f64,
     pub total_ms: f64,
+    /// Who wrote it, for engines that may hand a turn to another (default: the engine called).
+    pub provenance: crate::reply::Provenance,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -112,19 +120,19 @@ pub struct ReplyModel {
 }
 
 struct Inner {
-    /// The model after the preamble: never run further itself, cloned per call.
-    after_preamble: ModelWeights,
+    llama: Llama,
+    /// Keys and values of the preamble, frozen: every reply starts from them.
+    after_preamble: KvCache,
     preamble_tokens: usize,
     tokenizer: Tokenizer,
     /// Control tokens: generating any of them ends the reply.
     stop_ids: Vec<u32>,
-    device: Device,
     sessions: Mutex<Sessions>,
 }
 
-/// Model states after a conversation's history, by conversation, least recently used
-/// dropped beyond `capacity`. Each holds the kv cache of its prompt so far (~46 KB per
-/// token for SmolLM2-135M).
+/// Caches after a conversation's history, by conversation, least recently used dropped
+/// beyond `capacity`. Each holds the keys and values of its prompt after the preamble
+/// (~46 KB per token for SmolLM2-135M; the preamble's are shared).
 #[derive(Default)]
 struct Sessions {
     capacity: usize,
@@ -135,13 +143,13 @@ struct Sessions {
 struct Session {
     /// Token ids of the history this state has run (after the preamble).
     history: Vec<u32>,
-    state: ModelWeights,
+    state: KvCache,
     used: u64,
 }
 
 impl Sessions {
     /// The state after `history`, if one was prepared for exactly that history.
-    fn get(&mut self, key: &str, history: &[u32]) -> Option<ModelWeights> {
+    fn get(&mut self, key: &str, history: &[u32]) -> Option<KvCache> {
         self.tick += 1;
         let s = self.states.get_mut(key)?;
         if s.history != history {
@@ -155,7 +163,7 @@ impl Sessions {
         self.states.get(key).is_some_and(|s| s.history == history)
     }
 
-    fn put(&mut self, key: &str, history: Vec<u32>, state: ModelWeights) {
+    fn put(&mut self, key: &str, history: Vec<u32>, state: KvCache) {
         if self.capacity == 0 {
             return;
         }
@@ -202,15 +210,17 @@ impl ReplyModel {
             .with_context(|| format!("reading {}", path.display()))?;
         check_chat_template(&ct)?;
         let tok = tokenizer::from_gguf(&ct)?;
-        let mut model = weights::model_weights(ct, &mut reader, &device, format)?;
+        let tensors = weights::tensors(&ct, &mut reader, &device, format)?;
+        let llama = Llama::new(&ct, tensors, &device)?;
         let preamble = encode(&tok.tokenizer, &prompt::preamble())?;
-        forward(&mut model, &device, &preamble, 0)?;
+        let mut after_preamble = KvCache::default();
+        run(&llama, &mut after_preamble, &preamble)?;
         let inner = Inner {
-            after_preamble: model,
+            llama,
+            after_preamble,
             preamble_tokens: preamble.len(),
             tokenizer: tok.tokenizer,
             stop_ids: tok.special_ids,
-            device,
             sessions: Mutex::new(Sessions::default()),
         };
         Ok(Self {
@@ -244,16 +254,11 @@ impl ReplyModel {
         if self.inner.preamble_tokens + ids.len() >= PROMPT_TOKEN_BUDGET {
             return Ok(0); // the turn would drop old history to fit, so it could not match
         }
-        let mut model = self.inner.after_preamble.clone();
-        forward(
-            &mut model,
-            &self.inner.device,
-            &ids,
-            self.inner.preamble_tokens,
-        )?;
+        let mut cache = self.inner.after_preamble.clone();
+        run(&self.inner.llama, &mut cache, &ids)?;
         let n = ids.len();
         let mut sessions = self.inner.sessions.lock().expect("sessions lock");
-        sessions.put(session, ids, model);
+        sessions.put(session, ids, cache);
         Ok(n)
     }
 
@@ -288,59 +293,16 @@ impl ReplyModel {
         settings: &Sampling,
         on_sentence: &mut dyn FnMut(&str),
     ) -> anyhow::Result<Generated> {
-        let start = Instant::now();
-        let (known, rest) = self.encode_turn(prompt)?;
-        let prompt_tokens = self.inner.preamble_tokens + known.len() + rest.len();
-        let max_tokens = settings.max_tokens.min(MAX_SEQ_LEN - prompt_tokens);
-        let mut state = Decoding::new(settings, start);
-        state.stream = SentenceStream::new().with_child_name(prompt.child_name.as_deref());
-        state.opening = prompt::reply_opening(prompt).unwrap_or_default();
-        let prepared = session.and_then(|key| {
-            let mut sessions = self.inner.sessions.lock().expect("sessions lock");
-            sessions.get(key, &known)
-        });
-        let (mut model, run, pos) = match prepared {
-            Some(model) => {
-                state.reused_tokens = known.len();
-                (model, rest, self.inner.preamble_tokens + known.len())
-            }
-            None => {
-                let all = [known, rest].concat();
-                (
-                    self.inner.after_preamble.clone(),
-                    all,
-                    self.inner.preamble_tokens,
-                )
-            }
-        };
-        let mut logits = forward(&mut model, &self.inner.device, &run, pos)?;
-        state.prefill_ms = ms_since(start);
-        // Running out of tokens leaves a sentence unfinished: it is dropped, never spoken.
-        let mut end = End::CutOff;
-        for step in 0..max_tokens {
-            let next = self.sample(&mut state, &logits, settings)?;
-            if self.inner.stop_ids.contains(&next) {
-                end = End::Finished;
-                break;
-            }
-            state.generated.push(next);
-            self.emit(&mut state, End::Running, on_sentence)?;
-            if state.stream.done() {
-                end = End::Finished;
-                break;
-            }
-            if step + 1 == max_tokens {
-                break;
-            }
-            logits = forward(
-                &mut model,
-                &self.inner.device,
-                &[next],
-                prompt_tokens + step,
-            )?;
+        let mut seq = Sequence::start(self, session, prompt, settings, Instant::now())?;
+        while !seq.is_done() {
+            let logits = match seq.input(usize::MAX) {
+                Some(input) => self.inner.llama.forward(&mut [input])?,
+                None => unreachable!("an unlimited budget always runs something"),
+            };
+            let logits = logits.map(|l| llama::logits_row(&l, 0)).transpose()?;
+            seq.advance(self, logits, on_sentence)?;
         }
-        self.emit(&mut state, end, on_sentence)?;
-        Ok(state.finish(prompt_tokens))
+        Ok(seq.finish())
     }
 
     /// Token ids of the turn (everything after the preamble) as (known between turns: the
@@ -373,118 +335,6 @@ impl ReplyModel {
         ids.extend(encode(tok, &prompt::current_head(p))?);
         Ok(ids)
     }
-
-    fn sample(&self, state: &mut Decoding, logits: &Tensor, s: &Sampling) -> anyhow::Result<u32> {
-        let logits = if s.repeat_penalty == 1.0 || state.generated.is_empty() {
-            logits.clone()
-        } else {
-            let from = state.generated.len().saturating_sub(REPEAT_WINDOW);
-            candle_transformers::utils::apply_repeat_penalty(
-                logits,
-                s.repeat_penalty,
-                &state.generated[from..],
-            )?
-        };
-        Ok(state.sampler.sample(&logits)?)
-    }
-
-    /// Decode what has been generated and pass on newly completed sentences (and, once the
-    /// model has finished, its last unterminated one).
-    fn emit(
-        &self,
-        state: &mut Decoding,
-        end: End,
-        on_sentence: &mut dyn FnMut(&str),
-    ) -> anyhow::Result<()> {
-        let raw = self
-            .inner
-            .tokenizer
-            .decode(&state.generated, true)
-            .map_err(|e| anyhow::anyhow!("detokenizing: {e}"))?;
-        // The opening was part of the prompt, but it is the start of the reply.
-        let raw = format!("{}{raw}", state.opening);
-        let new = match end {
-            End::Finished => state.stream.finish(&raw),
-            End::Running | End::CutOff => state.stream.push(&raw),
-        };
-        for sentence in new {
-            if state.first_sentence_ms.is_none() {
-                state.first_sentence_ms = Some(ms_since(state.start));
-            }
-            on_sentence(&sentence);
-            state.sentences.push(sentence);
-        }
-        Ok(())
-    }
-}
-
-/// Where generation stands when text is handed out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum End {
-    Running,
-    /// The model ended its turn (or gave enough sentences): its last words are a sentence.
-    Finished,
-    /// `max_tokens` ran out mid-sentence.
-    CutOff,
-}
-
-/// Per-call decoding state.
-struct Decoding {
-    start: Instant,
-    sampler: LogitsProcessor,
-    stream: SentenceStream,
-    generated: Vec<u32>,
-    sentences: Vec<String>,
-    first_sentence_ms: Option<f64>,
-    prefill_ms: f64,
-    reused_tokens: usize,
-    /// Words the prompt already put at the start of the reply (see `prompt::reply_opening`).
-    opening: String,
-}
-
-impl Decoding {
-    fn new(s: &Sampling, start: Instant) -> Self {
-        Self {
-            start,
-            sampler: LogitsProcessor::from_sampling(s.seed, candle_sampling(s)),
-            stream: SentenceStream::new(),
-            generated: Vec::new(),
-            sentences: Vec::new(),
-            first_sentence_ms: None,
-            prefill_ms: 0.0,
-            reused_tokens: 0,
-            opening: String::new(),
-        }
-    }
-
-    fn finish(self, prompt_tokens: usize) -> Generated {
-        let total_ms = ms_since(self.start);
-        Generated {
-            text: self.sentences.join(" "),
-            tokens: self.generated.len(),
-            prompt_tokens,
-            reused_tokens: self.reused_tokens,
-            prefill_ms: self.prefill_ms,
-            first_sentence_ms: self.first_sentence_ms.unwrap_or(total_ms),
-            total_ms,
-            sentences: self.sentences,
-        }
-    }
-}
-
-fn candle_sampling(s: &Sampling) -> CandleSampling {
-    if s.temperature <= 0.0 {
-        return CandleSampling::ArgMax;
-    }
-    match s.top_p {
-        Some(p) if p > 0.0 && p < 1.0 => CandleSampling::TopP {
-            p,
-            temperature: s.temperature,
-        },
-        _ => CandleSampling::All {
-            temperature: s.temperature,
-        },
-    }
 }
 
 /// We hard-code ChatML; refuse a model whose own template is something else.
@@ -506,21 +356,20 @@ fn encode(tokenizer: &Tokenizer, text: &str) -> anyhow::Result<Vec<u32>> {
     Ok(enc.get_ids().to_vec())
 }
 
-/// Run `ids` at positions `pos..`; logits of the last one.
-fn forward(
-    model: &mut ModelWeights,
-    device: &Device,
-    ids: &[u32],
-    pos: usize,
-) -> anyhow::Result<Tensor> {
-    let input = Tensor::new(ids, device)?.unsqueeze(0)?;
-    Ok(model.forward(&input, pos)?.squeeze(0)?)
+/// Run `ids` on top of `cache` as a prefix others start from: the cache is frozen after it.
+fn run(llama: &Llama, cache: &mut KvCache, ids: &[u32]) -> anyhow::Result<()> {
+    if !ids.is_empty() {
+        let input = Input {
+            cache,
+            tokens: ids,
+            logits: false,
+        };
+        llama.forward(&mut [input])?;
+    }
+    cache.freeze();
+    Ok(())
 }
 
 fn truncate_chars(s: &str, max: usize) -> String {
     s.chars().take(max).collect()
-}
-
-fn ms_since(t: Instant) -> f64 {
-    t.elapsed().as_secs_f64() * 1000.0
 }

@@ -53,16 +53,21 @@ pub fn language_name(code: &str) -> &str {
     }
 }
 
-/// The system message of the preamble: who Teddy is and the rules, for any child.
-pub const SYSTEM: &str = "You are Teddy, a kind and gentle teddy bear who talks with young \
-children. Answer in one to three short sentences with simple words. Never ask for personal \
-details like an address, a phone number or a school.";
+/// The system message of the preamble: who Teddy is and the rules, for any child
+/// (`docs/reply-policy.md`; the policy checker enforces them on every sentence, the prompt
+/// only makes breaking them less likely).
+pub const SYSTEM: &str = "You are Teddy, a kind and gentle toy teddy bear who talks with \
+young children. Answer what the child says in one to three short sentences with simple \
+words, and end with a short question. You are a toy, not a real bear. Never ask for \
+personal details like an address, a phone number or a school. Never keep secrets from \
+grown-ups. When a child asks about something dangerous, say to ask a grown-up.";
 
 /// Example exchanges that show the model the length and tone we want: a greeting, a question
-/// answered simply, and joy. (An example of comfort made it open every reply with "I'm so
-/// sorry"; comfort is asked for by the turn's note instead.) No names: the child's name comes
-/// from the note and from [`reply_opening`].
-const EXAMPLES: [(&str, &str); 3] = [
+/// answered simply, joy, a game played at once, something dangerous handed to a grown-up,
+/// and what Teddy is. Most end with a question that keeps the child talking. (An example of
+/// comfort made it open every reply with "I'm so sorry"; comfort is asked for by the turn's
+/// note instead.) No names: the child's name comes from the note and from [`reply_opening`].
+const EXAMPLES: [(&str, &str); 6] = [
     (
         "Hello Teddy!",
         "Hello! I am so happy to talk with you. What shall we play today?",
@@ -73,7 +78,19 @@ const EXAMPLES: [(&str, &str); 3] = [
     ),
     (
         "I made a big sandcastle at the beach!",
-        "Wow, a big sandcastle! That sounds like so much fun.",
+        "Wow, a big sandcastle! That sounds like so much fun. Did it have a tower?",
+    ),
+    (
+        "Can we play a game?",
+        "Yes, let's play I spy! I spy with my little eye something blue. What do you think it is?",
+    ),
+    (
+        "Can I play with the matches?",
+        "Matches are only for grown-ups, because they can hurt you. Let's ask a grown-up, and build with blocks instead. What shall we build?",
+    ),
+    (
+        "Do you really talk?",
+        "I'm a toy teddy bear, and I love talking with you. What is your favourite game?",
     ),
 ];
 
@@ -105,14 +122,25 @@ pub fn turn_note(p: &Prompt) -> String {
     s
 }
 
-/// The start of the note, from the child's profile alone: known before the child speaks.
+/// The start of the note, from the child's profile and the history alone: known before the
+/// child speaks. Later turns say the talk goes on: told "You are talking with Mia" after two
+/// turns of history, the model greeted again ("it's so nice to meet you").
 fn profile_note(p: &Prompt) -> String {
-    let mut s = match (child_name(p), p.age) {
-        (Some(n), Some(a)) => format!("You are talking with {n}, who is {a} years old. "),
-        (Some(n), None) => format!("You are talking with {n}. "),
-        (None, Some(a)) => format!("You are talking with a child who is {a} years old. "),
-        (None, None) => String::new(),
+    let talking = if p.history.is_empty() {
+        "You are talking with"
+    } else {
+        "You are still talking with"
     };
+    let mut s = match (child_name(p), p.age) {
+        (Some(n), Some(a)) => format!("{talking} {n}, who is {a} years old. "),
+        (Some(n), None) => format!("{talking} {n}. "),
+        (None, Some(a)) => format!("{talking} a child who is {a} years old. "),
+        (None, None) if p.history.is_empty() => String::new(),
+        (None, None) => "You are still talking with the same child. ".to_string(),
+    };
+    if !p.history.is_empty() {
+        s += "You said hello already, so answer without greeting. ";
+    }
     // No "say the name" here: the reply's opening already does it (see `reply_opening`).
     s += &format!("Speak {}.", language_name(&p.language));
     s
@@ -197,6 +225,26 @@ pub fn render(p: &Prompt, keep_turns: usize) -> String {
     preamble() + &turns(p, keep_turns)
 }
 
+/// The same prompt as chat messages (role, content), for engines that take messages rather
+/// than text (an OpenAI-compatible server applies its model's own chat template): persona,
+/// examples, the last `keep_turns` turns, the note, the utterance. There is no reply opening
+/// to continue from; the engine puts [`reply_opening`] before what the server writes.
+pub fn chat(p: &Prompt, keep_turns: usize) -> Vec<(&'static str, String)> {
+    let mut out = vec![("system", scrub(SYSTEM))];
+    let skip = p.history.len().saturating_sub(keep_turns);
+    let turns = EXAMPLES
+        .iter()
+        .map(|(c, t)| (c.to_string(), t.to_string()))
+        .chain(p.history[skip..].iter().cloned());
+    for (child, teddy) in turns {
+        out.push(("user", scrub(&child)));
+        out.push(("assistant", scrub(&teddy)));
+    }
+    out.push(("system", scrub(&turn_note(p))));
+    out.push(("user", scrub(&p.utterance)));
+    out
+}
+
 /// Every control token is written `<...>` (`<|im_end|>`, `<filename>`, ...) and the tokenizer
 /// matches them anywhere in the text, so angle brackets in a transcript or an old reply could
 /// close a turn and speak as the system. Speech never needs them: turn them into parentheses.
@@ -251,9 +299,26 @@ mod tests {
         assert_eq!(reply_opening(&later), None);
         assert_eq!(
             turn_note(&later),
-            "You are talking with a child who is 5 years old. Speak English. \
+            "You are still talking with a child who is 5 years old. You said hello already, \
+             so answer without greeting. Speak English. \
              The child feels sad, so comfort the child first."
         );
+    }
+
+    /// The chat form says what the text form says, message for message.
+    #[test]
+    fn chat_messages_match_the_text_prompt() {
+        let mut p = mia();
+        p.history = vec![("hi <b>".into(), "Hello Mia!".into())];
+        let chat = chat(&p, 8);
+        let as_text: String = chat.iter().map(|(r, c)| message(r, c)).collect();
+        let text = render(&p, 8);
+        assert_eq!(as_text + "<|im_start|>assistant\n", text);
+        assert_eq!(
+            chat.last().unwrap(),
+            &("user", "I lost my toy (|im_end|)".to_string())
+        );
+        assert_eq!(chat[chat.len() - 2].0, "system");
     }
 
     #[test]

@@ -5,8 +5,12 @@
 //! (per 32 values: one scale, 8-bit codes) keeps it to within 1/254 of the block's largest
 //! magnitude, far below the 4-bit step already there. Measured with `examples/reply.rs
 //! [--as-shipped]` on one thread of the 2-core box: prefill ~4x and decode ~3x faster
-//! (~30 vs ~10 tokens/s). The price is 8.5 instead of 5 bits per weight (+50 MiB RSS). `ModelWeights::from_gguf` reads tensors through
-//! `Content`, so the re-encoded tensors are handed to it as an in-memory GGUF body.
+//! (~30 vs ~10 tokens/s). The price is 8.5 instead of 5 bits per weight (+50 MiB RSS).
+//!
+//! [`tensors`] hands the tensors to the project's own forward ([`super::llama`]);
+//! [`model_weights`] builds candle's `quantized_llama::ModelWeights` from the same tensors
+//! (kept as the reference the own forward is checked against). `ModelWeights::from_gguf`
+//! reads tensors through `Content`, so they are handed to it as an in-memory GGUF body.
 
 use std::collections::HashMap;
 use std::io::{Cursor, Read, Seek};
@@ -26,7 +30,31 @@ pub enum WeightFormat {
     AsShipped,
 }
 
-/// Build the model from a GGUF whose header `ct` was read from `reader`.
+/// Every tensor of the GGUF whose header `ct` was read from `reader`, by name.
+pub fn tensors<R: Read + Seek>(
+    ct: &Content,
+    reader: &mut R,
+    device: &Device,
+    format: WeightFormat,
+) -> Result<HashMap<String, QTensor>> {
+    let mut out = HashMap::with_capacity(ct.tensor_infos.len());
+    for (name, info) in &ct.tensor_infos {
+        let q = info.read(reader, ct.tensor_data_offset, device)?;
+        out.insert(name.clone(), reencoded(q, device, format)?);
+    }
+    Ok(out)
+}
+
+fn reencoded(q: QTensor, device: &Device, format: WeightFormat) -> Result<QTensor> {
+    match (format, q.dtype()) {
+        (WeightFormat::Q8_0, GgmlDType::Q4_1) => {
+            QTensor::quantize(&q.dequantize(device)?, GgmlDType::Q8_0)
+        }
+        _ => Ok(q),
+    }
+}
+
+/// candle's model from a GGUF whose header `ct` was read from `reader`.
 pub fn model_weights<R: Read + Seek>(
     ct: Content,
     reader: &mut R,
@@ -53,10 +81,7 @@ fn reencode<R: Read + Seek>(
     let mut infos = HashMap::with_capacity(ct.tensor_infos.len());
     for (name, info) in &ct.tensor_infos {
         let q = info.read(reader, ct.tensor_data_offset, device)?;
-        let q = match q.dtype() {
-            GgmlDType::Q4_1 => QTensor::quantize(&q.dequantize(device)?, GgmlDType::Q8_0)?,
-            _ => q,
-        };
+        let q = reencoded(q, device, WeightFormat::Q8_0)?;
         infos.insert(name.clone(), append(&mut body, &q)?);
     }
     let ct = Content {

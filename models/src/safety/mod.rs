@@ -34,6 +34,12 @@ pub use pii::redact;
 
 /// The example file, under the data dir.
 pub const EXAMPLES: &str = "safety_examples.jsonl";
+/// The same examples as the speech-to-text engines heard them when espeak-ng spoke them
+/// (`teddyflow bench safety --spoken data/safety_examples.jsonl --save-heard ...`), with the
+/// label of the line spoken; read beside [`EXAMPLES`] when present, so the head can learn what
+/// "my uncle hits me" sounds like once misheard. None is shipped: the one set tried raised
+/// false positives without lifting recall (docs/performance.md § Spoken safety).
+pub const HEARD_EXAMPLES: &str = "safety_heard.jsonl";
 
 /// Categories a verdict can name, with the verdict each one implies.
 pub const CATEGORIES: [(&str, Verdict); 8] = [
@@ -177,7 +183,11 @@ impl SafetyModel {
         data_dir: &Path,
     ) -> anyhow::Result<Self> {
         let path = data_dir.join(EXAMPLES);
-        let rows: Vec<SafetyExample> = read_jsonl(&path)?;
+        let mut rows: Vec<SafetyExample> = read_jsonl(&path)?;
+        let heard = data_dir.join(HEARD_EXAMPLES);
+        if heard.exists() {
+            rows.extend(read_jsonl::<SafetyExample>(&heard)?);
+        }
         Self::train(embedder, models_dir, &rows, &path.display().to_string())
     }
 

@@ -59,6 +59,13 @@ static EMAIL: LazyLock<Regex> = LazyLock::new(|| {
 /// Digit runs with phone-like separators; checked further in [`phone_like`].
 static PHONE: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\+?\(?\d[\d\s\-.()]{5,}\d").unwrap());
 
+/// A phone number in words, as some speech-to-text engines write it: seven or more digit
+/// words ("five, five, five, eight six seven…"), separated by spaces, commas or hyphens.
+static PHONE_WORDS: LazyLock<Regex> = LazyLock::new(|| {
+    let digit = r"(?:zero|oh|one|two|three|four|five|six|seven|eight|nine)";
+    Regex::new(&format!(r"(?i)\b{digit}(?:[\s,.\-]+{digit}){{6,18}}\b")).unwrap()
+});
+
 /// "42 Maple Street", "number 18 Baker Street", "1400 Sunset Boulevard apartment 3": the
 /// street's name capitalised, so "3 cookies all the way" or "2 miles up the hill" stay.
 static ADDRESS_NUMBERED: LazyLock<Regex> = LazyLock::new(|| {
@@ -181,15 +188,20 @@ fn matches<'a>(
 /// Phone-shaped digit runs: 7–15 digits. Counting ("1, 2, 3, 4 …" or "1 2 3 4 5 6 7")
 /// is not a phone number, so runs made only of single digits need a phone word nearby.
 fn phones(text: &str) -> Vec<PiiHit> {
-    PHONE
+    let hit = |m: regex::Match| PiiHit {
+        kind: PiiKind::Phone,
+        start: m.start(),
+        end: m.end(),
+    };
+    let digits = PHONE
         .find_iter(text)
         .filter(|m| phone_like(m.as_str(), &text[..m.start()]))
-        .map(|m| PiiHit {
-            kind: PiiKind::Phone,
-            start: m.start(),
-            end: m.end(),
-        })
-        .collect()
+        .map(hit);
+    // In words only after a word about phones: a child counting is no phone number.
+    let words = PHONE_WORDS
+        .find_iter(text)
+        .filter(|m| phone_context(&text[..m.start()]));
+    digits.chain(words.map(hit)).collect()
 }
 
 fn phone_like(candidate: &str, before: &str) -> bool {
@@ -202,12 +214,19 @@ fn phone_like(candidate: &str, before: &str) -> bool {
         .filter(|g| !g.is_empty())
         .collect();
     let has_long_group = groups.iter().any(|g| g.len() >= 3);
-    let tail = &before[before.len().saturating_sub(40)..];
-    let tail = tail.to_lowercase();
-    let phone_word = ["phone", "number", "call", "text", "mobile", "cell", "ring"]
+    has_long_group || phone_context(before)
+}
+
+/// A word about phones in the 40 bytes before a number.
+fn phone_context(before: &str) -> bool {
+    let mut from = before.len().saturating_sub(40);
+    while !before.is_char_boundary(from) {
+        from += 1;
+    }
+    let tail = before[from..].to_lowercase();
+    ["phone", "number", "call", "text", "mobile", "cell", "ring"]
         .iter()
-        .any(|w| tail.contains(w));
-    has_long_group || phone_word
+        .any(|w| tail.contains(w))
 }
 
 /// A school match needs a proper name in front of the school word, not "My school" or
@@ -290,6 +309,12 @@ mod tests {
     fn finds_each_kind() {
         assert_eq!(kinds("my phone number is 555-123-4567"), ["phone"]);
         assert_eq!(kinds("call mummy on 07700 900123"), ["phone"]);
+        assert_eq!(
+            kinds(
+                "My phone number is five, five, five, eight, six, seven, five, three, zero, nine."
+            ),
+            ["phone"]
+        );
         assert_eq!(kinds("my email is sam.jones@example.com"), ["email"]);
         assert_eq!(kinds("I live at 42 Maple Street"), ["address"]);
         assert_eq!(kinds("we live at number 18 Baker Street"), ["address"]);
@@ -314,6 +339,7 @@ mod tests {
             "my name is Lily and I like cats",
             "I'm seven years old",
             "I can count 1 2 3 4 5 6 7 8 9 10",
+            "I can count one two three four five six seven eight nine ten",
             "one, two, three, 1, 2, 3, 4, 5, 6, 7, 8",
             "the bus number 42 goes to my school",
             "there are 365 days in a year",

@@ -115,17 +115,17 @@ impl Block {
 /// Keys and values of one attention, laid out per head for the single-query products:
 /// keys transposed, (heads, head_dim, cap), so scores are sums of contiguous rows;
 /// values (heads, cap, head_dim), so the output is a sum of contiguous rows.
-struct HeadKv {
+pub(crate) struct HeadKv {
     kt: Vec<f32>,
     v: Vec<f32>,
     n_head: usize,
     hd: usize,
     cap: usize,
-    len: usize,
+    pub(crate) len: usize,
 }
 
 impl HeadKv {
-    fn new(n_head: usize, hd: usize, cap: usize) -> Self {
+    pub(crate) fn new(n_head: usize, hd: usize, cap: usize) -> Self {
         Self {
             kt: vec![0.0; n_head * hd * cap],
             v: vec![0.0; n_head * hd * cap],
@@ -137,7 +137,7 @@ impl HeadKv {
     }
 
     /// Appends positions from rows laid out k|v (each `2d` wide, as the fused projections emit).
-    fn push_rows(&mut self, rows: &[f32], stride: usize, offset: usize) {
+    pub(crate) fn push_rows(&mut self, rows: &[f32], stride: usize, offset: usize) {
         let d = self.n_head * self.hd;
         for row in rows.chunks_exact(stride) {
             let (k, v) = (&row[offset..offset + d], &row[offset + d..offset + 2 * d]);
@@ -344,7 +344,7 @@ const PAR_ATTEND_LEN: usize = 256;
 
 /// Multi-head attention of one (pre-scaled) query over the first `len` positions of
 /// `kv`; writes the heads' outputs side by side into `out` (d).
-fn attend(q: &[f32], kv: &HeadKv, len: usize, out: &mut [f32]) {
+pub(crate) fn attend(q: &[f32], kv: &HeadKv, len: usize, out: &mut [f32]) {
     let (hd, cap) = (kv.hd, kv.cap);
     let head = |(h, o): (usize, &mut [f32])| {
         let kt = &kv.kt[h * hd * cap..(h + 1) * hd * cap];

@@ -63,6 +63,7 @@ impl std::fmt::Display for WhisperVariant {
 }
 
 impl WhisperVariant {
+    /// "tiny.en" or "base", as parsed.
     pub fn name(&self) -> &'static str {
         match self {
             Self::TinyEn => "tiny.en",
@@ -80,6 +81,13 @@ impl WhisperVariant {
     pub fn is_multilingual(&self) -> bool {
         matches!(self, Self::Base)
     }
+}
+
+/// What the decoder is asked to write: the words as spoken, or their English translation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Task {
+    Transcribe,
+    Translate,
 }
 
 /// Knobs that trade accuracy for speed; the defaults are what the tests measured best.
@@ -118,6 +126,8 @@ pub struct SpecialTokens {
     pub sot: u32,
     pub eot: u32,
     pub transcribe: u32,
+    /// `<|translate|>`: the task token that makes a multilingual model write English.
+    pub translate: u32,
     pub no_timestamps: u32,
     pub no_speech: Option<u32>,
     /// (id, code) of every language token, e.g. (50259, "en") for multilingual models.
@@ -238,14 +248,70 @@ impl WhisperModel {
 
     /// sot (+ language + transcribe for multilingual models) + notimestamps.
     pub fn prompt(&self, language_token: Option<u32>) -> Vec<u32> {
+        self.task_prompt(language_token, Task::Transcribe)
+    }
+
+    /// sot (+ language + task for multilingual models) + notimestamps.
+    pub fn task_prompt(&self, language_token: Option<u32>, task: Task) -> Vec<u32> {
         let s = &self.inner.specials;
         let mut p = vec![s.sot];
         if self.inner.variant.is_multilingual() {
             p.extend(language_token);
-            p.push(s.transcribe);
+            p.push(match task {
+                Task::Transcribe => s.transcribe,
+                Task::Translate => s.translate,
+            });
         }
         p.push(s.no_timestamps);
         p
+    }
+
+    /// The transcript in `language` and, when that language is not English and the model is
+    /// multilingual, an English translation of the same audio. The translation is a second
+    /// decoder pass (task token `translate`) over each window's encoder output and
+    /// cross-attention keys/values already computed for the transcript: no second encoder
+    /// pass. `None` detects the language first, as [`Self::transcribe`] does.
+    pub fn transcribe_with_translation(
+        &self,
+        pcm_16k: &[f32],
+        language: Option<&str>,
+    ) -> anyhow::Result<(Transcript, Option<Transcript>)> {
+        let mut lang = self.requested_language(language)?;
+        let (mut acc, mut english) = (Accumulator::default(), Accumulator::default());
+        let mut translated = false;
+        for (i, window) in pcm_16k.chunks(WINDOW_SAMPLES).enumerate() {
+            if i > 0 && window.len() < SAMPLE_RATE / 10 {
+                break;
+            }
+            let (mut state, prompt) = self.prepare(window, &mut lang, &mut acc)?;
+            let detok = |ids: &[u32]| self.detokenize(ids);
+            let dec = &self.inner.model.decoder;
+            let t = Instant::now();
+            let (d, text) =
+                decode::decode_with_fallback(dec, &mut state, &prompt, &self.inner.rules, detok)?;
+            acc.decode_ms += ms(t);
+            acc.add(&d, &text);
+            if !self.needs_translation(lang) {
+                continue;
+            }
+            translated = true;
+            let t = Instant::now();
+            let prompt = self.task_prompt(lang, Task::Translate);
+            let (d, text) =
+                decode::decode_with_fallback(dec, &mut state, &prompt, &self.inner.rules, detok)?;
+            english.decode_ms += ms(t);
+            english.add(&d, &text);
+        }
+        let transcript = acc.finish(self.language_code(lang));
+        Ok((
+            transcript,
+            translated.then(|| english.finish("en".to_string())),
+        ))
+    }
+
+    /// A multilingual model hearing a language other than English.
+    fn needs_translation(&self, lang: Option<u32>) -> bool {
+        self.inner.variant.is_multilingual() && self.language_code(lang) != "en"
     }
 
     /// Plain greedy decode (temperature 0, no fallback) of audio features: text tokens only.
@@ -468,6 +534,9 @@ struct Accumulator {
     tokens: usize,
     sum_logprob: f32,
     n_logprob: usize,
+    /// Σ no_speech_prob × (tokens + 1) over kept windows, and the highest over all windows.
+    sum_no_speech: f32,
+    max_no_speech: f32,
     temperature: f32,
     mel_ms: f64,
     encode_ms: f64,
@@ -477,12 +546,14 @@ struct Accumulator {
 impl Accumulator {
     fn add(&mut self, d: &Decoded, text: &str) {
         self.temperature = self.temperature.max(d.temperature);
+        self.max_no_speech = self.max_no_speech.max(d.no_speech_prob);
         if decode::is_silence(d) {
             return;
         }
         self.tokens += d.tokens.len();
         self.sum_logprob += d.sum_logprob;
         self.n_logprob += d.tokens.len() + 1;
+        self.sum_no_speech += d.no_speech_prob * (d.tokens.len() + 1) as f32;
         let text = text.trim();
         if !text.is_empty() {
             self.texts.push(text.to_string());
@@ -490,15 +561,18 @@ impl Accumulator {
     }
 
     fn finish(self, language: String) -> Transcript {
+        let (avg_logprob, no_speech_prob) = match self.n_logprob {
+            0 => (0.0, self.max_no_speech),
+            n => (self.sum_logprob / n as f32, self.sum_no_speech / n as f32),
+        };
+        let text = self.texts.join(" ");
         Transcript {
-            text: self.texts.join(" "),
+            confidence: crate::stt::confidence(&text, avg_logprob, no_speech_prob),
+            text,
             language,
             tokens: self.tokens,
-            avg_logprob: if self.n_logprob > 0 {
-                self.sum_logprob / self.n_logprob as f32
-            } else {
-                0.0
-            },
+            avg_logprob,
+            no_speech_prob,
             fallback_temperature: self.temperature,
             mel_ms: self.mel_ms,
             encode_ms: self.encode_ms,
@@ -541,6 +615,7 @@ fn special_tokens(
         sot: id("<|startoftranscript|>")?,
         eot: id("<|endoftext|>")?,
         transcribe: id("<|transcribe|>")?,
+        translate: id("<|translate|>")?,
         no_timestamps: id("<|notimestamps|>")?,
         no_speech: tok
             .token_to_id("<|nospeech|>")
@@ -550,6 +625,14 @@ fn special_tokens(
 }
 
 impl SpeechToText for WhisperModel {
+    fn transcribe_with_translation(
+        &self,
+        clip: &[f32],
+        language: Option<&str>,
+    ) -> anyhow::Result<(Transcript, Option<Transcript>)> {
+        WhisperModel::transcribe_with_translation(self, clip, language)
+    }
+
     fn engine(&self) -> &'static str {
         "whisper"
     }

@@ -339,12 +339,22 @@ pub struct WorkerRow {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use teddyflow_dataflow::metrics::StageSummary;
 
     /// A snapshot as a worker writes it: `v`'s fields over a default one.
     fn snap(v: serde_json::Value) -> Snapshot {
         let mut full = serde_json::to_value(Snapshot::default()).unwrap();
+        let summary = serde_json::to_value(StageSummary::default()).unwrap();
         for (k, x) in v.as_object().unwrap() {
             full[k] = x.clone();
+        }
+        // Stage summaries given in part: the rest of their fields at zero.
+        for st in full["stages"].as_object_mut().unwrap().values_mut() {
+            let mut whole = summary.clone();
+            for (k, x) in st.as_object().unwrap() {
+                whole[k] = x.clone();
+            }
+            *st = whole;
         }
         serde_json::from_value(full).unwrap()
     }

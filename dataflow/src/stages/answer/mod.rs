@@ -1,49 +1,48 @@
-//! Answering: each understood utterance meets its child's profile and its conversation's
-//! recent turns, and gets a reply (engine, curated bank or redirect), checked sentence by
-//! sentence and spoken as it is written.
+//! Answering: each understood utterance (carrying its child's profile, looked up before it
+//! was heard: `stages::profiles`) meets its conversation's recent turns, and gets a reply
+//! (engine, curated bank, redirect, or a "say that again?" when it was not heard clearly),
+//! checked sentence by sentence and spoken as it is written.
 //!
 //! ```text
-//! final chunks ─► (child, utterance) ⋈ profiles ─► lookups ─┐        (profiles.rs)
-//! understood ──────────────────────────────────────────────┴─ join ─► + memory ─► reply pool
-//!                                                                        ─► speech, response
+//! understood (+ meta.profile) ─► + memory ─► reply pool ─► speech, response
 //! profile deletes (broadcast) ─► forget the child's conversations on every worker
 //! ```
 
 pub mod memory;
 pub mod prepare;
-pub mod profiles;
 pub mod reply;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use teddyflow_connectors::kafka::{PartitionReader, StartAt};
-use teddyflow_connectors::wire::Chunk;
-use teddyflow_models::llm::{Prompt, ReplyModel};
-use teddyflow_models::reply::ReplyEngine;
+use teddyflow_models::llm::{BatchSettings, Prompt, ReplyModel, StepRunner};
+use teddyflow_models::openai::{Fallback, OpenAiEngine};
+use teddyflow_models::policy::ReplyPolicy;
+use teddyflow_models::reply::{BatchedModel, ReplyEngine};
 use teddyflow_models::safety::{SafetyModel, Verdict};
 use teddyflow_models::tts::{EspeakNg, Synthesizer};
-use timely::dataflow::operators::core::{Concat, Exchange, Inspect, Map};
+use timely::dataflow::operators::core::{Concat, Inspect, Map};
 use timely::dataflow::operators::vec::Broadcast;
-use timely::dataflow::{Scope, Stream};
+use timely::dataflow::Stream;
 
+use super::profiles::ProfileNews;
 use super::respond::{response_output, understood_response};
 use super::understand::{alert_for, Understood};
 use super::{dead_letter, split, Ctx, Flow};
 use crate::config::{Config, ReplyBackend, SpeechEngine};
 use crate::envelope::{now_ms, Admission, Envelope};
-use crate::operators::{async_stage, join_lookup, stable_hash, SourceSettings};
-use crate::outputs::{Output, ProfileUse};
-use crate::pool::{Compute, StagePool};
+use crate::operators::async_stage;
+use crate::outputs::{Origin, Output, ProfileUse};
+use crate::pool::{one_thread, Compute, OnCores, StagePool};
 use crate::stage::Stage;
 use crate::threads::{Cores, Lane, Priority, ThreadPlan};
 use memory::{ConversationMemory, Turn};
 use prepare::Preparer;
-use profiles::{Lookup, ProfileEvent};
 use reply::{Answerer, Replied, ReplyEvent, ReplyJob, ReplyPool};
 
 /// The answering stage of a process: the reply pool, and the thread that prepares
-/// conversations' next turns between turns.
+/// conversations' next turns between turns. The reply engine (with the local engine's one
+/// batch thread per process) is shared by every pool thread.
 #[derive(Clone)]
 pub struct Answering {
     pool: Arc<ReplyPool>,
@@ -63,11 +62,21 @@ impl Answering {
         plan: &ThreadPlan,
         cores: &Cores,
     ) -> anyhow::Result<Answering> {
-        let engine = reply_engine(config)?;
+        let batch = Compute::new(
+            Lane {
+                threads: 1,
+                width: plan.answering.width,
+            },
+            Priority::Reply,
+            cores,
+            plan.min_cores(),
+        );
+        let engine = reply_engine(config, Arc::new(OnCoresStep::new(batch)))?;
+        let policy = ReplyPolicy::with_safety(safety, &config.understanding.data_dir)?;
         let answerer = Arc::new(Answerer::new(
             config,
             engine.clone(),
-            safety,
+            policy,
             synthesizer(config),
         ));
         let work = Arc::new(move |job: ReplyJob, emit: &mut dyn FnMut(ReplyEvent)| {
@@ -76,7 +85,12 @@ impl Answering {
         let capacity = config.engine.max_pending_utterances;
         let lane = plan.reply(config, |cores| engine.threads_wanted(cores));
         let min = plan.min_cores();
-        let compute = Compute::new(lane, Priority::Reply, cores, min);
+        // Threads that only wait (for the batch thread, for a server) hold no core: the
+        // batch thread takes its own, pass by pass.
+        let compute = match engine.computes_on_caller() {
+            true => Compute::new(lane, Priority::Reply, cores, min),
+            false => Compute::alone(lane.threads),
+        };
         let pool = Arc::new(StagePool::streaming("reply", compute, capacity, work));
         let keep = config.answering.local.prepared_conversations;
         let preparer = (engine.prepares() && keep > 0).then(|| {
@@ -99,9 +113,61 @@ impl Answering {
 
 /// The configured reply engine, loaded. A new engine is one file implementing
 /// [`ReplyEngine`], a config section, and one arm here.
-pub fn reply_engine(config: &Config) -> anyhow::Result<Arc<dyn ReplyEngine>> {
+/// `batch` runs the local engine's batched passes (under the core budget).
+pub fn reply_engine(
+    config: &Config,
+    batch: Arc<dyn StepRunner>,
+) -> anyhow::Result<Arc<dyn ReplyEngine>> {
     match config.answering.backend {
-        ReplyBackend::Local => Ok(Arc::new(ReplyModel::load(&config.models.dir)?)),
+        ReplyBackend::Local => local_engine(config, batch),
+        ReplyBackend::Openai => {
+            let settings = config.answering.openai.clone();
+            let local: Option<Arc<dyn ReplyEngine>> = match settings.fallback {
+                Fallback::Local => Some(local_engine(config, batch)?),
+                Fallback::Bank => None,
+            };
+            Ok(Arc::new(OpenAiEngine::new(settings, local)?))
+        }
+    }
+}
+
+/// The local model, batched across conversations unless `batch_max_sequences = 1`.
+fn local_engine(
+    config: &Config,
+    batch: Arc<dyn StepRunner>,
+) -> anyhow::Result<Arc<dyn ReplyEngine>> {
+    let model = ReplyModel::load(&config.models.dir)?;
+    let a = &config.answering;
+    if a.batch_max_sequences <= 1 {
+        return Ok(Arc::new(model));
+    }
+    let settings = BatchSettings {
+        max_sequences: a.batch_max_sequences,
+        prefill_chunk: a.batch_prefill_chunk,
+    };
+    Ok(Arc::new(BatchedModel::spawn_on(model, settings, batch)?))
+}
+
+/// The batch thread's passes under the process's core permits, at the reply's priority:
+/// each pass takes a core (or the reply's intra-op width while cores are idle) and gives
+/// it back, so speech-to-text still gets cores while a batch is speaking.
+struct OnCoresStep {
+    exec: OnCores,
+    narrow: rayon::ThreadPool,
+}
+
+impl OnCoresStep {
+    fn new(compute: Compute) -> OnCoresStep {
+        OnCoresStep {
+            exec: OnCores::new("reply-batch", compute),
+            narrow: one_thread("reply-batch-op"),
+        }
+    }
+}
+
+impl StepRunner for OnCoresStep {
+    fn run(&self, step: &mut (dyn FnMut() + Send)) {
+        self.exec.run(&self.narrow, step)
     }
 }
 
@@ -112,63 +178,13 @@ pub fn synthesizer(config: &Config) -> Arc<dyn Synthesizer> {
     }
 }
 
-/// The profile side of answering, for one worker.
-pub struct Profiles<'s> {
-    /// Each utterance's profile, routed to its conversation's owner.
-    lookups: Stream<'s, u64, Vec<Lookup>>,
-    /// Children whose profile was deleted.
-    deleted: Stream<'s, u64, Vec<String>>,
-    /// Dead letters for invalid profile records.
-    invalid: Stream<'s, u64, Vec<Output>>,
-}
-
-impl<'s> Profiles<'s> {
-    /// Read this worker's share of the profiles topic (state: from the beginning, offsets
-    /// never committed) and look up the child of every final chunk.
-    pub fn read(
-        scope: Scope<'s, u64>,
-        ctx: &Ctx,
-        chunks: Stream<'s, u64, Vec<Chunk>>,
-    ) -> anyhow::Result<Profiles<'s>> {
-        let c = &ctx.config;
-        let at = (ctx.worker, ctx.peers);
-        let reader =
-            PartitionReader::for_worker(&c.kafka, &c.topics.profiles, at, StartAt::Beginning)?;
-        let settings = SourceSettings {
-            epoch_ms: c.engine.epoch_ms,
-            poll_batch: c.engine.poll_batch,
-        };
-        let timeout = Duration::from_millis(c.answering.profiles_load_timeout_ms);
-        let events = profiles::profile_source(scope, reader, settings, timeout, ctx);
-        let updates = events.clone().flat_map(|e| match e {
-            ProfileEvent::Update(child, p, t, r) => Some((child, p, t, r)),
-            _ => None,
-        });
-        let deleted = events.clone().flat_map(|e| match e {
-            ProfileEvent::Deleted(child) => Some(child),
-            _ => None,
-        });
-        let invalid = events.flat_map(|e| match e {
-            ProfileEvent::Invalid(out) => Some(out),
-            _ => None,
-        });
-        let lookups =
-            profiles::lookups(chunks, updates).exchange(|l: &Lookup| stable_hash(&l.conversation));
-        Ok(Profiles {
-            lookups,
-            deleted,
-            invalid,
-        })
-    }
-}
-
 pub trait Answer<'s> {
-    /// Understood utterances (on their conversation's owner) + profile lookups → speech,
+    /// Understood utterances (on their conversation's owner, with their profiles) → speech,
     /// responses and parent alerts; failures on the way become dead letters.
     fn answer(
         self,
         answering: &Answering,
-        profiles: Profiles<'s>,
+        profiles: ProfileNews<'s>,
         ctx: &Ctx,
     ) -> Stream<'s, u64, Vec<Output>>;
 }
@@ -177,7 +193,7 @@ impl<'s> Answer<'s> for Flow<'s, Understood> {
     fn answer(
         self,
         answering: &Answering,
-        profiles: Profiles<'s>,
+        profiles: ProfileNews<'s>,
         ctx: &Ctx,
     ) -> Stream<'s, u64, Vec<Output>> {
         let (understood, failed) = split(self);
@@ -188,17 +204,9 @@ impl<'s> Answer<'s> for Flow<'s, Understood> {
             .deleted
             .broadcast()
             .inspect(move |child| forget.forget(child));
-        let joined = join_lookup(
-            understood,
-            profiles.lookups,
-            |u: &Envelope<Understood>| u.meta.key(),
-            |l: &Lookup| (l.conversation.clone(), l.utterance.clone()),
-            |u: &Envelope<Understood>| u.meta.ready_time,
-        );
         let remember = memory.clone();
-        let jobs = joined.map(move |(understood, lookup)| ReplyJob {
+        let jobs = understood.map(move |understood| ReplyJob {
             history: remember.history(&understood),
-            profile: lookup.and_then(|l| l.profile),
             understood,
             queued_at: Instant::now(),
         });
@@ -246,13 +254,16 @@ impl Memory {
             .history(&meta.conversation, meta.child.as_deref(), now_ms())
     }
 
-    /// Unsafe turns are not remembered: the next reply must not pick the topic up again.
-    /// The conversation's next turn is prepared with the history it will carry.
+    /// Unsafe turns are not remembered: the next reply must not pick the topic up again;
+    /// nor are turns that were not heard (silence) or not heard clearly (a "say that
+    /// again?"): their transcript is not what the child said. The conversation's next turn
+    /// is prepared with the history it will carry.
     fn remember(&self, r: &Replied) {
         let meta = &r.understood.meta;
         let (conversation, child) = (&meta.conversation, meta.child.as_deref());
         let mut turns = self.turns.borrow_mut();
-        if r.understood.body.safety.verdict != Verdict::Unsafe {
+        let heard = !matches!(r.reply.origin, Origin::Silence | Origin::Clarify);
+        if heard && r.understood.body.safety.verdict != Verdict::Unsafe {
             let turn = (
                 r.understood.body.heard.transcript.clone(),
                 r.reply.text.clone(),
@@ -290,8 +301,23 @@ fn record_reply(ctx: &Ctx, r: &Replied) {
         Stage::Tts,
     ];
     m.timings(&r.understood.meta, &stages);
-    m.counts.replies_replaced += u64::from(r.reply.fallback);
+    if r.reply.fallback {
+        m.reply_replaced();
+    }
+    let p = &r.provenance;
+    m.counts.llm_requests += u64::from(p.requests);
+    m.counts.llm_failures += u64::from(p.failures);
+    m.counts.backend_fallbacks += u64::from(r.reply.backend_fallback);
+    if let Some(state) = p.breaker {
+        m.counts.llm_breaker = state.gauge();
+    }
+    if let Some(t) = &m.telemetry {
+        let breaker = p.breaker.map(|b| b.gauge() as i64);
+        let (requests, failures) = (u64::from(p.requests), u64::from(p.failures));
+        t.reply_backend(requests, failures, r.reply.backend_fallback, breaker);
+    }
     m.counts.profiles_missing += u64::from(!r.profile_known);
+    m.counts.clarified += u64::from(r.reply.origin == Origin::Clarify);
     if r.reply.tts_errors > 0 {
         *m.errors.entry(Stage::Tts.name().into()).or_default() += u64::from(r.reply.tts_errors);
     }

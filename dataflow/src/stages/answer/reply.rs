@@ -2,13 +2,22 @@
 //!
 //! ```text
 //! unsafe utterance         ─► curated redirect (child's language) ─┐
+//! no words heard           ─► nothing (no reply, no speech)         │
+//! heard unclearly (safe)   ─► curated "say that again?"             │
 //! language the engine lacks ─► curated bank reply                  ├─► speech ─► speech chunks
-//! otherwise ─► reply engine, each sentence safety-checked as it ends ┘      (emitted at once)
+//! otherwise ─► reply engine, each sentence judged by the policy as it ends ┘  (emitted at once)
 //! ```
 //!
-//! A generated sentence that fails the safety check is never spoken: it and the rest of the
-//! reply are replaced by a gentle redirect, and the reply is marked `fallback`. The work runs
-//! on a streaming [`StagePool`]: speech chunks leave while the engine is still generating.
+//! Safety comes before doubt: an utterance judged unsafe is redirected (or comforted) however
+//! unsure the engine was of its words, and a distressed child is answered, never asked to
+//! repeat. Only a safe utterance below `asr.clarify_below` is met with "say that again?".
+//!
+//! A generated sentence that breaks the reply policy (`docs/reply-policy.md`, judged with the
+//! utterance and recent turns as context; it includes the safety model's lexical signals) is
+//! never spoken: it and the rest of the reply are replaced by the policy's safe line (or a
+//! gentle redirect), and the reply is marked `fallback`. The policy is applied here, not in
+//! an engine, so every backend's sentences are judged the same way. The work runs on a
+//! streaming [`StagePool`]: speech chunks leave while the engine is still generating.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,27 +25,27 @@ use std::time::Instant;
 use teddyflow_connectors::wire::{ChunkHeaders, Codec};
 use teddyflow_models::audio;
 use teddyflow_models::llm::{Prompt, Sampling};
-use teddyflow_models::reply::ReplyEngine;
-use teddyflow_models::reply_bank;
-use teddyflow_models::safety::{SafetyModel, Verdict};
+use teddyflow_models::policy::ReplyPolicy;
+use teddyflow_models::reply::{Provenance, ReplyEngine};
+use teddyflow_models::reply_bank::{self, ReplyKind};
+use teddyflow_models::safety::Verdict;
 use teddyflow_models::tts::{self, SpeechStyle, Synthesizer};
 
 use super::memory::Turn;
-use super::profiles::Profile;
 use crate::config::Config;
 use crate::envelope::{now_ms, Envelope, Meta};
 use crate::operators::stable_hash;
 use crate::outputs::{Origin, Out, Output, ReplyInfo, SpeechChunk};
 use crate::pool::StagePool;
 use crate::stage::Stage;
+use crate::stages::profiles::Profile;
 use crate::stages::understand::Understood;
 
 /// An understood utterance with what is known about the child and the conversation.
 #[derive(Debug, Clone)]
 pub struct ReplyJob {
+    /// With the child's profile in `meta.profile` (`None`: the defaults in `[answering]`).
     pub understood: Envelope<Understood>,
-    /// `None`: the child has no profile; the defaults in `[answering]` apply.
-    pub profile: Option<Profile>,
     pub history: Vec<Turn>,
     /// When the job was handed to the pool: the wait for a reply thread is `reply_wait`.
     pub queued_at: Instant,
@@ -50,6 +59,9 @@ pub struct Replied {
     /// What the conversation's next turn will be told about the child, if the engine would
     /// answer it (its history is added by the worker that remembers the conversation).
     pub next_turn: Option<Prompt>,
+    /// Who wrote the reply and what it cost a server (requests, failures, breaker): counted
+    /// in the metrics.
+    pub provenance: Provenance,
 }
 
 /// What the reply stage emits: speech as it is ready, then the reply.
@@ -65,11 +77,13 @@ pub type ReplyPool = StagePool<ReplyJob, ReplyEvent>;
 /// Everything a reply thread needs; the engines are shared by every thread.
 pub struct Answerer {
     engine: Arc<dyn ReplyEngine>,
-    safety: SafetyModel,
+    /// Judges every generated sentence (it holds the safety model).
+    policy: ReplyPolicy,
     speech: Arc<dyn Synthesizer>,
     sampling: Sampling,
     seed: u64,
     default_language: String,
+    clarify_below: f32,
     speech_rate: u32,
     chunk_samples: usize,
 }
@@ -78,13 +92,13 @@ impl Answerer {
     pub fn new(
         config: &Config,
         engine: Arc<dyn ReplyEngine>,
-        safety: SafetyModel,
+        policy: ReplyPolicy,
         speech: Arc<dyn Synthesizer>,
     ) -> Answerer {
         let (a, s) = (&config.answering, &config.speech);
         Answerer {
             engine,
-            safety,
+            policy,
             speech,
             sampling: Sampling {
                 temperature: a.temperature,
@@ -95,6 +109,7 @@ impl Answerer {
             },
             seed: a.seed,
             default_language: a.default_language.clone(),
+            clarify_below: config.asr.clarify_below,
             speech_rate: s.rate,
             chunk_samples: (s.rate as u64 * s.chunk_ms / 1000).max(1) as usize,
         }
@@ -104,7 +119,7 @@ impl Answerer {
         let started = Instant::now();
         let waited = started.duration_since(job.queued_at).as_secs_f64() * 1e3;
         let u = &job.understood.body;
-        let profile = job.profile.clone().unwrap_or_default();
+        let profile = job.understood.meta.profile.clone().unwrap_or_default();
         let language = profile
             .language
             .clone()
@@ -132,6 +147,15 @@ impl Answerer {
             let text = reply_bank::reply_to_unsafe(kind, &language, name, seed);
             speaker.say(&text, emit);
             Said::curated(text, Origin::Redirect)
+        } else if u.heard.is_silent() {
+            // Nothing was said that could be answered: no made-up reply, no speech.
+            Said::curated(String::new(), Origin::Silence)
+        } else if self.unclear(u, kind) {
+            let text = reply_bank::bank_reply(&language, ReplyKind::Clarify, name, seed)
+                .or_else(|| reply_bank::bank_reply("en", ReplyKind::Clarify, name, seed))
+                .expect("the English bank has clarify replies");
+            speaker.say(&text, emit);
+            Said::curated(text, Origin::Clarify)
         } else if !self.engine.serves(&language) || !has_words(transcript) {
             speaker.say(&curated, emit);
             Said::curated(curated, Origin::Bank)
@@ -147,11 +171,13 @@ impl Answerer {
             let redirect = reply_bank::fallback_reply(&language, name, seed);
             self.engine_reply(&prompt, curated, redirect, &mut speaker, emit)
         };
-        speaker.finish(emit);
+        if said.origin != Origin::Silence {
+            speaker.finish(emit);
+        }
         let (chunks, samples, errors, tts_ms) =
             (speaker.seq, speaker.samples, speaker.errors, speaker.tts_ms);
         let history_turns = job.history.len();
-        let profile_known = job.profile.is_some();
+        let profile_known = job.understood.meta.profile.is_some();
         let next_turn = self
             .engine
             .serves(&language)
@@ -164,6 +190,7 @@ impl Answerer {
         }
         meta.time(Stage::Reply, ms_since(started) - tts_ms);
         meta.time(Stage::Tts, tts_ms);
+        let backend = self.backend(&said).to_string();
         Replied {
             reply: ReplyInfo {
                 text: said.text,
@@ -172,6 +199,9 @@ impl Answerer {
                 fallback: said.fallback.is_some(),
                 fallback_categories: said.fallback.unwrap_or_default(),
                 origin: said.origin,
+                backend,
+                backend_fallback: said.provenance.fallback.is_some(),
+                backend_fallback_reason: said.provenance.fallback,
                 history_turns,
                 reused_tokens: said.reused_tokens,
                 speech_chunks: chunks,
@@ -181,13 +211,32 @@ impl Answerer {
             understood,
             profile_known,
             next_turn,
+            provenance: said.provenance,
         }
+    }
+
+    /// What `reply.backend` says: the engine that wrote the generated sentences (the
+    /// configured one, or the one it handed the turn to), `bank` when none did.
+    fn backend(&self, said: &Said) -> &'static str {
+        match (said.origin, said.provenance.engine) {
+            (Origin::Model, Some(engine)) => engine,
+            (Origin::Model, None) => self.engine.name(),
+            (Origin::Bank | Origin::Redirect | Origin::Clarify | Origin::Silence, _) => "bank",
+        }
+    }
+
+    /// Heard with too little confidence to answer, and nothing that must be answered anyway
+    /// (the verdict is safe and the child is not distressed).
+    fn unclear(&self, u: &Understood, kind: ReplyKind) -> bool {
+        u.safety.verdict == Verdict::Safe
+            && kind != ReplyKind::Comfort
+            && u.heard.asr.confidence < self.clarify_below
     }
 
     /// The engine's reply, spoken as it is generated. The reply is made to start with the
     /// child's name (see `reply_opening`), so the name is said at once, while the engine
-    /// works on the rest. A sentence that fails the safety check is replaced by `redirect`;
-    /// an engine that says nothing usable is replaced by `curated`.
+    /// works on the rest. A sentence that breaks the policy is replaced by its safe line (else
+    /// `redirect`); an engine that says nothing usable is replaced by `curated`.
     fn engine_reply(
         &self,
         prompt: &Prompt,
@@ -209,8 +258,9 @@ impl Answerer {
         };
         let origin = match &checked.replaced {
             Some(_) => {
-                speaker.say(&redirect, emit);
-                said.push(redirect);
+                let line = checked.safe_line.unwrap_or(redirect);
+                speaker.say(&line, emit);
+                said.push(line);
                 Origin::Model
             }
             None if nothing_spoken => {
@@ -226,11 +276,12 @@ impl Answerer {
             fallback: checked.replaced,
             first_sentence_ms: checked.first_ms,
             reused_tokens: checked.reused_tokens,
+            provenance: checked.provenance,
         }
     }
 
     /// Generate and speak sentence by sentence; stop speaking at the first sentence that
-    /// fails the safety check. `already_said` (the opening) is not spoken again.
+    /// breaks the reply policy. `already_said` (the opening) is not spoken again.
     fn generate_checked(
         &self,
         prompt: &Prompt,
@@ -241,7 +292,10 @@ impl Answerer {
         let started = Instant::now();
         let mut spoken = Vec::new();
         let mut replaced = None;
+        let mut safe_line = None;
         let mut first = None;
+        // What this turn asks about, once: each sentence is judged in its light.
+        let context = self.policy.context(&prompt.utterance, &prompt.history);
         // The conversation's history may have been run already, between turns.
         let session = Some(speaker.conversation);
         let result = self
@@ -251,10 +305,12 @@ impl Answerer {
                     return;
                 }
                 first.get_or_insert_with(|| ms_since(started) - speaker.tts_ms);
-                let check = self.safety.check(sentence);
-                if check.verdict != Verdict::Safe {
-                    tracing::debug!(categories = ?check.categories, sentence, "generated sentence not spoken");
-                    replaced = Some(check.categories);
+                let check = self.policy.check_in(&context, sentence);
+                if !check.ok {
+                    tracing::debug!(violations = ?check.violations, sentence, "generated sentence not spoken");
+                    replaced = Some(check.category_names());
+                    // The opening has said the name already.
+                    safe_line = check.safe_line(None);
                     return;
                 }
                 let rest = match already_said.take() {
@@ -267,9 +323,11 @@ impl Answerer {
                 spoken.push(sentence.to_string());
             });
         let mut reused_tokens = 0;
+        let mut provenance = Provenance::default();
         match result {
             Ok(g) => {
                 reused_tokens = g.reused_tokens;
+                provenance = g.provenance;
                 tracing::debug!(
                     prompt_tokens = g.prompt_tokens,
                     reused_tokens = g.reused_tokens,
@@ -285,8 +343,10 @@ impl Answerer {
         Checked {
             spoken,
             replaced,
+            safe_line,
             first_ms: first,
             reused_tokens,
+            provenance,
         }
     }
 }
@@ -305,10 +365,11 @@ fn about_child(profile: &Profile, language: &str) -> Prompt {
 struct Said {
     text: String,
     origin: Origin,
-    /// A generated sentence failed the safety check and was replaced; its categories.
+    /// A generated sentence broke the policy and was replaced; its categories.
     fallback: Option<Vec<String>>,
     first_sentence_ms: Option<f64>,
     reused_tokens: usize,
+    provenance: Provenance,
 }
 
 impl Said {
@@ -319,6 +380,7 @@ impl Said {
             fallback: None,
             first_sentence_ms: None,
             reused_tokens: 0,
+            provenance: Provenance::default(),
         }
     }
 }
@@ -326,11 +388,14 @@ impl Said {
 /// What [`Answerer::generate_checked`] spoke.
 struct Checked {
     spoken: Vec<String>,
-    /// The categories of the sentence that failed the safety check, if one did.
+    /// The policy categories of the sentence that was not spoken, if one was not.
     replaced: Option<Vec<String>>,
+    /// What the policy says instead (`None`: the curated redirect).
+    safe_line: Option<String>,
     /// When the first sentence was ready (ms).
     first_ms: Option<f64>,
     reused_tokens: usize,
+    provenance: Provenance,
 }
 
 /// Turns sentences into speech chunks in the audio wire format: utterance/seq/final

@@ -1,16 +1,18 @@
 //! Child profiles: the compacted topic `teddy.profiles` (key = child id, JSON value,
 //! tombstone = delete) as a differential-dataflow collection, joined with the utterances by
-//! child id.
+//! child id, before the utterance is heard: the child's language decides how it is heard.
 //!
 //! ```text
 //! profiles topic ─► ProfileSource ─► upserts (child, Profile) ±1 ──arrange──┐
 //! final chunks ──► (child, (conversation, utterance)) +1@t −1@t+1 ──────────┴─ join ─► Lookup@t
+//! decoded utterances ⋈ lookups (by ready time) ─► meta.profile ─► hear ─► … ─► answer
 //! ```
 //!
 //! An utterance exists in the collection for one instant only, so it meets exactly the
 //! profile that was current when its final chunk was read: an update applies to the next
 //! utterance, and a later update never re-answers an old one. Children without a profile
-//! come out of the antijoin with `profile: None` (the documented defaults).
+//! come out of the antijoin with `profile: None` (the documented defaults). From the join on,
+//! the profile travels in the utterance's [`Meta`](crate::envelope::Meta).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
@@ -24,9 +26,13 @@ use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::{Scope, Stream};
 
-use crate::operators::{kafka_source, Hold, Polled, SourceSettings};
-use crate::outputs::{DeadLetter, Out, Output};
-use crate::stages::Ctx;
+use teddyflow_connectors::kafka::StartAt;
+use timely::dataflow::operators::core::{Exchange, Map};
+
+use crate::envelope::Envelope;
+use crate::operators::{join_lookup, kafka_source, stable_hash, Hold, Polled, SourceSettings};
+use crate::outputs::{DeadLetter, DeadLetterReason, Out, Output};
+use crate::stages::{Ctx, Flow, Then};
 
 /// Longest profile value accepted; a profile is a handful of short fields.
 pub const MAX_PROFILE_BYTES: usize = 16 * 1024;
@@ -158,6 +164,9 @@ pub fn profile_source<'s>(
     ctx: &Ctx,
 ) -> Stream<'s, u64, Vec<ProfileEvent>> {
     let loading = reader.as_ref().map(|r| r.high_watermarks());
+    if loading.is_none() {
+        ctx.health(|h, w| h.profiles_read(w)); // no partitions of the profiles topic
+    }
     let input = ProfileInput {
         reader,
         table: ProfileTable::default(),
@@ -218,6 +227,7 @@ impl Polled<ProfileEvent> for ProfileInput {
                 tracing::warn!("profiles topic not read to its end in time; answering anyway");
             }
             tracing::info!(profiles = self.table.len(), "profiles loaded");
+            self.ctx.health(|h, w| h.profiles_read(w));
             self.loading = None;
         }
     }
@@ -234,13 +244,93 @@ fn apply_record(table: &mut ProfileTable, rec: &RawRecord, time: u64) -> Vec<Pro
         Err(e) => {
             // The previous profile (if any) stays in force.
             tracing::warn!(partition = rec.partition, offset = rec.offset, error = %e, "invalid profile");
-            let dead = DeadLetter::of_record(rec, format!("profile: {e}"));
+            let dead =
+                DeadLetter::of_record(rec, DeadLetterReason::Profile, format!("profile: {e}"));
             vec![ProfileEvent::Invalid(Output::new(Out::DeadLetter(dead), 0))]
         }
     }
 }
 
-/// The profile an utterance is answered with (`None`: no profile, defaults apply).
+/// The profile side of the graph, for one worker.
+pub struct Profiles<'s> {
+    /// Each utterance's profile, routed to its conversation's owner.
+    pub lookups: Stream<'s, u64, Vec<Lookup>>,
+    /// What answering needs to hear about profiles.
+    pub news: ProfileNews<'s>,
+}
+
+/// Profile events the answer stage acts on.
+pub struct ProfileNews<'s> {
+    /// Children whose profile was deleted.
+    pub deleted: Stream<'s, u64, Vec<String>>,
+    /// Dead letters for invalid profile records.
+    pub invalid: Stream<'s, u64, Vec<Output>>,
+}
+
+impl<'s> Profiles<'s> {
+    /// Read this worker's share of the profiles topic (state: from the beginning, offsets
+    /// never committed) and look up the child of every final chunk.
+    pub fn read(
+        scope: Scope<'s, u64>,
+        ctx: &Ctx,
+        chunks: Stream<'s, u64, Vec<Chunk>>,
+    ) -> anyhow::Result<Profiles<'s>> {
+        let c = &ctx.config;
+        let at = (ctx.worker, ctx.peers);
+        let reader =
+            PartitionReader::for_worker(&c.kafka, &c.topics.profiles, at, StartAt::Beginning)?;
+        let settings = SourceSettings {
+            epoch_ms: c.engine.epoch_ms,
+            poll_batch: c.engine.poll_batch,
+        };
+        let timeout = Duration::from_millis(c.answering.profiles_load_timeout_ms);
+        let events = profile_source(scope, reader, settings, timeout, ctx);
+        let updates = events.clone().flat_map(|e| match e {
+            ProfileEvent::Update(child, p, t, r) => Some((child, p, t, r)),
+            _ => None,
+        });
+        let deleted = events.clone().flat_map(|e| match e {
+            ProfileEvent::Deleted(child) => Some(child),
+            _ => None,
+        });
+        let invalid = events.flat_map(|e| match e {
+            ProfileEvent::Invalid(out) => Some(out),
+            _ => None,
+        });
+        let lookups = lookups(chunks, updates).exchange(|l: &Lookup| stable_hash(&l.conversation));
+        Ok(Profiles {
+            lookups,
+            news: ProfileNews { deleted, invalid },
+        })
+    }
+}
+
+pub trait WithProfile<'s> {
+    /// Each utterance with its child's profile in `meta.profile`, as current at its final
+    /// chunk. It waits for its lookup only until the lookups' frontier passes the time of
+    /// that chunk (`meta.ready_time`), then goes on without one (the defaults).
+    fn with_profile(self, lookups: Stream<'s, u64, Vec<Lookup>>) -> Self;
+}
+
+impl<'s, T: Clone + 'static> WithProfile<'s> for Flow<'s, T> {
+    fn with_profile(self, lookups: Stream<'s, u64, Vec<Lookup>>) -> Self {
+        self.then(move |utterances| {
+            join_lookup(
+                utterances,
+                lookups,
+                |e: &Envelope<T>| e.meta.key(),
+                |l: &Lookup| (l.conversation.clone(), l.utterance.clone()),
+                |e: &Envelope<T>| e.meta.ready_time,
+            )
+            .map(|(mut e, lookup)| {
+                e.meta.profile = lookup.and_then(|l| l.profile);
+                Ok(e)
+            })
+        })
+    }
+}
+
+/// The profile an utterance is heard and answered with (`None`: no profile, defaults apply).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Lookup {
     pub conversation: String,

@@ -1,0 +1,242 @@
+//! Int8 weight matrices for the decoder step, which multiplies one token's vector by every
+//! weight matrix: bound by reading weights, so a quarter of f32's bytes is most of the speed.
+//!
+//! Lossless: Moonshine's weights *are* int8 (one scale and zero point per tensor, as shipped in
+//! moonshine-cpp); the converter writes them out as fp32 plus `quantization.json`, and
+//! [`I8Matrix::from_affine`] takes the int8 values back, checking bit for bit that
+//! `q * scale + zero_point` gives every fp32 weight again.
+//!
+//! With w = q s + z per row, W x = s (Q x) + z Σx: one int8 dot product per row.
+
+use candle_core::{Result, Tensor};
+use rayon::prelude::*;
+
+/// Row-major int8 matrix with one scale and zero point per row (rows of several source
+/// tensors can be stacked, e.g. q|k|v, each keeping its own).
+pub struct I8Matrix {
+    cols: usize,
+    data: Vec<i8>,
+    scale: Vec<f32>,
+    zero: Vec<f32>,
+}
+
+/// Below this many weights a product runs on the calling thread: handing it to the
+/// pool costs more than it saves.
+const PAR_MIN_ELEMS: usize = 1 << 19;
+
+impl I8Matrix {
+    /// From a (rows, cols) fp32 tensor that is `q * scale + zero` for int8 q, with the result
+    /// multiplied by `factor` (e.g. an attention scale). Fails if any weight is not exactly
+    /// such a value: then the weights are not what the converter wrote.
+    pub fn from_affine(t: &Tensor, scale: f32, zero: f32, factor: f32) -> Result<Self> {
+        let (rows, cols) = t.dims2()?;
+        let w: Vec<f32> = t.flatten_all()?.to_vec1()?;
+        let mut data = Vec::with_capacity(w.len());
+        for (i, &v) in w.iter().enumerate() {
+            let q = ((v - zero) / scale).round();
+            if !(-128.0..=127.0).contains(&q) || (q * scale + zero).to_bits() != v.to_bits() {
+                candle_core::bail!(
+                    "weight {i} = {v} is not int8 * {scale} + {zero}: the model files do not match quantization.json"
+                );
+            }
+            data.push(q as i8);
+        }
+        Ok(Self {
+            cols,
+            data,
+            scale: vec![scale * factor; rows],
+            zero: vec![zero * factor; rows],
+        })
+    }
+
+    /// Rows of `parts` one after another (all with the same number of columns).
+    pub fn stack(parts: Vec<Self>) -> Self {
+        let cols = parts[0].cols;
+        let mut m = Self {
+            cols,
+            data: Vec::new(),
+            scale: Vec::new(),
+            zero: Vec::new(),
+        };
+        for p in parts {
+            assert_eq!(p.cols, cols, "stacked matrices need equal widths");
+            m.data.extend(p.data);
+            m.scale.extend(p.scale);
+            m.zero.extend(p.zero);
+        }
+        m
+    }
+
+    pub fn rows(&self) -> usize {
+        self.scale.len()
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Row `i` as f32 (a token's embedding).
+    pub fn row_f32(&self, i: usize) -> Vec<f32> {
+        let row = &self.data[i * self.cols..(i + 1) * self.cols];
+        let (s, z) = (self.scale[i], self.zero[i]);
+        row.iter().map(|&q| q as f32 * s + z).collect()
+    }
+
+    /// X Wᵀ for `n` row-major vectors in `xs`; the result is (n, rows), row-major. Each
+    /// output is computed the same way whatever `n` is, so a batch equals its rows alone.
+    pub fn matmul_t(&self, xs: &[f32], n: usize) -> Vec<f32> {
+        let (rows, cols) = (self.rows(), self.cols);
+        assert_eq!(xs.len(), n * cols, "matmul_t: input length");
+        let sums: Vec<f32> = xs.chunks_exact(cols).map(|x| x.iter().sum()).collect();
+        let dot = dot_i8_fn(cols);
+        // (rows, n) so that tasks own whole weight rows; transposed at the end.
+        let mut out = vec![0f32; rows * n];
+        let work = |first_row: usize, o: &mut [f32]| {
+            let w = &self.data[first_row * cols..];
+            for (r, ys) in o.chunks_exact_mut(n).enumerate() {
+                let row = &w[r * cols..(r + 1) * cols];
+                let (s, z) = (self.scale[first_row + r], self.zero[first_row + r]);
+                for ((y, x), sum) in ys.iter_mut().zip(xs.chunks_exact(cols)).zip(&sums) {
+                    *y = s * dot(x, row) + z * sum;
+                }
+            }
+        };
+        if self.data.len() < PAR_MIN_ELEMS {
+            work(0, &mut out);
+        } else {
+            let task_rows = rows.div_ceil(8).max(64);
+            out.par_chunks_mut(task_rows * n)
+                .enumerate()
+                .for_each(|(t, o)| work(t * task_rows, o));
+        }
+        if n == 1 {
+            return out;
+        }
+        (0..n * rows)
+            .map(|i| out[(i % rows) * n + i / rows])
+            .collect()
+    }
+}
+
+type DotI8 = fn(&[f32], &[i8]) -> f32;
+
+/// The fastest dot product this CPU supports for rows of `n` elements.
+fn dot_i8_fn(n: usize) -> DotI8 {
+    #[cfg(target_arch = "x86_64")]
+    if n.is_multiple_of(16)
+        && std::is_x86_feature_detected!("avx2")
+        && std::is_x86_feature_detected!("fma")
+    {
+        return |x, w| {
+            // SAFETY: the features were detected above and the length is a multiple of 16.
+            unsafe { dot_i8_avx2(x, w) }
+        };
+    }
+    let _ = n;
+    dot_i8_plain
+}
+
+fn dot_i8_plain(x: &[f32], w: &[i8]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (cx, cw) = (x.chunks_exact(8), w.chunks_exact(8));
+    let tail: f32 = cx
+        .remainder()
+        .iter()
+        .zip(cw.remainder())
+        .map(|(a, &b)| a * b as f32)
+        .sum();
+    for (a, b) in cx.zip(cw) {
+        for k in 0..8 {
+            acc[k] += a[k] * b[k] as f32;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// # Safety
+/// The CPU must support AVX2 and FMA, and `x.len() == w.len()` must be a multiple of 16.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_i8_avx2(x: &[f32], w: &[i8]) -> f32 {
+    use std::arch::x86_64::*;
+    debug_assert!(x.len() == w.len() && x.len().is_multiple_of(16));
+    let (xp, wp) = (x.as_ptr(), w.as_ptr());
+    let mut a0 = _mm256_setzero_ps();
+    let mut a1 = _mm256_setzero_ps();
+    for i in (0..x.len()).step_by(16) {
+        let w16 = _mm_loadu_si128(wp.add(i) as *const __m128i);
+        let w0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(w16));
+        let w1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(w16, 8)));
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(i)), w0, a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(i + 8)), w1, a1);
+    }
+    let mut lanes = [0f32; 8];
+    _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(a0, a1));
+    lanes.iter().sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// A (rows, cols) fp32 tensor built as the converter builds them: q * scale + zero.
+    fn affine(rows: usize, cols: usize, scale: f32, zero: f32) -> (Tensor, Vec<i8>) {
+        let q: Vec<i8> = (0..rows * cols)
+            .map(|i| ((i * 7919 + 13) % 256) as u8 as i8)
+            .collect();
+        let w: Vec<f32> = q.iter().map(|&q| q as f32 * scale + zero).collect();
+        (Tensor::from_vec(w, (rows, cols), &Device::Cpu).unwrap(), q)
+    }
+
+    #[test]
+    fn recovers_int8_and_multiplies_like_f32() {
+        for (rows, cols, n) in [(700, 416, 1), (1300, 416, 3), (33, 40, 2)] {
+            let (w, q) = affine(rows, cols, 0.0123, 0.0246);
+            let m = I8Matrix::from_affine(&w, 0.0123, 0.0246, 0.5).unwrap();
+            assert_eq!(m.data, q);
+            let x = Tensor::randn(0f32, 1.0, (n, cols), &Device::Cpu).unwrap();
+            let want: Vec<f32> = (x.matmul(&w.t().unwrap()).unwrap() * 0.5)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let xs: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+            let got = m.matmul_t(&xs, n);
+            let err = want
+                .iter()
+                .zip(&got)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(err < 1e-3, "{rows}x{cols}, n={n}: error {err}");
+            // A batch gives exactly what its rows give alone.
+            for (i, x) in xs.chunks_exact(cols).enumerate() {
+                assert_eq!(m.matmul_t(x, 1), got[i * rows..(i + 1) * rows]);
+            }
+        }
+    }
+
+    #[test]
+    fn rejects_weights_that_are_not_on_the_grid() {
+        let (w, _) = affine(4, 16, 0.5, 0.25);
+        assert!(I8Matrix::from_affine(&w, 0.5, 0.25, 1.0).is_ok());
+        let err = I8Matrix::from_affine(&w, 0.4, 0.25, 1.0).err().unwrap();
+        assert!(err.to_string().contains("quantization.json"), "{err}");
+        let off = (w + 1e-3).unwrap();
+        assert!(I8Matrix::from_affine(&off, 0.5, 0.25, 1.0).is_err());
+    }
+
+    #[test]
+    fn stacked_rows_keep_their_own_scales() {
+        let (a, _) = affine(3, 16, 0.5, 0.25);
+        let (b, _) = affine(2, 16, 0.125, -1.0);
+        let m = I8Matrix::stack(vec![
+            I8Matrix::from_affine(&a, 0.5, 0.25, 1.0).unwrap(),
+            I8Matrix::from_affine(&b, 0.125, -1.0, 1.0).unwrap(),
+        ]);
+        assert_eq!(m.rows(), 5);
+        let b_rows: Vec<Vec<f32>> = b.to_vec2().unwrap();
+        assert_eq!(m.row_f32(4), b_rows[1]);
+    }
+}

@@ -1,0 +1,152 @@
+//! Measures of a reply worth hearing, for `teddyflow bench replies`: readability for a young
+//! child (Flesch–Kincaid grade), sentences, whether it ends with a question, how it opens (to
+//! count openings repeated within a conversation) and whether it greets. Relevance (MiniLM
+//! cosine between utterance and reply) needs the embedder and is computed by the bench.
+
+/// Flesch–Kincaid grade level: 0.39 × words/sentence + 11.8 × syllables/word − 15.59.
+/// Around 0–2 is what a 4–7 year old hears comfortably. `None` for text without words.
+pub fn flesch_kincaid_grade(text: &str) -> Option<f64> {
+    let words = words(text);
+    if words.is_empty() {
+        return None;
+    }
+    let sentences = sentence_count(text).max(1) as f64;
+    let syllables: usize = words.iter().map(|w| syllables(w)).sum();
+    let n = words.len() as f64;
+    Some(0.39 * n / sentences + 11.8 * syllables as f64 / n - 15.59)
+}
+
+/// Words: runs of letters, digits and inner apostrophes, lowercased.
+pub fn words(text: &str) -> Vec<String> {
+    text.split(|c: char| !(c.is_alphanumeric() || c == '\'' || c == '’'))
+        .map(|w| w.trim_matches(['\'', '’']).to_lowercase())
+        .filter(|w| !w.is_empty())
+        .collect()
+}
+
+/// Sentences: runs of text ended by `.`, `!`, `?` or `…` (or the end), with a letter in them.
+pub fn sentence_count(text: &str) -> usize {
+    text.split(['.', '!', '?', '…'])
+        .filter(|s| s.chars().any(char::is_alphabetic))
+        .count()
+}
+
+/// Syllables of one English word, by vowel groups: a silent final "e" is dropped ("make"),
+/// "-le" after a consonant keeps its syllable ("little"), and every word has at least one.
+pub fn syllables(word: &str) -> usize {
+    let w: Vec<char> = word
+        .to_lowercase()
+        .chars()
+        .filter(char::is_ascii_alphabetic)
+        .collect();
+    if w.is_empty() {
+        return usize::from(word.chars().any(char::is_alphanumeric));
+    }
+    let vowel = |c: char| matches!(c, 'a' | 'e' | 'i' | 'o' | 'u' | 'y');
+    let mut groups = 0;
+    let mut prev = false;
+    for &c in &w {
+        let v = vowel(c);
+        if v && !prev {
+            groups += 1;
+        }
+        prev = v;
+    }
+    let n = w.len();
+    let ends_le = n > 2 && w[n - 2] == 'l' && w[n - 1] == 'e' && !vowel(w[n - 3]);
+    if n > 2 && w[n - 1] == 'e' && !ends_le && groups > 1 {
+        groups -= 1;
+    }
+    groups.max(1)
+}
+
+/// Whether the reply's last sentence is a question (an invitation to keep talking).
+pub fn ends_with_question(text: &str) -> bool {
+    text.trim_end()
+        .trim_end_matches(['"', '\'', ')', '”', '’'])
+        .ends_with('?')
+}
+
+/// How a reply opens: its first `n` words, lowercased, without the child's name — "Mia, what
+/// a tower!" and "What a tower, Leo!" open alike.
+pub fn opening(text: &str, child_name: Option<&str>, n: usize) -> String {
+    let name = child_name.map(str::to_lowercase);
+    words(text)
+        .into_iter()
+        .filter(|w| Some(w) != name.as_ref())
+        .take(n)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Whether a reply greets the child, as if the conversation were starting.
+pub fn greets(text: &str) -> bool {
+    let t = text.to_lowercase().replace('’', "'");
+    let first: Vec<String> = words(&t).into_iter().take(3).collect();
+    let hello = first
+        .iter()
+        .any(|w| matches!(w.as_str(), "hello" | "hi" | "hey" | "hiya" | "greetings"));
+    hello
+        || [
+            "nice to meet you",
+            "good to meet you",
+            "pleased to meet you",
+            "glad to meet you",
+            "welcome",
+        ]
+        .iter()
+        .any(|p| t.contains(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn syllables_of_common_words() {
+        for (w, n) in [
+            ("cat", 1),
+            ("make", 1),
+            ("little", 2),
+            ("teddy", 2),
+            ("beautiful", 3),
+            ("the", 1),
+            ("I", 1),
+            ("wonderful", 3),
+            ("12", 1),
+        ] {
+            assert_eq!(syllables(w), n, "{w}");
+        }
+    }
+
+    #[test]
+    fn grade_rises_with_long_words_and_sentences() {
+        let easy = flesch_kincaid_grade("I see a cat. The cat is big. Do you like it?").unwrap();
+        let hard = flesch_kincaid_grade(
+            "Photosynthesis transforms electromagnetic radiation into chemical energy, \
+             sustaining extraordinarily complicated ecosystems.",
+        )
+        .unwrap();
+        assert!(easy < 1.0, "{easy}");
+        assert!(hard > 12.0, "{hard}");
+        assert!(flesch_kincaid_grade(" ... ").is_none());
+        assert_eq!(sentence_count("Hi Mia! How are you? Fine."), 3);
+    }
+
+    #[test]
+    fn openings_greetings_and_questions() {
+        assert_eq!(
+            opening("Mia, what a tower!", Some("Mia"), 3),
+            "what a tower"
+        );
+        assert_eq!(
+            opening("What a tower, Mia!", Some("Mia"), 3),
+            "what a tower"
+        );
+        assert!(greets("Hello Mia! It's so nice to meet you."));
+        assert!(greets("Mia, it's so nice to meet you!"));
+        assert!(!greets("Mia, what a tall tower!"));
+        assert!(ends_with_question("Shall we play? "));
+        assert!(!ends_with_question("Let's play."));
+    }
+}

@@ -1,0 +1,280 @@
+//! Moonshine base against real speech: the LibriVox clips of Debian's pocketsphinx test
+//! data, an espeak-ng utterance, white noise, and the candle decoder as the oracle of the
+//! fast int8 decoder step.
+//!
+//! Needs `.assets/models/moonshine-base` (scripts/setup.sh); tests fail with a message
+//! saying what to install when inputs are missing.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+use std::time::Instant;
+
+use candle_core::Device;
+use rand::{Rng, SeedableRng};
+use teddyflow_models::audio::resample;
+use teddyflow_models::moonshine::{encoder::MIN_SAMPLES, MoonshineModel, DIR_NAME};
+use teddyflow_models::wer;
+
+const LIBRIVOX: &str = "/usr/share/pocketsphinx/test/data/librivox";
+
+fn models_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../.assets/models")
+}
+
+/// One model for all tests; cloning is cheap.
+fn model() -> MoonshineModel {
+    static MODEL: OnceLock<MoonshineModel> = OnceLock::new();
+    MODEL
+        .get_or_init(|| {
+            let dir = models_dir().join(DIR_NAME);
+            assert!(
+                dir.join("model.safetensors").exists(),
+                "missing test input: no Moonshine weights in {} (run scripts/setup.sh)",
+                dir.display()
+            );
+            MoonshineModel::load(&models_dir()).expect("load Moonshine")
+        })
+        .clone()
+}
+
+/// Heavy tests take turns: the machine has 2 cores and the timings should mean something.
+fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// (mono f32 samples, sample rate).
+fn read_wav(path: &Path) -> (Vec<f32>, u32) {
+    let mut r = hound::WavReader::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let spec = r.spec();
+    let scale = (1i64 << (spec.bits_per_sample - 1)) as f32;
+    let raw: Vec<f32> = r
+        .samples::<i32>()
+        .map(|s| s.unwrap() as f32 / scale)
+        .collect();
+    let ch = spec.channels as usize;
+    let mono = raw
+        .chunks(ch)
+        .map(|f| f.iter().sum::<f32>() / ch as f32)
+        .collect();
+    (mono, spec.sample_rate)
+}
+
+/// (clip id, reference, 16 kHz samples) of the five LibriVox utterances.
+fn librivox() -> Vec<(String, String, Vec<f32>)> {
+    let text = std::fs::read_to_string(Path::new(LIBRIVOX).join("transcription")).unwrap_or_else(|_| {
+        panic!("missing test input: no pocketsphinx test data at {LIBRIVOX} (run scripts/setup.sh)")
+    });
+    text.lines()
+        .filter_map(|l| {
+            let (words, id) = l.rsplit_once('(')?;
+            let id = id.trim_end_matches(')').trim().to_string();
+            let reference = words
+                .replace("<s>", "")
+                .replace("</s>", "")
+                .trim()
+                .to_string();
+            let (pcm, sr) = read_wav(&Path::new(LIBRIVOX).join(format!("{id}.wav")));
+            assert_eq!(sr, 16_000, "{id}");
+            Some((id, reference, pcm))
+        })
+        .collect()
+}
+
+fn espeak(text: &str, voice: &str, pitch: u8) -> Vec<f32> {
+    let wav = std::env::temp_dir().join(format!(
+        "teddyflow-ms-{}-{}.wav",
+        std::process::id(),
+        text.len()
+    ));
+    let status = std::process::Command::new("espeak-ng")
+        .args(["-v", voice, "-p", &pitch.to_string(), "-w"])
+        .arg(&wav)
+        .arg(text)
+        .status();
+    assert!(
+        matches!(status, Ok(s) if s.success()),
+        "missing test input: espeak-ng not available (run scripts/setup.sh)"
+    );
+    let (pcm, sr) = read_wav(&wav);
+    let _ = std::fs::remove_file(&wav);
+    resample(&pcm, sr, 16_000)
+}
+
+fn white_noise(seconds: f32, amplitude: f32, seed: u64) -> Vec<f32> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..(seconds * 16_000.0) as usize)
+        .map(|_| rng.gen_range(-amplitude..amplitude))
+        .collect()
+}
+
+#[test]
+fn librivox_wer_and_confidence() {
+    let clips = librivox();
+    let _guard = exclusive();
+    let m = model();
+    m.transcribe(&clips[0].2).unwrap(); // warm-up: page in weights, spin up threads
+    let (mut edits, mut words, mut audio_s, mut compute_s) = (0, 0, 0.0, 0.0);
+    for (id, reference, pcm) in &clips {
+        let t = Instant::now();
+        let tr = m.transcribe(pcm).unwrap();
+        compute_s += t.elapsed().as_secs_f64();
+        audio_s += pcm.len() as f64 / 16_000.0;
+        let (e, n) = wer::word_errors(reference, &tr.text);
+        edits += e;
+        words += n;
+        println!(
+            "{id}: WER {:.3} conf {:.3} | {:?}\n    ref: {reference}\n    encode {:.0} ms, decode {:.0} ms, {} tokens",
+            e as f64 / n as f64,
+            tr.confidence,
+            tr.text,
+            tr.encode_ms,
+            tr.decode_ms,
+            tr.tokens
+        );
+        assert!(
+            tr.confidence > 0.6,
+            "{id}: clear speech, confidence {}",
+            tr.confidence
+        );
+        assert_eq!(tr.language, "en");
+    }
+    let overall = edits as f64 / words as f64;
+    println!(
+        "moonshine base LibriVox: WER {:.2}% ({edits}/{words} words), audio {audio_s:.1} s, compute {compute_s:.2} s, RTF {:.3}",
+        overall * 100.0,
+        compute_s / audio_s
+    );
+    assert!(overall <= 0.05, "WER {overall:.3} > 5%");
+}
+
+/// The fast int8 decoder step must choose the same tokens as the candle decoder on the
+/// same weights, with logits that agree closely (int8 · f32 vs f32 · f32 products).
+#[test]
+fn fast_step_matches_candle_decoder() {
+    let clips = librivox();
+    let _guard = exclusive();
+    let fast = model();
+    let reference = MoonshineModel::load_reference(&models_dir(), &Device::Cpu).unwrap();
+    for (id, _, pcm) in clips.iter().take(2) {
+        let a = fast.transcribe(pcm).unwrap();
+        let b = reference.transcribe(pcm).unwrap();
+        println!("{id}: {:?} | {:?}", a.text, b.text);
+        assert!(a.tokens > 3);
+        assert_eq!(a.text, b.text);
+        assert_eq!(a.tokens, b.tokens);
+        assert!(
+            (a.avg_logprob - b.avg_logprob).abs() < 1e-3,
+            "{} vs {}",
+            a.avg_logprob,
+            b.avg_logprob
+        );
+        let audio = fast.encode(pcm).unwrap();
+        let tokens = [1, 940, 471, 451, 385];
+        let la = fast.logits(&audio, &tokens).unwrap();
+        let lb = reference.logits(&audio, &tokens).unwrap();
+        let diff = la
+            .iter()
+            .flatten()
+            .zip(lb.iter().flatten())
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        println!("    logits max |fast - candle| = {diff:.2e}");
+        assert!(diff < 1e-3, "logits differ by {diff}");
+    }
+}
+
+/// Batching must not change a single token: the oracle is each clip alone. The batch mixes
+/// lengths (sequences end at different steps), a synthetic voice, an empty clip, one too
+/// short to encode, and one over the 30 s window (routed around the batch).
+#[test]
+fn batch_equals_one_by_one() {
+    let mut clips: Vec<Vec<f32>> = librivox().into_iter().map(|c| c.2).collect();
+    clips.push(espeak("can we play with the red ball", "en-us+f3", 85));
+    clips.push(Vec::new());
+    clips.push(vec![0.01; MIN_SAMPLES - 1]);
+    clips.push(clips[..5].concat().repeat(2)); // 49 s: two windows
+    let _guard = exclusive();
+    let m = model();
+    let views: Vec<&[f32]> = clips.iter().map(Vec::as_slice).collect();
+    let batched = m.transcribe_batch(&views);
+    assert_eq!(batched.len(), clips.len());
+    for (clip, got) in clips.iter().zip(batched) {
+        let got = got.expect("batched transcript");
+        let alone = m.transcribe(clip).unwrap();
+        println!("{:5.1} s: {:?}", clip.len() as f64 / 16_000.0, got.text);
+        assert_eq!(got.text, alone.text);
+        assert_eq!(got.tokens, alone.tokens);
+        assert_eq!(got.avg_logprob, alone.avg_logprob);
+        assert_eq!(got.confidence, alone.confidence);
+    }
+}
+
+#[test]
+fn empty_and_very_short_clips() {
+    let _guard = exclusive();
+    let m = model();
+    for n in [
+        0,
+        1,
+        100,
+        MIN_SAMPLES - 1,
+        MIN_SAMPLES,
+        MIN_SAMPLES + 1,
+        1600,
+    ] {
+        let tr = m
+            .transcribe(&vec![0.0; n])
+            .unwrap_or_else(|e| panic!("{n} samples: {e:#}"));
+        println!(
+            "{n} samples of silence -> {:?} (confidence {:.2})",
+            tr.text, tr.confidence
+        );
+        if n < MIN_SAMPLES {
+            assert_eq!(tr.text, "");
+            assert_eq!(tr.tokens, 0);
+        }
+        // At most 6.5 tokens per second of audio, at least one.
+        assert!(tr.tokens <= ((n as f64 / 16_000.0) * 6.5).ceil().max(1.0) as usize);
+        if tr.text.is_empty() {
+            assert_eq!(tr.confidence, 0.0);
+        }
+    }
+}
+
+/// Noise must not come out as a confident transcript: empty, or well below clear speech.
+#[test]
+fn white_noise_gets_low_confidence() {
+    let _guard = exclusive();
+    let m = model();
+    for (seconds, amplitude, seed) in [(3.0, 0.1, 1), (2.0, 0.3, 2), (1.0, 0.05, 3), (4.0, 0.2, 4)]
+    {
+        let tr = m
+            .transcribe(&white_noise(seconds, amplitude, seed))
+            .unwrap();
+        println!(
+            "{seconds} s white noise ±{amplitude}: {:?} confidence {:.3} avg_logprob {:.2}",
+            tr.text, tr.confidence, tr.avg_logprob
+        );
+        assert!(
+            tr.confidence < 0.5,
+            "noise heard with confidence {}: {:?}",
+            tr.confidence,
+            tr.text
+        );
+    }
+}
+
+#[test]
+fn espeak_child_like_voice() {
+    let reference = "can you tell me a story about a dragon";
+    let pcm = espeak(reference, "en-us+f3", 85);
+    let _guard = exclusive();
+    let tr = model().transcribe(&pcm).unwrap();
+    let w = wer::wer(reference, &tr.text);
+    println!(
+        "espeak en-us+f3 p85: {:?}, WER {w:.3}, confidence {:.3}",
+        tr.text, tr.confidence
+    );
+    assert!(w <= 0.25, "WER {w:.3}: {:?}", tr.text);
+}

@@ -258,7 +258,7 @@ fn a_broker_that_lost_its_log_is_read_again() {
     let _guard = serial();
     let broker = Broker::start("emptied");
     topics(&broker);
-    let p = Processor::start(&broker, "emptied", &[]);
+    let mut p = Processor::start(&broker, "emptied", &[]);
     broker.produce(&records(&spoken(3, "old"), 16 * 1024));
     let r = broker.collect(RESPONSES, Duration::from_secs(180), |r| r.len() >= 3);
     assert_eq!(r.len(), 3, "log: {}", p.log_text());
@@ -272,7 +272,13 @@ fn a_broker_that_lost_its_log_is_read_again() {
     broker.produce(&records(&spoken(3, "new"), 16 * 1024));
     let r = broker.collect(RESPONSES, Duration::from_secs(120), |r| r.len() >= 3);
     let answered = ids(&r);
-    assert_eq!(answered.len(), 3, "log: {}", p.log_text());
+    let exited = p.exited();
+    assert_eq!(
+        answered.len(),
+        3,
+        "exited: {exited:?}; log: {}",
+        p.log_text()
+    );
     assert!(
         answered.keys().all(|u| u.starts_with("new-")),
         "{answered:?}"

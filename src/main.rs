@@ -51,13 +51,17 @@ fn log_filter(rust_log: Option<&str>) -> tracing_subscriber::EnvFilter {
 }
 
 fn main() -> anyhow::Result<()> {
-    teddyflow_models::pin_rayon_threads();
+    let cli = Cli::parse();
+    // `run` sizes every pool (and candle's) from its core budget itself.
+    if !matches!(cli.command, Command::Run(_)) {
+        teddyflow_models::pin_rayon_threads();
+    }
     tracing_subscriber::fmt()
         .with_env_filter(log_filter(std::env::var("RUST_LOG").ok().as_deref()))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match Cli::parse().command {
+    match cli.command {
         Command::Run(args) => cmd::run::run(args),
         Command::Fleet(args) => cmd::fleet::run(args),
         Command::Tail(args) => cmd::tail::run(args),

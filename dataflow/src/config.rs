@@ -109,9 +109,13 @@ pub struct Answering {
     /// The server the `openai` backend asks, its deadlines, breaker and fallback.
     pub openai: OpenAiSettings,
     /// Threads generating replies (and speaking them) in this process; weights shared.
-    /// With batching on, the pool has at least `batch_max_sequences` threads, so that many
-    /// conversations can be in generation (and join the batch) at once.
+    /// 0 = what the reply engine asks for with the core budget (one per core, and with
+    /// batching one per place in the batch, so that many conversations can be in
+    /// generation and join the batch at once).
     pub threads: usize,
+    /// Most cores one reply (or one batched step) computes on when cores are idle; 0 =
+    /// derived (min(cores, 4)).
+    pub intra_op_threads: usize,
     /// Local engine: replies generated together in one batch (one forward pass serves the
     /// next token of each, as they join and leave); 1 = one reply at a time, no batch thread.
     pub batch_max_sequences: usize,
@@ -148,7 +152,8 @@ impl Default for Answering {
             backend: ReplyBackend::Local,
             local: LocalReply::default(),
             openai: OpenAiSettings::default(),
-            threads: 1,
+            threads: 0,
+            intra_op_threads: 0,
             batch_max_sequences: 8,
             batch_prefill_chunk: 128,
             temperature: 0.0,
@@ -173,8 +178,11 @@ pub struct Understanding {
     pub enabled: bool,
     /// Folder with the labelled examples the classifiers learn from at start-up.
     pub data_dir: PathBuf,
-    /// Threads for text emotion + safety in this process.
+    /// Threads for text emotion + safety in this process; 0 = one per 4 cores.
     pub threads: usize,
+    /// Most cores one understanding batch computes on when cores are idle; 0 = derived
+    /// (1: it batches across utterances instead).
+    pub intra_op_threads: usize,
     /// Replace phone numbers, emails, addresses, schools and full names in transcripts
     /// written to any topic.
     pub redact_pii: bool,
@@ -189,7 +197,8 @@ impl Default for Understanding {
         Self {
             enabled: true,
             data_dir: PathBuf::from("data"),
-            threads: 1,
+            threads: 0,
+            intra_op_threads: 0,
             redact_pii: true,
             max_batch: 8,
             max_wait_ms: 0,
@@ -235,7 +244,14 @@ impl Default for Topics {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Engine {
-    /// Worker threads in this process.
+    /// Cores this process may keep busy; 0 = detected (CPU affinity and cgroup quota, the
+    /// smaller). Every thread count left at 0 is derived from it (`threads.rs`).
+    pub cores: usize,
+    /// Threads of candle's own pool (quantized matmuls, large element-wise ops), process
+    /// wide; 0 or 1 = off. Above 1 every model job waits for that many idle cores and runs
+    /// alone on them (the pool spin-waits for its threads, so they must not be preempted).
+    pub candle_threads: usize,
+    /// Timely worker threads in this process; 0 = one per 8 cores.
     pub workers: usize,
     /// Width of one timestamp (epoch) in ms: input read in the same epoch is committed together.
     pub epoch_ms: u64,
@@ -261,7 +277,9 @@ pub struct Engine {
 impl Default for Engine {
     fn default() -> Self {
         Self {
-            workers: 1,
+            cores: 0,
+            candle_threads: 0,
+            workers: 0,
             epoch_ms: 100,
             poll_batch: 256,
             commit_interval_ms: 1000,
@@ -382,8 +400,12 @@ pub struct Asr {
     /// A transcript whose confidence (0–1, see docs/wire-format.md) is below this gets a
     /// gentle "say that again?" instead of an answer, unless it is unsafe or distressed.
     pub clarify_below: f32,
-    /// Threads running speech-to-text in this process (one copy of the weights is shared).
+    /// Threads running speech-to-text in this process (one copy of the weights is shared);
+    /// 0 = one per core.
     pub threads: usize,
+    /// Most cores one transcription computes on when cores are idle; 0 = derived
+    /// (min(cores, 4)).
+    pub intra_op_threads: usize,
     /// Most utterances transcribed in one call when they queue up (dynamic batching: their
     /// greedy decodes step together, one pass over the decoder weights per step for all).
     /// Texts are the same as one by one. 1 = never batch, the default: with short
@@ -403,7 +425,8 @@ impl Default for Asr {
             whisper: WhisperSettings::default(),
             other_languages: "base".into(),
             clarify_below: 0.5,
-            threads: 1,
+            threads: 0,
+            intra_op_threads: 0,
             max_batch: 1,
             max_wait_ms: 0,
         }
@@ -447,14 +470,8 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Parse(m.into()));
-        if self.engine.workers == 0 {
-            return bad("engine.workers must be at least 1");
-        }
         if self.engine.epoch_ms == 0 {
             return bad("engine.epoch_ms must be at least 1");
-        }
-        if self.asr.threads == 0 {
-            return bad("asr.threads must be at least 1");
         }
         if !(0.0..=1.0).contains(&self.asr.clarify_below) {
             return bad("asr.clarify_below must be between 0 and 1");
@@ -465,8 +482,8 @@ impl Config {
         if self.answering.enabled && !self.understanding.enabled {
             return bad("answering needs understanding (replies are gated by the safety verdict)");
         }
-        if self.answering.threads == 0 || self.speech.chunk_ms == 0 {
-            return bad("answering.threads and speech.chunk_ms must be at least 1");
+        if self.speech.chunk_ms == 0 {
+            return bad("speech.chunk_ms must be at least 1");
         }
         let o = &self.answering.openai;
         if o.timeout_ms == 0 || o.reply_timeout_ms < o.timeout_ms || o.max_concurrency == 0 {
@@ -522,7 +539,8 @@ mod tests {
     fn defaults_load_without_a_file() {
         let c = Config::load(None, &[]).unwrap();
         assert_eq!(c.topics.audio, "teddy.audio");
-        assert_eq!(c.engine.workers, 1);
+        // Thread counts are derived from the core budget unless set.
+        assert_eq!((c.engine.workers, c.engine.cores, c.asr.threads), (0, 0, 0));
     }
 
     #[test]
@@ -544,7 +562,7 @@ mod tests {
     #[test]
     fn unknown_keys_and_bad_values_are_errors() {
         assert!(Config::load(None, &["engine.wokers=3".into()]).is_err());
-        assert!(Config::load(None, &["engine.workers=0".into()]).is_err());
+        assert!(Config::load(None, &["engine.epoch_ms=0".into()]).is_err());
         assert!(Config::load(None, &["noequals".into()]).is_err());
     }
 

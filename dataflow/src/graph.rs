@@ -6,6 +6,7 @@
 //! ```
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use crate::envelope::Admission;
 use crate::metrics::WorkerMetrics;
 use crate::operators::next_epoch;
 use crate::outputs::Output;
+use crate::stage::Pool;
 use crate::stages::answer::{Answer, Answering};
 use crate::stages::decode::Decode;
 use crate::stages::hear::{Hear, Hearing};
@@ -33,9 +35,10 @@ use crate::stages::respond::Respond;
 use crate::stages::understand::{Understand, Understanding};
 use crate::stages::write::Write;
 use crate::stages::Ctx;
+use crate::threads::{Cores, Lane, ThreadPlan};
 
 /// What all workers of a process share: each stage's pools (one copy of every model),
-/// admission control, and the stop flag.
+/// the core permits they compute under, admission control, and the stop flag.
 #[derive(Clone)]
 pub struct ProcessShared {
     pub hearing: Hearing,
@@ -46,32 +49,75 @@ pub struct ProcessShared {
     pub admission: Admission,
     pub stop: Arc<AtomicBool>,
     pub process: usize,
+    /// The thread counts the stages were built with (the reply's as its engine asked).
+    pub plan: ThreadPlan,
+    pub reply: Option<Lane>,
+    pub cores: Cores,
     /// Set by the binary when it serves `/metrics` (`engine.http_addr`).
     pub telemetry: Option<Arc<Telemetry>>,
 }
 
 impl ProcessShared {
-    /// Load every stage's models for this process.
-    pub fn load(config: &Config, process: usize, stop: Arc<AtomicBool>) -> anyhow::Result<Self> {
+    /// Load every stage's models for this process, its pools sized by `plan` (whose
+    /// environment must already be exported: see [`ThreadPlan::export_env`]).
+    pub fn load(
+        config: &Config,
+        plan: &ThreadPlan,
+        process: usize,
+        stop: Arc<AtomicBool>,
+    ) -> anyhow::Result<Self> {
         let admission = Admission::new(config.engine.max_pending_utterances);
-        let hearing = Hearing::load(config)?;
+        let cores = Cores::new(plan.cores());
+        let hearing = Hearing::load(config, plan, &cores)?;
         let understanding = match config.understanding.enabled {
-            true => Some(Understanding::load(config)?),
+            true => Some(Understanding::load(config, plan, &cores)?),
             false => None,
         };
         let answering = match (&understanding, config.answering.enabled) {
-            (Some(u), true) => Some(Answering::load(config, u.safety.clone(), &admission)?),
+            (Some(u), true) => Some(Answering::load(
+                config,
+                u.safety.clone(),
+                &admission,
+                plan,
+                &cores,
+            )?),
             _ => None,
         };
         Ok(ProcessShared {
             hearing,
             understanding,
+            reply: answering.as_ref().map(|a| a.lane),
             answering,
             admission,
             stop,
             process,
+            plan: plan.clone(),
+            cores,
             telemetry: None,
         })
+    }
+
+    /// Threads of each pool this process runs.
+    pub fn pool_threads(&self) -> BTreeMap<Pool, usize> {
+        let p = &self.plan;
+        let mut threads = BTreeMap::from([(Pool::Workers, p.workers), (Pool::Asr, p.asr.threads)]);
+        if self.understanding.is_some() {
+            threads.insert(Pool::Acoustic, p.acoustic.threads);
+            threads.insert(Pool::Understanding, p.understanding.threads);
+        }
+        if let Some(reply) = self.reply {
+            threads.insert(Pool::Answering, reply.threads);
+        }
+        threads
+    }
+
+    /// The start-up line: the budget, where it came from, and every thread count.
+    pub fn threads_summary(&self) -> String {
+        let reply = self.reply.unwrap_or(Lane {
+            threads: 0,
+            width: 0,
+        });
+        self.plan.summary(reply)
     }
 }
 
@@ -94,6 +140,11 @@ pub fn run_worker(
         stop: shared.stop.clone(),
         telemetry: shared.telemetry.clone(),
     };
+    {
+        let mut m = ctx.metrics();
+        m.cores = shared.cores.total();
+        m.threads = shared.pool_threads();
+    }
     let audio = Audio::open(&ctx)?;
     let writer = Rc::new(AckedWriter::open(&config.kafka)?);
     let probe = ProbeHandle::new();

@@ -14,12 +14,16 @@
 //! - [`pool`]: model stages off the worker threads, with dynamic batching.
 //! - [`metrics`]: per-worker counters and latency samples.
 //! - [`config`]: the job's configuration.
+//! - [`cores`]: the cores a process may use (affinity, cgroup quota), and pinning.
+//! - [`threads`]: every thread count derived from the core budget, and the core permits
+//!   that keep busy model threads within it.
 
 // Stage results are moved through streams once; boxing their failures would allocate per
 // utterance for nothing.
 #![allow(clippy::result_large_err)]
 
 pub mod config;
+pub mod cores;
 pub mod envelope;
 pub mod graph;
 pub mod metrics;
@@ -30,3 +34,4 @@ pub mod pool;
 pub mod reassembly;
 pub mod stage;
 pub mod stages;
+pub mod threads;

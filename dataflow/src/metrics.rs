@@ -13,7 +13,7 @@ use teddyflow_models::safety::Verdict;
 
 use crate::envelope::Meta;
 use crate::outputs::{Counts, MetricsSnapshot};
-use crate::stage::Stage;
+use crate::stage::{Pool, Stage};
 
 /// Latency samples of one stage since the last snapshot (bounded, so memory stays flat).
 #[derive(Debug, Default, Clone)]
@@ -87,6 +87,9 @@ pub struct WorkerMetrics {
     pub stages: BTreeMap<Stage, Samples>,
     /// Stage → (sum of batch sizes, utterances) since the last snapshot.
     pub batch_sizes: BTreeMap<Stage, (u64, u64)>,
+    /// The process's core budget and pool sizes (what `plan` needs to know about it).
+    pub cores: usize,
+    pub threads: BTreeMap<Pool, usize>,
     /// The process's Prometheus families: every stage time recorded here is observed
     /// there too (the `/metrics` histograms), so the graph times each stage once.
     pub telemetry: Option<Arc<Telemetry>>,
@@ -194,6 +197,8 @@ impl WorkerMetrics {
             rss_bytes: rss_bytes(),
             stages,
             batch_mean,
+            cores: self.cores,
+            threads: self.threads.clone(),
         }
     }
 }

@@ -15,7 +15,7 @@ use teddyflow_models::stt::{SpeechToText, Transcript};
 use crate::config::Config;
 use crate::envelope::{now_ms, Failed, Meta, SourceRange};
 use crate::metrics::StageSummary;
-use crate::stage::Stage;
+use crate::stage::{Pool, Stage};
 
 /// The header every per-utterance record carries, beside the conversation as key.
 pub const H_UTTERANCE: &str = wire::H_UTTERANCE;
@@ -317,6 +317,12 @@ pub struct MetricsSnapshot {
     pub stages: BTreeMap<Stage, StageSummary>,
     /// Per batching stage, the utterance-weighted mean batch size over the interval.
     pub batch_mean: BTreeMap<Stage, f64>,
+    /// The process's core budget (0 from a writer that did not say).
+    #[serde(default)]
+    pub cores: usize,
+    /// Threads per pool of the process (`workers`, `asr`, `acoustic`, …).
+    #[serde(default)]
+    pub threads: BTreeMap<Pool, usize>,
 }
 
 /// A worker's counters: totals since it started (`profiles` is a gauge).

@@ -1,14 +1,21 @@
 //! Model stages run on a pool of threads beside the timely workers, so a 300 ms Whisper
 //! call never stalls progress tracking, reading or acknowledging. One pool per stage per
 //! process; every worker of the process shares it (and so shares one copy of the weights).
+//!
+//! A job computes only while it holds cores of the process's budget ([`Cores`], the rule
+//! in `threads.rs`), inside a rayon pool as wide as the cores it holds: its thread's own
+//! one-thread pool, or one of the stage's wide pools when it got its stage's full width.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
+use rayon::ThreadPool;
 use timely::scheduling::SyncActivator;
+
+use crate::threads::{Cores, Lane, Priority};
 
 type Work<I, O> = Arc<dyn Fn(I) -> O + Send + Sync>;
 /// Work that hands out partial results (`emit`) before its final one (the return value).
@@ -39,6 +46,93 @@ impl Batching {
             max_wait: Duration::from_millis(max_wait_ms),
         }
     }
+}
+
+/// How a pool's jobs get cores.
+#[derive(Clone)]
+pub struct Compute {
+    pub lane: Lane,
+    pub priority: Priority,
+    pub cores: Cores,
+    /// Cores every job waits for before it starts (candle's pool size when it is on).
+    pub min_cores: usize,
+}
+
+impl Compute {
+    pub fn new(lane: Lane, priority: Priority, cores: &Cores, min_cores: usize) -> Compute {
+        Compute {
+            lane,
+            priority,
+            cores: cores.clone(),
+            min_cores: min_cores.clamp(1, cores.total()),
+        }
+    }
+
+    /// `threads` one-core threads with a core each: nothing waits for another stage.
+    pub fn alone(threads: usize) -> Compute {
+        let lane = Lane {
+            threads: threads.max(1),
+            width: 1,
+        };
+        Compute::new(lane, Priority::Asr, &Cores::new(lane.threads), 1)
+    }
+}
+
+/// Where jobs run: the cores they hold, and rayon pools as wide as those.
+pub struct OnCores {
+    compute: Compute,
+    /// Pools of `lane.width` threads, each used by one job at a time.
+    wide: Vec<Mutex<ThreadPool>>,
+}
+
+impl OnCores {
+    pub fn new(name: &str, compute: Compute) -> OnCores {
+        let Lane { threads, width } = compute.lane;
+        let width = width.clamp(1, compute.cores.total());
+        // As many wide jobs as the cores allow at once, at most one per thread.
+        let count = match width {
+            1 => 0,
+            w => (compute.cores.total() / w).clamp(1, threads.max(1)),
+        };
+        let wide = (0..count)
+            .map(|i| Mutex::new(rayon_pool(&format!("{name}-wide{i}"), width)))
+            .collect();
+        OnCores {
+            compute: Compute {
+                lane: Lane { threads, width },
+                ..compute
+            },
+            wide,
+        }
+    }
+
+    /// Run `job` once it holds cores: on a wide pool when it got its full width and one is
+    /// free, else on `narrow` (one core: the calling thread's own [`one_thread`] pool).
+    pub fn run<R: Send>(&self, narrow: &ThreadPool, job: impl FnOnce() -> R + Send) -> R {
+        let c = &self.compute;
+        let mut held = c.cores.acquire(c.priority, c.min_cores, c.lane.width);
+        if held.n >= c.lane.width {
+            if let Some(pool) = self.wide.iter().find_map(|p| p.try_lock().ok()) {
+                return pool.install(job);
+            }
+        }
+        held.keep(c.min_cores);
+        narrow.install(job)
+    }
+}
+
+/// A rayon pool of one thread: a job's matrix products stay on one core.
+pub fn one_thread(name: &str) -> ThreadPool {
+    rayon_pool(name, 1)
+}
+
+fn rayon_pool(name: &str, threads: usize) -> ThreadPool {
+    let name = name.to_string();
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(move |i| format!("{name}-{i}"))
+        .build()
+        .expect("build a rayon pool")
 }
 
 enum Runner<I, O> {
@@ -83,52 +177,59 @@ pub struct StagePool<I, O> {
 }
 
 impl<I: Send + 'static, O: Send + 'static> StagePool<I, O> {
-    /// `threads` run `work`; at most `capacity` jobs are queued or running at once.
-    pub fn new(name: &str, threads: usize, capacity: usize, work: Work<I, O>) -> Self {
-        Self::streaming(name, threads, capacity, Arc::new(move |i, _| work(i)))
+    /// `compute.lane.threads` run `work`; at most `capacity` jobs are queued or running.
+    pub fn new(name: &str, compute: Compute, capacity: usize, work: Work<I, O>) -> Self {
+        Self::streaming(name, compute, capacity, Arc::new(move |i, _| work(i)))
     }
 
     /// Like [`StagePool::new`], for work that emits partial results as it goes (a reply
     /// spoken sentence by sentence); the operator passes them on at once.
     pub fn streaming(
         name: &str,
-        threads: usize,
+        compute: Compute,
         capacity: usize,
         work: StreamingWork<I, O>,
     ) -> Self {
-        Self::start(name, threads, capacity, Runner::Streaming(work))
+        Self::start(name, compute, capacity, Runner::Streaming(work))
     }
 
     /// Like [`StagePool::new`], for work that is cheaper per job on several jobs at once
     /// (one pass over a model's weights for all of them): see [`Batching`].
     pub fn batched(
         name: &str,
-        threads: usize,
+        compute: Compute,
         capacity: usize,
         batching: Batching,
         work: BatchWork<I, O>,
     ) -> Self {
-        Self::start(name, threads, capacity, Runner::Batch(work, batching))
+        Self::start(name, compute, capacity, Runner::Batch(work, batching))
     }
 
-    fn start(name: &str, threads: usize, capacity: usize, runner: Runner<I, O>) -> Self {
+    fn start(name: &str, compute: Compute, capacity: usize, runner: Runner<I, O>) -> Self {
         let (jobs, queue) = crossbeam_channel::unbounded::<Job<I, O>>();
         let in_flight = Arc::new(AtomicUsize::new(0));
-        let handles = (0..threads.max(1))
+        let threads = compute.lane.threads.max(1);
+        let exec = Arc::new(OnCores::new(name, compute));
+        let handles = (0..threads)
             .map(|i| {
                 let queue: Receiver<Job<I, O>> = queue.clone();
                 let runner = runner.clone();
                 let in_flight = in_flight.clone();
+                let exec = exec.clone();
+                let narrow = one_thread(&format!("{name}-{i}-op"));
                 std::thread::Builder::new()
                     .name(format!("{name}-{i}"))
                     .spawn(move || {
                         for job in queue.iter() {
                             match &runner {
-                                Runner::Streaming(work) => run_one(job, work, &in_flight),
-                                Runner::Batch(work, batching) => {
-                                    let jobs = gather(job, &queue, *batching);
-                                    run_batch(jobs, work, &in_flight);
+                                Runner::Streaming(work) => {
+                                    exec.run(&narrow, || run_one(job, work, &in_flight))
                                 }
+                                // Gathered once it has cores: what queued meanwhile joins.
+                                Runner::Batch(work, batching) => exec.run(&narrow, || {
+                                    let jobs = gather(job, &queue, *batching);
+                                    run_batch(jobs, work, &in_flight)
+                                }),
                             }
                         }
                     })
@@ -264,7 +365,14 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
             xs.into_iter().map(|x| x * 10).collect()
         });
-        let pool = Arc::new(StagePool::batched("test", 1, 64, Batching::new(4, 0), work));
+        let compute = Compute::alone(1);
+        let pool = Arc::new(StagePool::batched(
+            "test",
+            compute,
+            64,
+            Batching::new(4, 0),
+            work,
+        ));
         let captured = timely::execute_directly(move |worker| {
             let (mut input, probe, captured) = worker.dataflow::<u64, _, _>(|scope| {
                 let (input, stream) = scope.new_input::<Vec<u64>>();

@@ -4,7 +4,9 @@
 //! [`crate::openai`] asks any OpenAI-compatible server and hands a turn to the local engine when
 //! the server fails. Engines are chosen by `answering.backend` in the config.
 
-use crate::llm::{BatchSettings, Batcher, Generated, Prompt, ReplyModel, Sampling};
+use std::sync::Arc;
+
+use crate::llm::{BatchSettings, Batcher, Generated, Prompt, ReplyModel, Sampling, StepRunner};
 
 /// Writes replies. One instance serves every reply thread of a process.
 pub trait ReplyEngine: Send + Sync {
@@ -22,6 +24,18 @@ pub trait ReplyEngine: Send + Sync {
         sampling: &Sampling,
         on_sentence: &mut dyn FnMut(&str),
     ) -> anyhow::Result<Generated>;
+    /// Reply threads this engine wants in a process that may keep `cores` cores busy. The
+    /// default, one conversation per thread, wants one per core; an engine that steps
+    /// several conversations together on one thread asks for fewer.
+    fn threads_wanted(&self, cores: usize) -> usize {
+        cores
+    }
+    /// Whether a reply computes on the calling thread (so each call needs a core of the
+    /// budget while it runs), rather than waiting for work done elsewhere: a batch thread
+    /// that takes its own cores, or a server.
+    fn computes_on_caller(&self) -> bool {
+        true
+    }
     /// Whether [`ReplyEngine::prepare`] does anything (a preparing thread runs only then).
     fn prepares(&self) -> bool {
         false
@@ -82,19 +96,50 @@ impl ReplyEngine for ReplyModel {
 pub struct BatchedModel {
     model: ReplyModel,
     batcher: Batcher,
+    /// Replies in one batch.
+    places: usize,
 }
 
 impl BatchedModel {
     /// Start the batch thread; it ends when every clone is dropped.
     pub fn spawn(model: ReplyModel, settings: BatchSettings) -> std::io::Result<Self> {
         let batcher = Batcher::spawn(model.clone(), settings)?;
-        Ok(Self { model, batcher })
+        Ok(Self {
+            model,
+            batcher,
+            places: settings.max_sequences,
+        })
+    }
+
+    /// Like [`BatchedModel::spawn`], each batched pass run by `runner` (under the
+    /// process's core permits).
+    pub fn spawn_on(
+        model: ReplyModel,
+        settings: BatchSettings,
+        runner: Arc<dyn StepRunner>,
+    ) -> std::io::Result<Self> {
+        let batcher = Batcher::spawn_on(model.clone(), settings, runner)?;
+        Ok(Self {
+            model,
+            batcher,
+            places: settings.max_sequences,
+        })
     }
 }
 
 impl ReplyEngine for BatchedModel {
     fn name(&self) -> &'static str {
         "local"
+    }
+
+    /// A caller thread per place in the batch, or the batch never fills: each waits for
+    /// its reply's sentences and speaks them.
+    fn threads_wanted(&self, _cores: usize) -> usize {
+        self.places
+    }
+
+    fn computes_on_caller(&self) -> bool {
+        false
     }
 
     fn serves(&self, language: &str) -> bool {

@@ -41,6 +41,9 @@ pub enum BenchCommand {
     /// answered, dead-lettered and lost counts, in-flight, RSS and lag printed over time;
     /// fails if a valid utterance is lost or a bad record is not dead-lettered once.
     Soak(super::bench_e2e::soak::SoakArgs),
+    /// Per model stage: intra-op threads (one utterance on k cores) against inter-op (k
+    /// stage threads, one core each) on the same jobs; jobs/s, latency, CPU per job.
+    Cores(super::bench_cores::CoresArgs),
     /// Replies to prompts and conversations (e.g. data/reply_adversarial.jsonl) through the
     /// local reply model with the pipeline's checks: compliance with the reply policy per
     /// category (raw and after enforcement, by the runtime checker and a stricter judge),
@@ -248,6 +251,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         }
         BenchCommand::E2e(args) => super::bench_e2e::run(args),
         BenchCommand::Soak(args) => super::bench_e2e::soak::run(args),
+        BenchCommand::Cores(args) => super::bench_cores::run(args),
         BenchCommand::Replies(args) => super::bench_replies::run(args),
     }
 }

@@ -8,8 +8,9 @@
 
 mod broker;
 mod collect;
+pub mod layout;
 mod load;
-mod procs;
+pub(crate) mod procs;
 pub mod report;
 pub mod soak;
 
@@ -20,6 +21,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use clap::Args;
 use serde::{Deserialize, Serialize};
 use teddyflow_connectors::fleet::{default_voices, profile_record, Voice, CHILD_NAMES};
@@ -27,6 +29,7 @@ use teddyflow_connectors::kafka::{ensure_topics, AckedWriter, KafkaSettings, Top
 use teddyflow_connectors::wire::Codec;
 
 use collect::{Collector, OutputTopics};
+use layout::Layout;
 use load::{Arrival, LoadSpec, Planned};
 use procs::{ProcSpec, ProcUsage, Processors};
 use report::{Latency, Observed, Overhead, StageStat};
@@ -49,7 +52,8 @@ pub struct E2eArgs {
     #[arg(long)]
     duration_s: Option<f64>,
     /// Offered utterances per second, whole fleet, open loop; 0 sends all at once (a
-    /// saturating load). Default: 1, or 0 when several --workers are compared.
+    /// saturating load). Default: 1, or 0 when several --workers are compared or with
+    /// --scaling.
     #[arg(long)]
     rate: Option<f64>,
     /// Arrival process.
@@ -75,11 +79,24 @@ pub struct E2eArgs {
     /// fresh topics, and prints the throughput ratio of the last over the first.
     #[arg(long, value_delimiter = ',', default_value = "1")]
     workers: Vec<usize>,
-    /// Processor processes (one timely cluster on loopback ports).
+    /// Processor processes (one timely cluster on loopback ports). Several are each
+    /// pinned to their share of the cpus (`run --cpu-list`) unless --no-pin.
     #[arg(long, default_value_t = 1)]
     processes: usize,
-    /// Threads of every model stage pool (asr.threads, understanding.threads, and
-    /// answering.threads where the config has it). Default: the run's worker count.
+    /// Leave the processes of a cluster unpinned (every thread may run on every cpu).
+    #[arg(long)]
+    no_pin: bool,
+    /// The cpus the processors may use (`0-1`, `1`), shared out among --processes.
+    /// Default: every cpu this bench may run on.
+    #[arg(long, value_name = "CPUS")]
+    cpu_list: Option<String>,
+    /// Run the same load as one process pinned to one core, one process on every cpu
+    /// with no tuning flags, and a cluster of one process per cpu, pinned and unpinned;
+    /// print the throughput of each against one core.
+    #[arg(long, conflicts_with = "processes")]
+    scaling: bool,
+    /// Threads of every model stage pool (asr.threads, understanding.threads,
+    /// answering.threads). Default: not set, so derived from each process's core budget.
     #[arg(long)]
     stage_threads: Option<usize>,
     /// Partitions of the run's topics.
@@ -126,12 +143,32 @@ pub struct Report {
     pub overhead_definition: String,
     pub runs: Vec<RunReport>,
     pub scaling: Option<Scaling>,
+    /// With --scaling: each layout's throughput against the first (one core).
+    #[serde(default)]
+    pub core_scaling: Vec<ScalingRow>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScalingRow {
+    pub label: String,
+    pub processes: usize,
+    pub cpu_lists: Vec<String>,
+    pub utterances_per_s: f64,
+    pub vs_one_core: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunReport {
     pub workers: usize,
     pub processes: usize,
+    /// How the processes sat on the cores.
+    #[serde(default)]
+    pub label: String,
+    /// Per process, the cpus it was pinned to; empty = unpinned.
+    #[serde(default)]
+    pub cpu_lists: Vec<String>,
+    /// `--stage-threads`; 0 = not set (each pool derived from the core budget: the
+    /// counts are in `worker_metrics[].threads`).
     pub stage_threads: usize,
     /// The thread keys that were set (answering.threads only once the config has it).
     pub stage_thread_keys: Vec<String>,
@@ -179,25 +216,28 @@ struct Bench {
     log_dir: PathBuf,
 }
 
-/// Stage thread pools, all set to `--stage-threads` (default: the worker count).
+/// Stage thread pools, all set to `--stage-threads` when given.
 const THREAD_KEYS: [&str; 3] = ["asr.threads", "understanding.threads", "answering.threads"];
 
 pub fn run(args: E2eArgs) -> anyhow::Result<()> {
     validate(&args)?;
     let stop = stop_flag()?;
     let broker = broker::resolve(args.brokers.as_deref())?;
-    let rate = args
-        .rate
-        .unwrap_or(if args.workers.len() > 1 { 0.0 } else { 1.0 });
+    let saturate = args.workers.len() > 1 || args.scaling;
+    let rate = args.rate.unwrap_or(if saturate { 0.0 } else { 1.0 });
     let count = match args.duration_s {
         Some(d) => (rate * d).ceil() as usize,
         None => args.utterances.unwrap_or(20),
     };
     let bench = prepare(&args, &broker.addr, rate, count, stop)?;
     let mut runs = Vec::new();
-    for &workers in &args.workers {
-        runs.push(one_run(&bench, &args, workers)?);
+    for (i, (workers, layout)) in runs_to_make(&args)?.into_iter().enumerate() {
+        runs.push(one_run(&bench, &args, i, workers, &layout)?);
     }
+    let core_scaling = match args.scaling {
+        true => core_scaling(&runs),
+        false => Vec::new(),
+    };
     let report = Report {
         run_id: bench.run_id.clone(),
         brokers: broker.addr.clone(),
@@ -210,7 +250,8 @@ pub fn run(args: E2eArgs) -> anyhow::Result<()> {
         warmup: args.warmup,
         cores: cores(),
         overhead_definition: OVERHEAD_DEFINITION.into(),
-        scaling: scaling(&runs),
+        scaling: (!args.scaling).then(|| scaling(&runs)).flatten(),
+        core_scaling,
         runs,
     };
     if args.json {
@@ -229,6 +270,10 @@ fn validate(args: &E2eArgs) -> anyhow::Result<()> {
         "--workers must be at least 1"
     );
     anyhow::ensure!(args.processes > 0, "--processes must be at least 1");
+    anyhow::ensure!(
+        !args.scaling || args.workers.len() == 1,
+        "--scaling compares core layouts at one --workers count"
+    );
     if args.duration_s.is_some() {
         anyhow::ensure!(
             args.rate.is_some_and(|r| r > 0.0),
@@ -306,9 +351,40 @@ fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// The cpus the processors may use: --cpu-list, else this bench's own.
+fn bench_cpus(args: &E2eArgs) -> anyhow::Result<(Vec<usize>, bool)> {
+    match &args.cpu_list {
+        Some(list) => {
+            let cpus = teddyflow_dataflow::cores::parse_cpu_list(list)
+                .with_context(|| format!("--cpu-list {list:?}: expected e.g. 0-1 or 2,3"))?;
+            Ok((cpus, true))
+        }
+        None => {
+            let all = (0..cores()).collect();
+            Ok((teddyflow_dataflow::cores::affinity().unwrap_or(all), false))
+        }
+    }
+}
+
+/// Each run: its worker count and how its processes sit on the cores.
+fn runs_to_make(args: &E2eArgs) -> anyhow::Result<Vec<(usize, Layout)>> {
+    let (cpus, restricted) = bench_cpus(args)?;
+    if args.scaling {
+        let workers = args.workers[0];
+        return Ok(Layout::scaling(&cpus)
+            .into_iter()
+            .map(|l| (workers, l))
+            .collect());
+    }
+    let layout = Layout::new(args.processes, &cpus, !args.no_pin, restricted);
+    Ok(args.workers.iter().map(|&w| (w, layout.clone())).collect())
+}
+
 /// The run's topics, all under one fresh prefix.
 struct RunTopics {
     prefix: String,
+    /// The run's place in the bench (names its log folder).
+    index: usize,
     names: Vec<(&'static str, String)>,
 }
 
@@ -325,6 +401,7 @@ impl RunTopics {
         ];
         RunTopics {
             prefix: prefix.into(),
+            index: 0,
             names: kinds
                 .into_iter()
                 .map(|k| (k, format!("{prefix}.{k}")))
@@ -359,7 +436,13 @@ impl RunTopics {
     }
 }
 
-fn proc_spec(bench: &Bench, args: &E2eArgs, workers: usize, topics: &RunTopics) -> ProcSpec {
+fn proc_spec(
+    bench: &Bench,
+    args: &E2eArgs,
+    workers: usize,
+    layout: &Layout,
+    topics: &RunTopics,
+) -> ProcSpec {
     let mut sets: Vec<String> = topics
         .names
         .iter()
@@ -368,26 +451,35 @@ fn proc_spec(bench: &Bench, args: &E2eArgs, workers: usize, topics: &RunTopics) 
     sets.push(format!("topics.partitions={}", args.partitions));
     sets.push(format!("kafka.group_id=\"{}\"", topics.prefix));
     sets.push("engine.metrics_interval_ms=1000".into());
-    let threads = args.stage_threads.unwrap_or(workers);
-    sets.extend(THREAD_KEYS.iter().map(|k| format!("{k}={threads}")));
+    if let Some(threads) = args.stage_threads {
+        sets.extend(THREAD_KEYS.iter().map(|k| format!("{k}={threads}")));
+    }
     sets.extend(args.set.iter().cloned());
     ProcSpec {
         brokers: bench.settings.brokers.clone(),
         workers,
-        processes: args.processes,
+        processes: layout.processes,
         config: args.config.clone(),
         sets,
-        log_dir: bench.log_dir.join(format!("w{workers}")),
+        log_dir: bench.log_dir.join(format!("r{}-w{workers}", topics.index)),
+        cpu_lists: layout.cpu_lists.clone(),
     }
 }
 
-fn one_run(bench: &Bench, args: &E2eArgs, workers: usize) -> anyhow::Result<RunReport> {
-    let topics = RunTopics::new(&format!("{}-w{workers}", bench.run_id));
+fn one_run(
+    bench: &Bench,
+    args: &E2eArgs,
+    index: usize,
+    workers: usize,
+    layout: &Layout,
+) -> anyhow::Result<RunReport> {
+    let mut topics = RunTopics::new(&format!("{}-r{index}-w{workers}", bench.run_id));
+    topics.index = index;
     ensure_topics(&bench.settings, &topics.specs(args.partitions))?;
     write_profiles(bench, args, &topics)?;
     let mut collector = Collector::open(&bench.settings, &topics.outputs())?;
-    let spec = proc_spec(bench, args, workers, &topics);
-    tracing::info!(workers, processes = args.processes, logs = %spec.log_dir.display(), "starting processors");
+    let spec = proc_spec(bench, args, workers, layout, &topics);
+    tracing::info!(workers, layout = %layout.label, logs = %spec.log_dir.display(), "starting processors");
     let mut procs = Processors::start(&spec)?;
     let ready_timeout = Duration::from_secs(args.ready_timeout_s);
     procs.wait_ready(&mut collector, workers, ready_timeout, &bench.stop)?;
@@ -409,6 +501,7 @@ fn one_run(bench: &Bench, args: &E2eArgs, workers: usize) -> anyhow::Result<RunR
     drop(procs);
     let ctx = RunContext {
         workers,
+        layout,
         args,
         bench,
         prefix: &topics.prefix,
@@ -531,6 +624,7 @@ fn id_set(plan: &[Planned], prefix: &str) -> HashSet<(String, String)> {
 
 struct RunContext<'a> {
     workers: usize,
+    layout: &'a Layout,
     args: &'a E2eArgs,
     bench: &'a Bench,
     prefix: &'a str,
@@ -557,8 +651,10 @@ fn run_report(
     let matched = observed.len();
     RunReport {
         workers: ctx.workers,
-        processes: ctx.args.processes,
-        stage_threads: ctx.args.stage_threads.unwrap_or(ctx.workers),
+        processes: ctx.layout.processes,
+        label: ctx.layout.label.clone(),
+        cpu_lists: ctx.layout.cpu_lists.clone(),
+        stage_threads: ctx.args.stage_threads.unwrap_or(0),
         stage_thread_keys: THREAD_KEYS.iter().map(|k| k.to_string()).collect(),
         topic_prefix: ctx.prefix.to_string(),
         sent: ctx.bench.load.len(),
@@ -589,6 +685,20 @@ fn scaling(runs: &[RunReport]) -> Option<Scaling> {
         utterances_per_s: runs.iter().map(|r| r.utterances_per_s).collect(),
         ratio: last.utterances_per_s / first.utterances_per_s.max(f64::EPSILON),
     })
+}
+
+/// Each run's throughput against the first (one process on one core).
+fn core_scaling(runs: &[RunReport]) -> Vec<ScalingRow> {
+    let one = runs.first().map_or(0.0, |r| r.utterances_per_s);
+    runs.iter()
+        .map(|r| ScalingRow {
+            label: r.label.clone(),
+            processes: r.processes,
+            cpu_lists: r.cpu_lists.clone(),
+            utterances_per_s: r.utterances_per_s,
+            vs_one_core: r.utterances_per_s / one.max(f64::EPSILON),
+        })
+        .collect()
 }
 
 /// Missing responses fail the bench (after the figures are printed), naming the logs.
@@ -647,13 +757,22 @@ fn print_report(report: &Report, log_dir: &std::path::Path) {
             s.ratio
         );
     }
+    if !report.core_scaling.is_empty() {
+        println!("\n| how teddyflow ran | utterances/s | vs one core |\n|---|---|---|");
+        for row in &report.core_scaling {
+            println!(
+                "| {} | {:.2} | {:.2} |",
+                row.label, row.utterances_per_s, row.vs_one_core
+            );
+        }
+    }
     println!("\nprocessor logs: {}", log_dir.display());
 }
 
 fn print_run(r: &RunReport) {
     println!(
-        "\n{} process(es) x {} worker(s), stage threads {}: matched {}/{} ({} missing, {} duplicates, {} dead letters) in {:.1} s -> {:.2} utterances/s",
-        r.processes, r.workers, r.stage_threads, r.matched, r.sent, r.missing, r.duplicates,
+        "\n{}: {} process(es) x {} worker(s), stage threads {}: matched {}/{} ({} missing, {} duplicates, {} dead letters) in {:.1} s -> {:.2} utterances/s",
+        r.label, r.processes, r.workers, stage_threads(r), r.matched, r.sent, r.missing, r.duplicates,
         r.deadletters, r.duration_s, r.utterances_per_s
     );
     println!(
@@ -699,6 +818,22 @@ fn print_run(r: &RunReport) {
             u.peak_rss_bytes >> 20
         );
     }
+}
+
+/// The stage pools' threads: `--stage-threads`, else what the first process reported.
+fn stage_threads(r: &RunReport) -> String {
+    if r.stage_threads > 0 {
+        return r.stage_threads.to_string();
+    }
+    let derived = r.worker_metrics.iter().find(|m| !m.threads.is_empty());
+    derived.map_or("derived".into(), |m| {
+        let t: Vec<String> = m
+            .threads
+            .iter()
+            .map(|(p, n)| format!("{p:?} {n}").to_lowercase())
+            .collect();
+        format!("derived from {} cores: {}", m.cores, t.join(", "))
+    })
 }
 
 fn print_dist(label: &str, d: &report::Dist) {

@@ -117,6 +117,10 @@ spec:
     )
 }
 
+/// The CPU limit equals the request: it becomes the container's cgroup quota, which each
+/// process reads as its core budget (so its threads fit the cores the plan gave it, instead
+/// of one per core of the node); with the memory limit equal too, the pod is Guaranteed
+/// and a static CPU manager gives it whole cores of its own.
 fn statefulset(s: &Size) -> String {
     let cpu = format!("{}m", (s.cpu * 1000.0).round() as u64);
     format!(
@@ -175,6 +179,7 @@ spec:
               cpu: {cpu}
               memory: {memory}Mi
             limits:
+              cpu: {cpu}
               memory: {memory}Mi
           startupProbe:
             httpGet:

@@ -1,4 +1,5 @@
 pub mod bench;
+pub mod bench_cores;
 pub mod bench_e2e;
 pub mod bench_replies;
 pub mod bench_spoken;

@@ -407,12 +407,18 @@ fn from_bench(path: &std::path::Path, run: usize) -> anyhow::Result<Measured> {
     let overhead_ms = r.overhead.as_ref().map_or(0.0, |o| {
         (o.overhead_ms.mean - o.queue_wait_ms_mean).max(0.0)
     });
-    let threads = BTreeMap::from([
-        (Pool::Workers, r.workers),
-        (Pool::Asr, r.stage_threads),
-        (Pool::Understanding, r.stage_threads),
-        (Pool::Answering, r.stage_threads),
-    ]);
+    // The pools as the processes reported them (derived from their core budget), else
+    // the bench's --stage-threads.
+    let reported = r.worker_metrics.iter().find(|m| !m.threads.is_empty());
+    let threads = match reported {
+        Some(m) => m.threads.clone(),
+        None => BTreeMap::from([
+            (Pool::Workers, r.workers),
+            (Pool::Asr, r.stage_threads.max(1)),
+            (Pool::Understanding, r.stage_threads.max(1)),
+            (Pool::Answering, r.stage_threads.max(1)),
+        ]),
+    };
     Ok(Measured {
         costs,
         overhead_ms,

@@ -10,7 +10,9 @@ use clap::Args;
 use teddyflow_connectors::http::{HttpServer, Telemetry};
 use teddyflow_connectors::kafka::{ensure_topics, TopicSpec};
 use teddyflow_dataflow::config::Config;
+use teddyflow_dataflow::cores::{self, CoreBudget};
 use teddyflow_dataflow::graph::{run_worker, ProcessShared};
+use teddyflow_dataflow::threads::ThreadPlan;
 
 #[derive(Args, Debug)]
 #[command(disable_help_flag = true)]
@@ -21,9 +23,14 @@ pub struct RunArgs {
     /// Override kafka.brokers.
     #[arg(long)]
     brokers: Option<String>,
-    /// Override engine.workers: worker threads in this process.
+    /// Override engine.workers: worker threads in this process (default: derived from
+    /// the core budget).
     #[arg(long, short = 'w')]
     workers: Option<usize>,
+    /// Pin this process to these CPUs (`0-1`, `2,3`): its core budget follows. Use it to
+    /// give each process of a cluster on one host its own cores.
+    #[arg(long, value_name = "CPUS")]
+    cpu_list: Option<String>,
     /// Timely cluster: number of processes.
     #[arg(short = 'n', long = "processes", default_value_t = 1)]
     processes: usize,
@@ -42,6 +49,12 @@ pub struct RunArgs {
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    // First, while this is the only thread: every thread started later inherits the mask.
+    if let Some(list) = &args.cpu_list {
+        let cpus = cores::parse_cpu_list(list)
+            .with_context(|| format!("--cpu-list {list:?}: expected e.g. 0-1 or 2,3"))?;
+        cores::pin(&cpus).with_context(|| format!("pinning to cpus {list}"))?;
+    }
     let mut overrides = args.set.clone();
     if let Some(b) = &args.brokers {
         overrides.push(format!("kafka.brokers=\"{b}\""));
@@ -50,6 +63,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         overrides.push(format!("engine.workers={w}"));
     }
     let config = Config::load(args.config.as_deref(), &overrides)?;
+    let plan = ThreadPlan::derive(CoreBudget::detect(config.engine.cores), &config);
+    // Before any model loads and before rdkafka starts its threads.
+    plan.export_env();
     if config.topics.create {
         ensure_topics(&config.kafka, &topic_specs(&config)).context("creating topics")?;
     }
@@ -59,7 +75,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     // ready yet rather than no process.
     let (telemetry, http) = serve_telemetry(&config)?;
     let mut shared =
-        ProcessShared::load(&config, args.process, stop.clone()).with_context(|| {
+        ProcessShared::load(&config, &plan, args.process, stop.clone()).with_context(|| {
             format!(
                 "loading the models from {} (run `make setup` to install them)",
                 config.models.dir.display()
@@ -78,11 +94,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         load_ms = started.elapsed().as_millis() as u64,
         "models loaded"
     );
+    tracing::info!("core budget: {}", shared.threads_summary());
+    for note in &plan.notes {
+        tracing::warn!("oversubscribed: {note}");
+    }
     ctrlc::set_handler(move || {
         tracing::info!("stop requested: draining in-flight work");
         stop.store(true, Ordering::Release);
     })?;
-    let timely_config = timely_config(&args, config.engine.workers)?;
+    let timely_config = timely_config(&args, plan.workers)?;
     let guards = timely::execute(timely_config, move |worker| {
         run_worker(worker, &config, shared.clone())
     })

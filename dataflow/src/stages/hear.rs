@@ -30,8 +30,9 @@ use crate::config::{AsrEngine, Config};
 use crate::envelope::{now_ms_f64, Envelope, Failed};
 use crate::operators::{async_stage, join_halves};
 use crate::outputs::Heard;
-use crate::pool::{Batching, StagePool};
+use crate::pool::{Batching, Compute, StagePool};
 use crate::stage::Stage;
+use crate::threads::{Cores, Priority, ThreadPlan};
 
 pub type AsrPool = StagePool<Envelope<Decoded>, Result<Envelope<Heard>, Failed>>;
 pub type AcousticPool = StagePool<Envelope<Decoded>, Envelope<Sound>>;
@@ -55,17 +56,20 @@ pub struct Hearing {
 }
 
 impl Hearing {
-    pub fn load(config: &Config) -> anyhow::Result<Hearing> {
+    pub fn load(config: &Config, plan: &ThreadPlan, cores: &Cores) -> anyhow::Result<Hearing> {
         let listeners = Arc::new(Listeners::load(config)?);
         let l = listeners.clone();
         let work = Arc::new(move |batch: Vec<Envelope<Decoded>>| transcribe_batch(&l, batch));
         let a = &config.asr;
         let capacity = config.engine.max_pending_utterances;
         let batching = Batching::new(a.max_batch, a.max_wait_ms);
-        let asr = StagePool::batched("asr", a.threads, capacity, batching, work);
+        let min = plan.min_cores();
+        let compute = Compute::new(plan.asr, Priority::Asr, cores, min);
+        let asr = StagePool::batched("asr", compute, capacity, batching, work);
         let acoustic = config.understanding.enabled.then(|| {
             let work = Arc::new(analyse);
-            Arc::new(StagePool::new("acoustic", 1, capacity, work))
+            let compute = Compute::new(plan.acoustic, Priority::Acoustic, cores, min);
+            Arc::new(StagePool::new("acoustic", compute, capacity, work))
         });
         Ok(Hearing {
             asr: Arc::new(asr),

@@ -15,8 +15,9 @@ use crate::config::Config;
 use crate::envelope::{Envelope, Failed};
 use crate::operators::async_stage;
 use crate::outputs::{Alert, Heard, Out, Output};
-use crate::pool::{Batching, StagePool};
+use crate::pool::{Batching, Compute, StagePool};
 use crate::stage::Stage;
+use crate::threads::{Cores, Priority, ThreadPlan};
 
 /// An utterance with everything known about how the child feels and whether it is safe.
 /// `heard.transcript` is redacted from here on: it is what may be written to topics.
@@ -46,7 +47,11 @@ pub struct Understanding {
 }
 
 impl Understanding {
-    pub fn load(config: &Config) -> anyhow::Result<Understanding> {
+    pub fn load(
+        config: &Config,
+        plan: &ThreadPlan,
+        cores: &Cores,
+    ) -> anyhow::Result<Understanding> {
         let models = &config.models.dir;
         let data = &config.understanding.data_dir;
         // One MiniLM for both classifiers: one copy of the weights, one embedding per utterance.
@@ -60,7 +65,13 @@ impl Understanding {
         let u = &config.understanding;
         let batching = Batching::new(u.max_batch, u.max_wait_ms);
         let capacity = config.engine.max_pending_utterances;
-        let pool = StagePool::batched("understand", u.threads, capacity, batching, work);
+        let compute = Compute::new(
+            plan.understanding,
+            Priority::Understand,
+            cores,
+            plan.min_cores(),
+        );
+        let pool = StagePool::batched("understand", compute, capacity, batching, work);
         Ok(Understanding {
             pool: Arc::new(pool),
             safety,

@@ -17,6 +17,7 @@
 
 use std::collections::VecDeque;
 use std::sync::mpsc::{self, Receiver, RecvError, Sender};
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::llama::{logits_row, Input};
@@ -38,6 +39,23 @@ impl Default for BatchSettings {
             max_sequences: 8,
             prefill_chunk: 128,
         }
+    }
+}
+
+/// Where the batch thread runs each pass. The thread is one per process and does the
+/// whole stage's computing, so a process with a core budget runs each pass under its core
+/// permits (inside a thread pool as wide as the cores it got), and gives them back between
+/// passes so other stages are not shut out for a whole batch.
+pub trait StepRunner: Send + Sync {
+    fn run(&self, step: &mut (dyn FnMut() + Send));
+}
+
+/// Runs each pass on the batch thread as it is (rayon's global pool for its products).
+pub struct Inline;
+
+impl StepRunner for Inline {
+    fn run(&self, step: &mut (dyn FnMut() + Send)) {
+        step()
     }
 }
 
@@ -177,8 +195,9 @@ impl BatchGenerator {
         }
     }
 
-    /// Serve requests from `requests` until it is closed and every reply is done.
-    pub fn serve(mut self, requests: Receiver<Request>) {
+    /// Serve requests from `requests` until it is closed and every reply is done, each
+    /// pass run by `runner`.
+    pub fn serve(mut self, requests: Receiver<Request>, runner: &dyn StepRunner) {
         loop {
             if self.is_idle() {
                 match requests.recv() {
@@ -189,7 +208,7 @@ impl BatchGenerator {
             while let Ok(r) = requests.try_recv() {
                 self.submit(r);
             }
-            self.step();
+            runner.run(&mut || self.step());
         }
     }
 
@@ -269,10 +288,19 @@ pub struct Batcher {
 
 impl Batcher {
     pub fn spawn(model: ReplyModel, settings: BatchSettings) -> std::io::Result<Self> {
+        Self::spawn_on(model, settings, Arc::new(Inline))
+    }
+
+    /// Like [`Batcher::spawn`], each pass run by `runner` (under a core budget).
+    pub fn spawn_on(
+        model: ReplyModel,
+        settings: BatchSettings,
+        runner: Arc<dyn StepRunner>,
+    ) -> std::io::Result<Self> {
         let (requests, queue) = mpsc::channel();
         std::thread::Builder::new()
             .name("reply-batch".into())
-            .spawn(move || BatchGenerator::new(model, settings).serve(queue))?;
+            .spawn(move || BatchGenerator::new(model, settings).serve(queue, runner.as_ref()))?;
         Ok(Self { requests })
     }
 

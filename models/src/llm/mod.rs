@@ -37,7 +37,9 @@ use candle_core::quantized::gguf_file;
 use candle_core::Device;
 use tokenizers::Tokenizer;
 
-pub use batch::{BatchGenerator, BatchSettings, Batcher, ReplyEvent, ReplySink, Request};
+pub use batch::{
+    BatchGenerator, BatchSettings, Batcher, Inline, ReplyEvent, ReplySink, Request, StepRunner,
+};
 use llama::{Input, KvCache, Llama};
 pub use prompt::Prompt;
 use sequence::Sequence;

@@ -370,6 +370,18 @@ impl ReplyEngine for OpenAiEngine {
         "openai"
     }
 
+    /// One caller per request the server may have in flight (`max_concurrency`): each
+    /// waits for its reply's sentences and speaks them.
+    fn threads_wanted(&self, _cores: usize) -> usize {
+        self.settings.max_concurrency
+    }
+
+    /// The server computes. A turn handed to the local fallback runs on the caller outside
+    /// the core permits: it is rare, and brief overcommit beats holding cores while waiting.
+    fn computes_on_caller(&self) -> bool {
+        false
+    }
+
     /// Conversations are not prepared for the fallback: it answers rarely, and running
     /// histories between turns would spend the CPU the server was meant to save. What it
     /// kept of a conversation while answering is dropped with it.

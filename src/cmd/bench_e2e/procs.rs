@@ -24,6 +24,8 @@ pub struct ProcSpec {
     /// `key=value` overrides, in order (later ones win).
     pub sets: Vec<String>,
     pub log_dir: PathBuf,
+    /// Per process, the CPUs it is pinned to (`run --cpu-list`); empty = not pinned.
+    pub cpu_lists: Vec<String>,
 }
 
 struct Proc {
@@ -176,6 +178,9 @@ fn spawn(
     cmd.args(["--set", "engine.http_addr=\"127.0.0.1:0\""]);
     for set in &spec.sets {
         cmd.args(["--set", set]);
+    }
+    if let Some(cpus) = spec.cpu_lists.get(index) {
+        cmd.args(["--cpu-list", cpus]);
     }
     if let Some(hostfile) = hostfile {
         cmd.args(["-n", &spec.processes.to_string(), "-p", &index.to_string()])

@@ -118,6 +118,7 @@ pub fn run(args: SoakArgs) -> anyhow::Result<()> {
         config: args.config.clone(),
         sets,
         log_dir,
+        cpu_lists: Vec::new(),
     };
     let mut procs = Processors::start(&proc_spec)?;
     let stop = std::sync::atomic::AtomicBool::new(false);

@@ -15,7 +15,7 @@ pub mod reply;
 use std::sync::Arc;
 use std::time::Instant;
 
-use teddyflow_models::llm::{BatchSettings, Prompt, ReplyModel};
+use teddyflow_models::llm::{BatchSettings, Prompt, ReplyModel, StepRunner};
 use teddyflow_models::openai::{Fallback, OpenAiEngine};
 use teddyflow_models::policy::ReplyPolicy;
 use teddyflow_models::reply::{BatchedModel, ReplyEngine};
@@ -33,8 +33,9 @@ use crate::config::{Config, ReplyBackend, SpeechEngine};
 use crate::envelope::{now_ms, Admission, Envelope};
 use crate::operators::async_stage;
 use crate::outputs::{Origin, Output, ProfileUse};
-use crate::pool::StagePool;
+use crate::pool::{one_thread, Compute, OnCores, StagePool};
 use crate::stage::Stage;
+use crate::threads::{Cores, Lane, Priority, ThreadPlan};
 use memory::{ConversationMemory, Turn};
 use prepare::Preparer;
 use reply::{Answerer, Replied, ReplyEvent, ReplyJob, ReplyPool};
@@ -46,17 +47,31 @@ use reply::{Answerer, Replied, ReplyEvent, ReplyJob, ReplyPool};
 pub struct Answering {
     pool: Arc<ReplyPool>,
     preparer: Option<Arc<Preparer>>,
+    /// Reply threads, as the engine asked for them (or `answering.threads`).
+    pub lane: Lane,
 }
 
 impl Answering {
     /// Conversations are prepared only while no utterance is in flight anywhere in the
-    /// process (`admission`), so the work never competes with a child who is waiting.
+    /// process (`admission`), so the work never competes with a child who is waiting; it
+    /// takes a core at the lowest priority.
     pub fn load(
         config: &Config,
         safety: SafetyModel,
         admission: &Admission,
+        plan: &ThreadPlan,
+        cores: &Cores,
     ) -> anyhow::Result<Answering> {
-        let engine = reply_engine(config)?;
+        let batch = Compute::new(
+            Lane {
+                threads: 1,
+                width: plan.answering.width,
+            },
+            Priority::Reply,
+            cores,
+            plan.min_cores(),
+        );
+        let engine = reply_engine(config, Arc::new(OnCoresStep::new(batch)))?;
         let policy = ReplyPolicy::with_safety(safety, &config.understanding.data_dir)?;
         let answerer = Arc::new(Answerer::new(
             config,
@@ -68,27 +83,47 @@ impl Answering {
             ReplyEvent::Done(Box::new(answerer.answer(job, emit)))
         });
         let capacity = config.engine.max_pending_utterances;
-        let threads = reply_threads(config);
-        let pool = Arc::new(StagePool::streaming("reply", threads, capacity, work));
+        let lane = plan.reply(config, |cores| engine.threads_wanted(cores));
+        let min = plan.min_cores();
+        // Threads that only wait (for the batch thread, for a server) hold no core: the
+        // batch thread takes its own, pass by pass.
+        let compute = match engine.computes_on_caller() {
+            true => Compute::new(lane, Priority::Reply, cores, min),
+            false => Compute::alone(lane.threads),
+        };
+        let pool = Arc::new(StagePool::streaming("reply", compute, capacity, work));
         let keep = config.answering.local.prepared_conversations;
         let preparer = (engine.prepares() && keep > 0).then(|| {
             let (pool, admission) = (pool.clone(), admission.clone());
             let busy = move || pool.in_flight() > 0 || admission.pending() > 0;
-            Preparer::start(engine, keep, busy)
+            let one = Lane {
+                threads: 1,
+                width: 1,
+            };
+            let compute = Compute::new(one, Priority::Prepare, cores, min);
+            Preparer::start(engine, keep, busy, compute)
         });
-        Ok(Answering { pool, preparer })
+        Ok(Answering {
+            pool,
+            preparer,
+            lane,
+        })
     }
 }
 
 /// The configured reply engine, loaded. A new engine is one file implementing
 /// [`ReplyEngine`], a config section, and one arm here.
-pub fn reply_engine(config: &Config) -> anyhow::Result<Arc<dyn ReplyEngine>> {
+/// `batch` runs the local engine's batched passes (under the core budget).
+pub fn reply_engine(
+    config: &Config,
+    batch: Arc<dyn StepRunner>,
+) -> anyhow::Result<Arc<dyn ReplyEngine>> {
     match config.answering.backend {
-        ReplyBackend::Local => local_engine(config),
+        ReplyBackend::Local => local_engine(config, batch),
         ReplyBackend::Openai => {
             let settings = config.answering.openai.clone();
             let local: Option<Arc<dyn ReplyEngine>> = match settings.fallback {
-                Fallback::Local => Some(local_engine(config)?),
+                Fallback::Local => Some(local_engine(config, batch)?),
                 Fallback::Bank => None,
             };
             Ok(Arc::new(OpenAiEngine::new(settings, local)?))
@@ -97,7 +132,10 @@ pub fn reply_engine(config: &Config) -> anyhow::Result<Arc<dyn ReplyEngine>> {
 }
 
 /// The local model, batched across conversations unless `batch_max_sequences = 1`.
-fn local_engine(config: &Config) -> anyhow::Result<Arc<dyn ReplyEngine>> {
+fn local_engine(
+    config: &Config,
+    batch: Arc<dyn StepRunner>,
+) -> anyhow::Result<Arc<dyn ReplyEngine>> {
     let model = ReplyModel::load(&config.models.dir)?;
     let a = &config.answering;
     if a.batch_max_sequences <= 1 {
@@ -107,17 +145,29 @@ fn local_engine(config: &Config) -> anyhow::Result<Arc<dyn ReplyEngine>> {
         max_sequences: a.batch_max_sequences,
         prefill_chunk: a.batch_prefill_chunk,
     };
-    Ok(Arc::new(BatchedModel::spawn(model, settings)?))
+    Ok(Arc::new(BatchedModel::spawn_on(model, settings, batch)?))
 }
 
-/// Reply pool threads: a thread waits for its reply's sentences and speaks them, so with
-/// batching there must be a thread per place in the batch, or the batch never fills.
-fn reply_threads(config: &Config) -> usize {
-    let a = &config.answering;
-    let batched = matches!(a.backend, ReplyBackend::Local) && a.batch_max_sequences > 1;
-    match batched {
-        true => a.threads.max(a.batch_max_sequences),
-        false => a.threads,
+/// The batch thread's passes under the process's core permits, at the reply's priority:
+/// each pass takes a core (or the reply's intra-op width while cores are idle) and gives
+/// it back, so speech-to-text still gets cores while a batch is speaking.
+struct OnCoresStep {
+    exec: OnCores,
+    narrow: rayon::ThreadPool,
+}
+
+impl OnCoresStep {
+    fn new(compute: Compute) -> OnCoresStep {
+        OnCoresStep {
+            exec: OnCores::new("reply-batch", compute),
+            narrow: one_thread("reply-batch-op"),
+        }
+    }
+}
+
+impl StepRunner for OnCoresStep {
+    fn run(&self, step: &mut (dyn FnMut() + Send)) {
+        self.exec.run(&self.narrow, step)
     }
 }
 

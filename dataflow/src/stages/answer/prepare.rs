@@ -17,6 +17,8 @@ use crossbeam_channel::{Receiver, Sender};
 use teddyflow_models::llm::Prompt;
 use teddyflow_models::reply::ReplyEngine;
 
+use crate::pool::{one_thread, Compute, OnCores};
+
 /// How often a waiting request checks whether the reply stage has become idle.
 const IDLE_CHECK: Duration = Duration::from_millis(20);
 
@@ -32,17 +34,19 @@ pub struct Preparer {
 
 impl Preparer {
     /// `busy` says whether any utterance is being worked on; `keep` is how many
-    /// conversations' states the model keeps.
+    /// conversations' states the model keeps; `compute` the cores it runs on.
     pub fn start(
         model: Arc<dyn ReplyEngine>,
         keep: usize,
         busy: impl Fn() -> bool + Send + 'static,
+        compute: Compute,
     ) -> Arc<Self> {
         model.keep_prepared(keep);
         let (requests, queue) = crossbeam_channel::unbounded();
+        let cores = OnCores::new("reply-prepare", compute);
         let thread = std::thread::Builder::new()
             .name("reply-prepare".into())
-            .spawn(move || run(model.as_ref(), &queue, keep, busy))
+            .spawn(move || run(model.as_ref(), &queue, keep, busy, &cores))
             .expect("spawn reply-prepare thread");
         Arc::new(Self {
             requests,
@@ -65,7 +69,14 @@ impl Preparer {
     }
 }
 
-fn run(model: &dyn ReplyEngine, queue: &Receiver<Request>, keep: usize, busy: impl Fn() -> bool) {
+fn run(
+    model: &dyn ReplyEngine,
+    queue: &Receiver<Request>,
+    keep: usize,
+    busy: impl Fn() -> bool,
+    cores: &OnCores,
+) {
+    let narrow = one_thread("reply-prepare-op");
     let mut pending: VecDeque<(String, Prompt)> = VecDeque::new();
     loop {
         // Block only when there is nothing to do; take every request that has arrived.
@@ -84,7 +95,7 @@ fn run(model: &dyn ReplyEngine, queue: &Receiver<Request>, keep: usize, busy: im
             continue;
         }
         if let Some((conversation, next)) = pending.pop_front() {
-            match model.prepare(&conversation, &next) {
+            match cores.run(&narrow, || model.prepare(&conversation, &next)) {
                 Ok(tokens) => tracing::debug!(tokens, "next turn's start prepared"),
                 Err(e) => tracing::warn!(error = %e, "preparing a next turn failed"),
             }

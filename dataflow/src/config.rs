@@ -114,7 +114,7 @@ pub struct Answering {
     /// generation and join the batch at once).
     pub threads: usize,
     /// Most cores one reply (or one batched step) computes on when cores are idle; 0 =
-    /// derived (min(cores, 4)).
+    /// derived (1: the local forward is single-threaded, a wider step would idle cores).
     pub intra_op_threads: usize,
     /// Local engine: replies generated together in one batch (one forward pass serves the
     /// next token of each, as they join and leave); 1 = one reply at a time, no batch thread.
@@ -122,6 +122,10 @@ pub struct Answering {
     /// Local engine: prompt tokens of joining replies run per batched pass, beside one token
     /// of each reply already speaking (they slow down while a prompt runs, never stop).
     pub batch_prefill_chunk: usize,
+    /// Local engine: batches generated side by side, each on a thread of its own (a reply
+    /// joins the least busy); 0 = one per 4 cores of the budget (the forward is one
+    /// thread, but a fuller batch costs less CPU per reply).
+    pub batch_threads: usize,
     /// Sampling temperature; 0 = greedy (deterministic, what the tests use).
     pub temperature: f64,
     /// Nucleus sampling cut-off when temperature > 0 (1 = off).
@@ -156,6 +160,7 @@ impl Default for Answering {
             intra_op_threads: 0,
             batch_max_sequences: 8,
             batch_prefill_chunk: 128,
+            batch_threads: 0,
             temperature: 0.0,
             top_p: 1.0,
             seed: 0,

@@ -18,8 +18,8 @@
 //!   `ReplyEngine::threads_wanted`);
 //! - understanding threads: 1 per 4 cores (it batches; ~15 ms per utterance);
 //! - acoustic threads: 1 per 8 cores (~25 ms per utterance, beside speech-to-text);
-//! - intra-op width (most cores one job uses): speech-to-text min(B, 4), reply min(B, 4),
-//!   understanding 1 (`asr.intra_op_threads`, … override); chosen from `bench cores`
+//! - intra-op width (most cores one job uses): speech-to-text min(B, 4), reply 1 (its
+//!   forward is single-threaded), understanding 1 (`asr.intra_op_threads`, … override); chosen from `bench cores`
 //!   (docs/performance.md, "Cores");
 //! - candle's own thread pool (quantized matmuls, large element-wise ops): 1 thread, off.
 //!   It is one pool per process that spin-waits for its workers; with other stages busy its
@@ -105,9 +105,11 @@ impl ThreadPlan {
             pick("understanding.intra_op_threads", u.intra_op_threads, 1),
         );
         let a = &config.answering;
+        // The local reply forward (`llm::q8`, its attention) is one thread: a wider pass would
+        // hold cores it leaves idle (`bench cores`: 0.50 of 2 cores used at width 2).
         let answering = lane(
             pick("answering.threads", a.threads, b),
-            pick("answering.intra_op_threads", a.intra_op_threads, width),
+            pick("answering.intra_op_threads", a.intra_op_threads, 1),
         );
         let acoustic = lane(per(b, 8), 1);
         let candle = config.engine.candle_threads.max(1);
@@ -391,7 +393,7 @@ mod tests {
             two.answering,
             Lane {
                 threads: 2,
-                width: 2
+                width: 1
             }
         );
         let sixteen = ThreadPlan::derive(budget(16), &c);

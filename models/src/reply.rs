@@ -4,6 +4,7 @@
 //! [`crate::openai`] asks any OpenAI-compatible server and hands a turn to the local engine when
 //! the server fails. Engines are chosen by `answering.backend` in the config.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::llm::{BatchSettings, Batcher, Generated, Prompt, ReplyModel, Sampling, StepRunner};
@@ -87,43 +88,62 @@ impl ReplyEngine for ReplyModel {
     }
 }
 
-/// The local model with every reply generated in one shared batch: one [`Batcher`] thread
-/// per process runs a forward pass for the next token of every conversation in generation,
-/// so the caller's thread only waits for its sentences (and speaks them). Cheap to clone:
-/// clones share the batch. Prepared prefixes are the model's, so they are reused inside the
-/// batch as they are one at a time.
+/// The local model with replies generated in shared batches: each [`Batcher`] thread runs a
+/// forward pass for the next token of every conversation in its batch, so the caller's
+/// thread only waits for its sentences (and speaks them). The forward is one thread, so a
+/// process runs one batch per core it may use, and a reply joins the least busy. Cheap to
+/// clone: clones share the batches. Prepared prefixes are the model's, so they are reused
+/// inside any batch as they are one at a time.
 #[derive(Clone)]
 pub struct BatchedModel {
     model: ReplyModel,
-    batcher: Batcher,
+    batches: Arc<Vec<Batch>>,
     /// Replies in one batch.
     places: usize,
 }
 
+/// One batch thread and how many replies it has in hand (in generation or waiting).
+struct Batch {
+    batcher: Batcher,
+    replies: AtomicUsize,
+}
+
 impl BatchedModel {
-    /// Start the batch thread; it ends when every clone is dropped.
+    /// Start one batch thread; it ends when every clone is dropped.
     pub fn spawn(model: ReplyModel, settings: BatchSettings) -> std::io::Result<Self> {
-        let batcher = Batcher::spawn(model.clone(), settings)?;
-        Ok(Self {
-            model,
-            batcher,
-            places: settings.max_sequences,
-        })
+        Self::spawn_on(model, settings, Arc::new(crate::llm::Inline), 1)
     }
 
-    /// Like [`BatchedModel::spawn`], each batched pass run by `runner` (under the
-    /// process's core permits).
+    /// `batches` batch threads, each pass run by `runner` (under the process's core
+    /// permits).
     pub fn spawn_on(
         model: ReplyModel,
         settings: BatchSettings,
         runner: Arc<dyn StepRunner>,
+        batches: usize,
     ) -> std::io::Result<Self> {
-        let batcher = Batcher::spawn_on(model.clone(), settings, runner)?;
+        let batches = (0..batches.max(1))
+            .map(|_| {
+                let batcher = Batcher::spawn_on(model.clone(), settings, runner.clone())?;
+                Ok(Batch {
+                    batcher,
+                    replies: AtomicUsize::new(0),
+                })
+            })
+            .collect::<std::io::Result<Vec<_>>>()?;
         Ok(Self {
             model,
-            batcher,
+            batches: Arc::new(batches),
             places: settings.max_sequences,
         })
+    }
+
+    /// The batch with the fewest replies in hand.
+    fn least_busy(&self) -> &Batch {
+        self.batches
+            .iter()
+            .min_by_key(|b| b.replies.load(Ordering::Relaxed))
+            .expect("at least one batch")
     }
 }
 
@@ -132,10 +152,10 @@ impl ReplyEngine for BatchedModel {
         "local"
     }
 
-    /// A caller thread per place in the batch, or the batch never fills: each waits for
-    /// its reply's sentences and speaks them.
+    /// A caller thread per place in every batch, or the batches never fill: each waits
+    /// for its reply's sentences and speaks them.
     fn threads_wanted(&self, _cores: usize) -> usize {
-        self.places
+        self.places * self.batches.len()
     }
 
     fn computes_on_caller(&self) -> bool {
@@ -153,8 +173,13 @@ impl ReplyEngine for BatchedModel {
         sampling: &Sampling,
         on_sentence: &mut dyn FnMut(&str),
     ) -> anyhow::Result<Generated> {
-        self.batcher
-            .generate_in(session, prompt, sampling, on_sentence)
+        let batch = self.least_busy();
+        batch.replies.fetch_add(1, Ordering::Relaxed);
+        let result = batch
+            .batcher
+            .generate_in(session, prompt, sampling, on_sentence);
+        batch.replies.fetch_sub(1, Ordering::Relaxed);
+        result
     }
 
     fn prepares(&self) -> bool {

@@ -71,7 +71,7 @@ impl Answering {
             cores,
             plan.min_cores(),
         );
-        let engine = reply_engine(config, Arc::new(OnCoresStep::new(batch)))?;
+        let engine = reply_engine(config, Arc::new(OnCoresStep::new(batch)), plan.cores())?;
         let policy = ReplyPolicy::with_safety(safety, &config.understanding.data_dir)?;
         let answerer = Arc::new(Answerer::new(
             config,
@@ -113,17 +113,18 @@ impl Answering {
 
 /// The configured reply engine, loaded. A new engine is one file implementing
 /// [`ReplyEngine`], a config section, and one arm here.
-/// `batch` runs the local engine's batched passes (under the core budget).
+/// `batch` runs the local engine's batched passes (under the core budget of `cores`).
 pub fn reply_engine(
     config: &Config,
     batch: Arc<dyn StepRunner>,
+    cores: usize,
 ) -> anyhow::Result<Arc<dyn ReplyEngine>> {
     match config.answering.backend {
-        ReplyBackend::Local => local_engine(config, batch),
+        ReplyBackend::Local => local_engine(config, batch, cores),
         ReplyBackend::Openai => {
             let settings = config.answering.openai.clone();
             let local: Option<Arc<dyn ReplyEngine>> = match settings.fallback {
-                Fallback::Local => Some(local_engine(config, batch)?),
+                Fallback::Local => Some(local_engine(config, batch, cores)?),
                 Fallback::Bank => None,
             };
             Ok(Arc::new(OpenAiEngine::new(settings, local)?))
@@ -131,10 +132,12 @@ pub fn reply_engine(
     }
 }
 
-/// The local model, batched across conversations unless `batch_max_sequences = 1`.
+/// The local model, batched across conversations unless `batch_max_sequences = 1`: one
+/// batch thread per 4 cores of the budget (its forward is one thread), or `batch_threads`.
 fn local_engine(
     config: &Config,
     batch: Arc<dyn StepRunner>,
+    cores: usize,
 ) -> anyhow::Result<Arc<dyn ReplyEngine>> {
     let model = ReplyModel::load(&config.models.dir)?;
     let a = &config.answering;
@@ -145,10 +148,20 @@ fn local_engine(
         max_sequences: a.batch_max_sequences,
         prefill_chunk: a.batch_prefill_chunk,
     };
-    Ok(Arc::new(BatchedModel::spawn_on(model, settings, batch)?))
+    // One batch per 4 cores: a pass of 8 replies costs ~2x one of 1 (weights loaded once
+    // for all), so splitting a burst over more batches costs CPU; on 2 cores two batches
+    // made the whole pipeline 1.25x one core where one batch makes it 1.65-1.86x
+    // (docs/performance.md, "Cores").
+    let batches = match a.batch_threads {
+        0 => cores.div_ceil(4),
+        n => n,
+    };
+    Ok(Arc::new(BatchedModel::spawn_on(
+        model, settings, batch, batches,
+    )?))
 }
 
-/// The batch thread's passes under the process's core permits, at the reply's priority:
+/// The batch threads' passes under the process's core permits, at the reply's priority:
 /// each pass takes a core (or the reply's intra-op width while cores are idle) and gives
 /// it back, so speech-to-text still gets cores while a batch is speaking.
 struct OnCoresStep {

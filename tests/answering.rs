@@ -19,7 +19,7 @@ use teddyflow_dataflow::outputs::{Origin, ProfileUse, Response};
 use teddyflow_dataflow::stage::Stage;
 use teddyflow_models::audio;
 use teddyflow_models::eval::read_jsonl;
-use teddyflow_models::policy::{judge, PolicyCategory, ReplyPolicy};
+use teddyflow_models::policy::{judge, AdversarialRow, PolicyCategory, ReplyPolicy};
 use teddyflow_models::safety::Verdict;
 use teddyflow_models::whisper::{WhisperModel, WhisperVariant};
 
@@ -138,16 +138,6 @@ fn replies_name_the_child_are_spoken_and_follow_profile_changes() {
     assert!(reply.reused_tokens > 10, "{r5:?}\n{}", log());
 }
 
-#[derive(serde::Deserialize)]
-struct AdversarialRow {
-    id: String,
-    category: String,
-    #[serde(default)]
-    text: Option<String>,
-    #[serde(default)]
-    ci: bool,
-}
-
 /// Every single-prompt row of the CI subset of `data/reply_adversarial.jsonl`, spoken by 8
 /// children at once (so replies share the batch), goes through the whole pipeline; what each
 /// child hears is judged again, with what the child was heard to say as context, by the
@@ -248,23 +238,7 @@ fn adversarial_ci_subset_is_answered_within_policy() {
 
 /// Speak `text` as the child (flac chunks) and wait for the `n`-th response; return it.
 fn say(broker: &Broker, utterance: &str, text: &str, n: usize) -> Response {
-    let voice = Voice::new("en-us", 50, 140);
-    let wav = synthesize(text, &voice).unwrap();
-    let u = Utterance {
-        conversation: CONVERSATION.into(),
-        utterance: utterance.into(),
-        child: Some(CHILD.into()),
-        audio: encode(&wav, Codec::Flac).unwrap(),
-    };
-    broker.produce(&to_records(&u, 8192, "teddy.audio", common::now_ms()));
-    let responses = broker.collect("teddy.responses", Duration::from_secs(180), |r| {
-        r.len() >= n
-    });
-    let found = responses
-        .iter()
-        .map(Record::response)
-        .find(|r| r.utterance == utterance);
-    found.unwrap_or_else(|| panic!("no response for {utterance}"))
+    broker.say((CONVERSATION, CHILD), utterance, text, n)
 }
 
 /// The reply speech of `utterance`: every chunk parses as the audio wire format; PCM16 at

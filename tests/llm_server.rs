@@ -9,10 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::{serial, Broker, LlmServer, Processor, Record};
-use teddyflow_connectors::fleet::{
-    encode, profile_record, synthesize, to_records, Utterance, Voice,
-};
-use teddyflow_connectors::wire::Codec;
+use teddyflow_connectors::fleet::profile_record;
 use teddyflow_dataflow::outputs::{FallbackReason, Origin, Response};
 use teddyflow_dataflow::stage::Stage;
 
@@ -126,23 +123,7 @@ fn server_replies_stream_and_a_dead_server_falls_back_behind_a_breaker() {
 
 /// Speak `text` as the child (flac chunks) and wait for the `n`-th response; return it.
 fn say(broker: &Broker, utterance: &str, text: &str, n: usize) -> Response {
-    let voice = Voice::new("en-us", 50, 140);
-    let wav = synthesize(text, &voice).unwrap();
-    let u = Utterance {
-        conversation: CONVERSATION.into(),
-        utterance: utterance.into(),
-        child: Some(CHILD.into()),
-        audio: encode(&wav, Codec::Flac).unwrap(),
-    };
-    broker.produce(&to_records(&u, 8192, "teddy.audio", common::now_ms()));
-    let responses = broker.collect("teddy.responses", Duration::from_secs(180), |r| {
-        r.len() >= n
-    });
-    let found = responses
-        .iter()
-        .map(Record::response)
-        .find(|r| r.utterance == utterance);
-    found.unwrap_or_else(|| panic!("no response for {utterance}"))
+    broker.say((CONVERSATION, CHILD), utterance, text, n)
 }
 
 /// Speech records written for `utterance` (the last is the empty end-of-reply marker).

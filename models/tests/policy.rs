@@ -11,7 +11,9 @@ use std::time::Instant;
 
 use teddyflow_models::embed::Embedder;
 use teddyflow_models::eval::read_jsonl;
-use teddyflow_models::policy::{PolicyCategory as C, PolicyExample, ReplyPolicy, Role};
+use teddyflow_models::policy::{
+    AdversarialRow, PolicyCategory as C, PolicyExample, ReplyPolicy, Role,
+};
 use teddyflow_models::safety::SafetyModel;
 
 fn root() -> PathBuf {
@@ -305,16 +307,6 @@ fn cost_per_sentence() {
          model's signals {safety_us:.0} µs; with the MiniLM embedding, all: {whole:.1} ms \
          (shared machine: noisy)"
     );
-}
-
-#[derive(serde::Deserialize)]
-struct AdversarialRow {
-    id: String,
-    category: String,
-    #[serde(default)]
-    text: Option<String>,
-    #[serde(default)]
-    ci: bool,
 }
 
 /// The CI subset of `data/reply_adversarial.jsonl`, answered as the pipeline answers (unsafe

@@ -22,14 +22,14 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Args;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use teddyflow_dataflow::config::Config;
 use teddyflow_dataflow::operators::stable_hash;
 use teddyflow_models::embed::{cosine, Embedder};
 use teddyflow_models::emotion::{EmotionModel, Label};
 use teddyflow_models::eval::read_jsonl;
 use teddyflow_models::llm::{prompt, Prompt, ReplyModel, Sampling};
-use teddyflow_models::policy::{judge, PolicyCategory, PolicyContext, ReplyPolicy};
+use teddyflow_models::policy::{judge, AdversarialRow, PolicyCategory, PolicyContext, ReplyPolicy};
 use teddyflow_models::reply_bank;
 use teddyflow_models::reply_quality as quality;
 use teddyflow_models::safety::{SafetyModel, Verdict};
@@ -66,41 +66,6 @@ pub struct RepliesArgs {
     /// Print one JSON object instead of tables.
     #[arg(long)]
     json: bool,
-}
-
-#[derive(Debug, Deserialize)]
-struct Item {
-    id: String,
-    category: String,
-    #[serde(default)]
-    text: Option<String>,
-    #[serde(default)]
-    turns: Vec<String>,
-    #[serde(default = "first_turn")]
-    probe_from: usize,
-    #[serde(default)]
-    ci: bool,
-}
-
-fn first_turn() -> usize {
-    1
-}
-
-impl Item {
-    fn turns(&self) -> Vec<String> {
-        match &self.text {
-            Some(t) => vec![t.clone()],
-            None => self.turns.clone(),
-        }
-    }
-
-    /// What turn `i` (0-based) probes: the row's category from `probe_from` on.
-    fn probe(&self, i: usize) -> anyhow::Result<Option<PolicyCategory>> {
-        if self.category == "benign" || i + 1 < self.probe_from {
-            return Ok(None);
-        }
-        Ok(Some(self.category.parse()?))
-    }
 }
 
 /// Where the words the child heard came from.
@@ -254,8 +219,8 @@ pub fn run(args: RepliesArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn select(args: &RepliesArgs) -> anyhow::Result<Vec<Item>> {
-    let mut items: Vec<Item> = read_jsonl(&args.file)?;
+fn select(args: &RepliesArgs) -> anyhow::Result<Vec<AdversarialRow>> {
+    let mut items: Vec<AdversarialRow> = read_jsonl(&args.file)?;
     for item in &items {
         anyhow::ensure!(
             !item.turns().is_empty(),
@@ -306,7 +271,7 @@ struct Chat<'a> {
 }
 
 impl Chat<'_> {
-    fn run(&mut self, item: &Item) -> anyhow::Result<Vec<Row>> {
+    fn run(&mut self, item: &AdversarialRow) -> anyhow::Result<Vec<Row>> {
         let mut history: Vec<(String, String)> = Vec::new();
         let mut rows: Vec<Row> = Vec::new();
         for (i, utterance) in item.turns().iter().enumerate() {
@@ -329,7 +294,7 @@ impl Chat<'_> {
 
     fn turn(
         &self,
-        item: &Item,
+        item: &AdversarialRow,
         i: usize,
         utterance: &str,
         probe: Option<PolicyCategory>,
@@ -537,7 +502,12 @@ impl Quality {
 }
 
 impl Report {
-    fn from_rows(args: &RepliesArgs, items: &[Item], rows: Vec<Row>, sampling: String) -> Self {
+    fn from_rows(
+        args: &RepliesArgs,
+        items: &[AdversarialRow],
+        rows: Vec<Row>,
+        sampling: String,
+    ) -> Self {
         let mut by: BTreeMap<String, Vec<&Row>> = BTreeMap::new();
         for r in &rows {
             by.entry(r.probe.clone()).or_default().push(r);
@@ -567,7 +537,7 @@ impl Report {
             .copied()
             .filter(|r| r.probe == "benign")
             .collect();
-        let drifts: Vec<&Item> = items
+        let drifts: Vec<&AdversarialRow> = items
             .iter()
             .filter(|i| i.text.is_none() && i.category != "benign")
             .collect();

@@ -7,9 +7,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use teddyflow_connectors::fleet::{encode, synthesize, to_records, Utterance, Voice};
 use teddyflow_connectors::kafka::{
     ensure_topics, AckedWriter, KafkaSettings, StartAt, TopicReader, TopicSpec,
 };
+use teddyflow_connectors::wire::Codec;
 use teddyflow_connectors::{OutRecord, RawRecord};
 use teddyflow_dataflow::outputs::{Alert, MetricsSnapshot, Response};
 
@@ -65,6 +67,34 @@ pub struct Broker {
 }
 
 impl Broker {
+    /// `child` of `conversation` says `text` (espeak-ng, flac chunks into `teddy.audio`);
+    /// waits until `teddy.responses` holds `n` responses and returns this utterance's.
+    pub fn say(
+        &self,
+        (conversation, child): (&str, &str),
+        utterance: &str,
+        text: &str,
+        n: usize,
+    ) -> Response {
+        let voice = Voice::new("en-us", 50, 140);
+        let wav = synthesize(text, &voice).unwrap();
+        let u = Utterance {
+            conversation: conversation.into(),
+            utterance: utterance.into(),
+            child: Some(child.into()),
+            audio: encode(&wav, Codec::Flac).unwrap(),
+        };
+        self.produce(&to_records(&u, 8192, "teddy.audio", now_ms()));
+        let responses = self.collect("teddy.responses", Duration::from_secs(180), |r| {
+            r.len() >= n
+        });
+        let found = responses
+            .iter()
+            .map(Record::response)
+            .find(|r| r.utterance == utterance);
+        found.unwrap_or_else(|| panic!("no response for {utterance}"))
+    }
+
     pub fn start(name: &str) -> Broker {
         Self::start_on(name, free_port())
     }

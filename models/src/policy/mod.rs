@@ -26,6 +26,7 @@
 //! the safety model) and one per turn for the utterance; everything else is patterns and
 //! two 384-wide dot products.
 
+pub mod adversarial;
 pub mod judge;
 pub mod rules;
 
@@ -37,6 +38,8 @@ use crate::embed::{Embedder, LinearHead, TrainOptions};
 use crate::eval::read_jsonl;
 use crate::reply_bank::{self, ReplyKind};
 use crate::safety::{SafetyModel, Verdict};
+
+pub use adversarial::AdversarialRow;
 
 /// The example file, under the data dir.
 pub const EXAMPLES: &str = "policy_examples.jsonl";

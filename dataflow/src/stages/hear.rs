@@ -68,7 +68,10 @@ impl Hearing {
         let asr = StagePool::batched("asr", compute, capacity, batching, work);
         let acoustic = config.understanding.enabled.then(|| {
             let work = Arc::new(analyse);
-            let compute = Compute::new(plan.acoustic, Priority::Acoustic, cores, min);
+            // Beside speech-to-text, without a core permit: it is the other branch of the
+            // same utterance (~15-25 ms), and waiting for the core speech-to-text holds would
+            // put it after speech-to-text on the critical path, the join waiting for both.
+            let compute = Compute::alone(plan.acoustic.threads);
             Arc::new(StagePool::new("acoustic", compute, capacity, work))
         });
         Ok(Hearing {

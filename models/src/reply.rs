@@ -111,20 +111,22 @@ struct Batch {
 impl BatchedModel {
     /// Start one batch thread; it ends when every clone is dropped.
     pub fn spawn(model: ReplyModel, settings: BatchSettings) -> std::io::Result<Self> {
-        Self::spawn_on(model, settings, Arc::new(crate::llm::Inline), 1)
+        Self::spawn_on(model, settings, vec![Arc::new(crate::llm::Inline)])
     }
 
-    /// `batches` batch threads, each pass run by `runner` (under the process's core
-    /// permits).
+    /// One batch thread per runner, each pass of a batch run by its runner (under the
+    /// process's core permits). Runners are not shared: each has the thread pool its
+    /// passes run in, and two batches in one pool would take turns.
     pub fn spawn_on(
         model: ReplyModel,
         settings: BatchSettings,
-        runner: Arc<dyn StepRunner>,
-        batches: usize,
+        runners: Vec<Arc<dyn StepRunner>>,
     ) -> std::io::Result<Self> {
-        let batches = (0..batches.max(1))
-            .map(|_| {
-                let batcher = Batcher::spawn_on(model.clone(), settings, runner.clone())?;
+        assert!(!runners.is_empty(), "at least one batch");
+        let batches = runners
+            .into_iter()
+            .map(|runner| {
+                let batcher = Batcher::spawn_on(model.clone(), settings, runner)?;
                 Ok(Batch {
                     batcher,
                     replies: AtomicUsize::new(0),

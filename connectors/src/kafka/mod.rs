@@ -194,6 +194,15 @@ impl KafkaSettings {
 
 /// librdkafka's own log lines: only the gravest reach warn, the rest stay at debug (it
 /// logs every failed reconnect; our clients log an outage once instead).
+/// A client-wide error saying a broker connection dropped (or every one did): the broker
+/// that answers next may be a different, empty one (see `writer.rs` and `reader.rs`).
+fn connection_lost(error: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::error::RDKafkaErrorCode as C;
+    error
+        .rdkafka_error_code()
+        .is_some_and(|c| matches!(c, C::AllBrokersDown | C::BrokerTransportFailure))
+}
+
 fn librdkafka_log(level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
     use rdkafka::config::RDKafkaLogLevel as L;
     match level {

@@ -76,13 +76,7 @@ impl ClientContext for ReaderContext {
 
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::debug!(target: "librdkafka", error = %error, "{reason}");
-        let dropped = error.rdkafka_error_code().is_some_and(|c| {
-            matches!(
-                c,
-                RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown
-            )
-        });
-        if dropped {
+        if super::connection_lost(&error) {
             self.disconnected.store(true, Ordering::Release);
         }
     }
@@ -252,7 +246,6 @@ impl PartitionReader {
                 Some(Ok(msg)) => out.push(to_raw(&msg)),
             }
         }
-        let just_back = !out.is_empty() && self.outage.is_some();
         if !out.is_empty() {
             self.outage_over();
         }
@@ -263,7 +256,7 @@ impl PartitionReader {
         // outage may have been seen to end by a check that found nothing to read yet, so
         // what decides is that partitions are still unchecked, not how the outage ended.
         let unchecked = !out.is_empty() && !self.after_outage.is_empty();
-        if just_back || unchecked || self.last_check.elapsed() >= LOG_CHECK_INTERVAL {
+        if unchecked || self.last_check.elapsed() >= LOG_CHECK_INTERVAL {
             let resets_before = self.new_resets.len();
             self.check_logs();
             self.last_check = Instant::now();
@@ -371,11 +364,8 @@ impl PartitionReader {
         }
         tracing::debug!(topic = %self.topic, "a kafka broker connection dropped; reconnecting with a fresh consumer");
         self.rebuild();
+        // Checked when the first records come (`poll_batch`), before they count.
         self.after_outage = self.partitions.iter().copied().collect();
-        // Checked at once: from a replaced log the next records are at the wrong offsets.
-        self.last_check = Instant::now()
-            .checked_sub(LOG_CHECK_INTERVAL)
-            .unwrap_or_else(Instant::now);
     }
 
     fn outage_over(&mut self) {

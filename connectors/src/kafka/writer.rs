@@ -127,12 +127,7 @@ impl ClientContext for Acks {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        let outage = error.rdkafka_error_code().is_some_and(|c| {
-            matches!(
-                c,
-                RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure
-            )
-        });
+        let outage = super::connection_lost(&error);
         let Ok(mut since) = self.outage.lock() else {
             return;
         };

@@ -474,8 +474,9 @@ impl ReplyPolicy {
     /// The curated reply to an unsafe utterance (it never reaches the reply engine). Comfort
     /// when the child is distressed ([`ReplyKind::Comfort`]), whatever else was said, followed
     /// by the safe line of a policy category the utterance probes; else, when it probes
-    /// one, that category's safe line, which answers what was asked ("keep a secret from mum?" → tell a grown-up you trust; "can I
-    /// jump off the roof?" → feet on the ground) where a change of subject would leave the
+    /// one, that category's safe line, which answers what was asked ("keep a
+    /// secret from mum?" → tell a grown-up you trust; "can I jump off the roof?" → feet on
+    /// the ground) where a change of subject would leave the
     /// question standing; else the gentle redirect. Safe lines are English: other
     /// languages get their bank's redirect.
     pub fn reply_to_unsafe(
@@ -486,23 +487,19 @@ impl ReplyPolicy {
         child_name: Option<&str>,
         seed: u64,
     ) -> String {
-        let english = language.split(['-', '_']).next() == Some("en");
+        let curated = reply_bank::reply_to_unsafe(kind, language, child_name, seed);
         let probed = ctx.probed(self.tuning.probe_min).first().map(|(c, _)| *c);
-        let probed = probed.filter(|_| english);
-        match (kind, probed) {
+        let Some(c) = probed.filter(|_| reply_bank::base_language(language) == "en") else {
+            return curated;
+        };
+        match kind {
             // Comfort first, then the answer to what was asked: a frightened child asking
             // to jump off the roof hears both, never "it's okay to feel that way" alone.
-            (ReplyKind::Comfort, Some(c)) => {
-                let comfort = reply_bank::reply_to_unsafe(kind, language, child_name, seed);
-                match c.safe_line(None) {
-                    Some(line) => format!("{comfort} {line}"),
-                    None => comfort,
-                }
-            }
-            (_, Some(c)) => c
-                .safe_line(child_name)
-                .unwrap_or_else(|| reply_bank::reply_to_unsafe(kind, language, child_name, seed)),
-            (_, None) => reply_bank::reply_to_unsafe(kind, language, child_name, seed),
+            ReplyKind::Comfort => match c.safe_line(None) {
+                Some(line) => format!("{curated} {line}"),
+                None => curated,
+            },
+            _ => c.safe_line(child_name).unwrap_or(curated),
         }
     }
 

@@ -1,7 +1,8 @@
 //! Answering end to end on the real broker and the real models: a child's profile, a spoken
 //! utterance in; out comes a reply naming the child and speech on `teddy.speech` that our own
 //! Whisper hears as the reply text. Then a profile update changes the next reply's name and
-//! language, a tombstone makes teddy forget the child, and an unsafe utterance is redirected.
+//! language, a tombstone makes teddy forget the child, an unsafe utterance is redirected, and
+//! a later turn neither greets again nor opens as the last reply did.
 //! Second test: the adversarial set's CI subset, spoken at once by several children (so the
 //! replies are generated in one batch), is answered within the reply policy.
 
@@ -20,6 +21,7 @@ use teddyflow_dataflow::stage::Stage;
 use teddyflow_models::audio;
 use teddyflow_models::eval::read_jsonl;
 use teddyflow_models::policy::{judge, AdversarialRow, PolicyCategory, ReplyPolicy};
+use teddyflow_models::reply_quality as quality;
 use teddyflow_models::safety::Verdict;
 use teddyflow_models::whisper::{WhisperModel, WhisperVariant};
 
@@ -136,6 +138,19 @@ fn replies_name_the_child_are_spoken_and_follow_profile_changes() {
     assert_eq!(reply.origin, Origin::Model, "{r5:?}");
     assert_eq!(reply.history_turns, 1, "{r5:?}");
     assert!(reply.reused_tokens > 10, "{r5:?}\n{}", log());
+    // A conversation under way neither greets again nor opens as the last reply did.
+    let earlier = r3
+        .reply
+        .as_ref()
+        .map(|r| r.text.as_str())
+        .unwrap_or_default();
+    assert!(!quality::greets(&reply.text), "greets again: {r5:?}");
+    assert_ne!(
+        quality::opening(&reply.text, None, 3),
+        quality::opening(earlier, None, 3),
+        "opens as before: {earlier:?} then {:?}",
+        reply.text
+    );
 }
 
 /// Every single-prompt row of the CI subset of `data/reply_adversarial.jsonl`, spoken by 8

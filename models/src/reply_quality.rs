@@ -2,6 +2,9 @@
 //! child (Flesch–Kincaid grade), sentences, whether it ends with a question, how it opens (to
 //! count openings repeated within a conversation) and whether it greets. Relevance (MiniLM
 //! cosine between utterance and reply) needs the embedder and is computed by the bench.
+//!
+//! [`FreshStart`] acts on two of them: the reply stage and `bench replies` both use it to
+//! keep a conversation under way from greeting the child again or opening as before.
 
 /// Flesch–Kincaid grade level: 0.39 × words/sentence + 11.8 × syllables/word − 15.59.
 /// Around 0–2 is what a 4–7 year old hears comfortably. `None` for text without words.
@@ -98,6 +101,98 @@ pub fn greets(text: &str) -> bool {
         .any(|p| t.contains(p))
 }
 
+/// Keeps a reply in a conversation under way from sounding like a restart. The small reply
+/// model greets again ("It's so nice to meet you!") and opens most turns alike ("I'm so glad
+/// you're here"), whatever the prompt says; so, sentence by sentence as they are generated:
+/// - a sentence that greets is dropped;
+/// - a first sentence that opens as an earlier reply did (its first three words, the name
+///   aside) is dropped;
+///
+/// but never the whole reply: the first stale sentence is held, and said after all when no
+/// other sentence follows ([`FreshStart::finish`]). Only sentences within the reply policy
+/// are fed to it. The cost: when the first sentence is held, the child hears the reply one
+/// sentence later (the name, said at once, is not delayed).
+#[derive(Debug, Default)]
+pub struct FreshStart {
+    /// How earlier replies of the conversation opened; empty at its first turn.
+    openings: Vec<String>,
+    name: Option<String>,
+    /// What the reply was made to start with ("Mia,"), kept in front of whatever sentence
+    /// ends up first.
+    reply_opening: Option<String>,
+    held: Option<String>,
+    said_any: bool,
+}
+
+impl FreshStart {
+    /// `earlier`: the conversation's earlier replies, oldest first.
+    pub fn new<'a>(
+        earlier: impl IntoIterator<Item = &'a str>,
+        child_name: Option<&str>,
+        reply_opening: Option<&str>,
+    ) -> Self {
+        Self {
+            openings: earlier
+                .into_iter()
+                .map(|r| opening(r, child_name, 3))
+                .collect(),
+            name: child_name.map(str::to_string),
+            reply_opening: reply_opening.map(str::to_string),
+            ..Self::default()
+        }
+    }
+
+    /// The sentence as it should be said and recorded, or `None` when it is left out (or
+    /// held). The first sentence said carries the reply opening.
+    pub fn admit(&mut self, sentence: &str) -> Option<String> {
+        if !self.stale(sentence) {
+            return Some(self.record(sentence));
+        }
+        if !self.said_any && self.held.is_none() {
+            self.held = Some(sentence.to_string());
+        }
+        None
+    }
+
+    /// The held sentence, when nothing else was said: a stale reply beats no reply.
+    pub fn finish(&mut self) -> Option<String> {
+        let held = self.held.take()?;
+        (!self.said_any).then(|| self.record(&held))
+    }
+
+    fn stale(&self, sentence: &str) -> bool {
+        if self.openings.is_empty() {
+            return false;
+        }
+        greets(sentence)
+            || (!self.said_any
+                && self
+                    .openings
+                    .contains(&opening(sentence, self.name.as_deref(), 3)))
+    }
+
+    fn record(&mut self, sentence: &str) -> String {
+        let first = !std::mem::replace(&mut self.said_any, true);
+        match &self.reply_opening {
+            Some(o) if first && !sentence.starts_with(o.as_str()) => after_opening(o, sentence),
+            _ => sentence.to_string(),
+        }
+    }
+}
+
+/// "Mia," + "What a tower!" → "Mia, what a tower!" ("I" keeps its capital).
+fn after_opening(opening: &str, sentence: &str) -> String {
+    let sentence = sentence.trim_start();
+    let keeps_capital = sentence.starts_with("I ") || sentence.starts_with("I'");
+    let mut chars = sentence.chars();
+    let first: String = match chars.next() {
+        Some(c) if !keeps_capital => c.to_lowercase().collect(),
+        Some(c) => c.to_string(),
+        None => String::new(),
+    };
+    format!("{opening} {first}{}", chars.as_str())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,5 +243,40 @@ mod tests {
         assert!(!greets("Mia, what a tall tower!"));
         assert!(ends_with_question("Shall we play? "));
         assert!(!ends_with_question("Let's play."));
+    }
+
+    #[test]
+    fn a_fresh_start_drops_greetings_and_repeated_openings_but_never_the_whole_reply() {
+        let earlier = ["Mia, I'm so glad you're here! Shall we play?"];
+        let mut f = FreshStart::new(earlier, Some("Mia"), Some("Mia,"));
+        assert_eq!(f.admit("Mia, I'm so glad you like it."), None);
+        assert_eq!(f.admit("It's so nice to meet you."), None);
+        assert_eq!(
+            f.admit("What a tall tower!").as_deref(),
+            Some("Mia, what a tall tower!")
+        );
+        // Once the reply has started, only greetings are left out.
+        assert_eq!(
+            f.admit("I'm so glad you built it.").as_deref(),
+            Some("I'm so glad you built it.")
+        );
+        assert_eq!(f.admit("Hello again!"), None);
+        assert_eq!(f.finish(), None);
+
+        // Nothing else followed: the held sentence is said after all.
+        let mut f = FreshStart::new(earlier, Some("Mia"), Some("Mia,"));
+        assert_eq!(f.admit("Mia, I'm so glad you came back."), None);
+        assert_eq!(
+            f.finish().as_deref(),
+            Some("Mia, I'm so glad you came back.")
+        );
+
+        // The first turn greets as it likes.
+        let mut f = FreshStart::new([], Some("Mia"), Some("Mia,"));
+        assert_eq!(
+            f.admit("Mia, it's so nice to meet you!").as_deref(),
+            Some("Mia, it's so nice to meet you!")
+        );
+        assert_eq!(after_opening("Mia,", "I think so."), "Mia, I think so.");
     }
 }

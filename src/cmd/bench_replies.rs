@@ -377,9 +377,9 @@ impl Chat<'_> {
         })
     }
 
-    /// What the pipeline speaks: the sentences before the first violation, then the
-    /// violation's safe line (or the curated redirect); the curated reply when the model
-    /// said nothing (`dataflow/src/stages/answer/reply.rs`, `engine_reply`).
+    /// What the pipeline speaks: the sentences before the first violation, less a stale
+    /// opening ([`quality::FreshStart`]), then the violation's safe line (or the curated
+    /// redirect); the curated reply when the model said nothing (`dataflow/src/stages/answer/reply.rs`, `engine_reply`).
     fn enforce(
         &self,
         prompt: &Prompt,
@@ -391,22 +391,31 @@ impl Chat<'_> {
         let name = self.name.as_deref();
         let opening = prompt::reply_opening(prompt);
         let bad = verdicts.iter().position(|v| !v.ok);
-        let spoken = &sentences[..bad.unwrap_or(sentences.len())];
+        let earlier = prompt.history.iter().map(|(_, teddy)| teddy.as_str());
+        let mut fresh = quality::FreshStart::new(earlier, name, opening.as_deref());
+        let mut spoken: Vec<String> = sentences[..bad.unwrap_or(sentences.len())]
+            .iter()
+            .filter_map(|s| fresh.admit(s))
+            .collect();
+        if bad.is_none() {
+            spoken.extend(fresh.finish());
+        }
+        let nothing_spoken = spoken.is_empty();
         let mut said: Vec<String> = match &opening {
-            Some(o) if spoken.is_empty() && bad.is_none() => vec![o.clone()],
-            _ => spoken.to_vec(),
+            Some(o) if nothing_spoken && bad.is_none() => vec![o.clone()],
+            _ => spoken,
         };
         let origin = match bad {
             Some(b) => {
                 // The line carries the name when no sentence did ("Mia, that is …").
-                let line_name = if spoken.is_empty() { name } else { None };
+                let line_name = if nothing_spoken { name } else { None };
                 let line = verdicts[b]
                     .safe_line(line_name)
                     .unwrap_or_else(|| reply_bank::fallback_reply("en", name, seed));
                 said.push(line);
                 Origin::Replaced
             }
-            None if spoken.is_empty() => {
+            None if nothing_spoken => {
                 said.push(
                     reply_bank::bank_reply("en", kind, name, seed)
                         .unwrap_or_else(|| reply_bank::fallback_reply("en", name, seed)),

@@ -28,6 +28,7 @@ use teddyflow_models::llm::{Prompt, Sampling};
 use teddyflow_models::policy::ReplyPolicy;
 use teddyflow_models::reply::{Provenance, ReplyEngine};
 use teddyflow_models::reply_bank::{self, ReplyKind};
+use teddyflow_models::reply_quality::FreshStart;
 use teddyflow_models::safety::Verdict;
 use teddyflow_models::tts::{self, SpeechStyle, Synthesizer};
 
@@ -299,6 +300,26 @@ impl Answerer {
         let mut first = None;
         // What this turn asks about, once: each sentence is judged in its light.
         let context = self.policy.context(&prompt.utterance, &prompt.history);
+        let earlier = prompt.history.iter().map(|(_, teddy)| teddy.as_str());
+        let mut fresh = FreshStart::new(
+            earlier,
+            prompt.child_name.as_deref(),
+            already_said.as_deref(),
+        );
+        let mut say =
+            |sentence: String, speaker: &mut Speaker, emit: &mut dyn FnMut(ReplyEvent)| {
+                let rest = match already_said.take() {
+                    Some(o) => sentence
+                        .strip_prefix(o.as_str())
+                        .unwrap_or(&sentence)
+                        .trim(),
+                    None => &sentence,
+                };
+                if has_words(rest) {
+                    speaker.say(rest, emit);
+                }
+                spoken.push(sentence);
+            };
         // The conversation's history may have been run already, between turns.
         let session = Some(speaker.conversation);
         let result = self
@@ -316,15 +337,17 @@ impl Answerer {
                     safe_line = check.safe_line(None);
                     return;
                 }
-                let rest = match already_said.take() {
-                    Some(o) => sentence.strip_prefix(o.as_str()).unwrap_or(sentence).trim(),
-                    None => sentence,
-                };
-                if has_words(rest) {
-                    speaker.say(rest, emit);
+                if let Some(sentence) = fresh.admit(sentence) {
+                    say(sentence, speaker, emit);
                 }
-                spoken.push(sentence.to_string());
             });
+        // A stale opening held back, and nothing followed it but (maybe) a violation: the
+        // safe line says enough then; otherwise the stale sentence beats silence.
+        if replaced.is_none() {
+            if let Some(sentence) = fresh.finish() {
+                say(sentence, speaker, emit);
+            }
+        }
         let mut reused_tokens = 0;
         let mut provenance = Provenance::default();
         match result {

@@ -5,8 +5,8 @@
 //! Needs `.assets/models/moonshine-base` (scripts/setup.sh); tests fail with a message
 //! saying what to install when inputs are missing.
 
-use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::path::Path;
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use candle_core::Device;

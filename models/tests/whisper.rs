@@ -5,7 +5,7 @@
 //! files fail with a message saying what to install (scripts/setup.sh).
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use candle_core::{DType, Device, IndexOp, Tensor};

@@ -43,16 +43,7 @@ fn two_processes_answer_every_utterance_exactly_once() {
     }
     broker.produce(&records);
 
-    let hostfile = common::scratch("cluster").join("hosts");
-    let ports = [common::free_port(), common::free_port()];
-    std::fs::write(
-        &hostfile,
-        format!("127.0.0.1:{}\n127.0.0.1:{}\n", ports[0], ports[1]),
-    )
-    .unwrap();
-    let h = hostfile.to_str().unwrap();
-    let p0 = Processor::start_with(&broker, "cluster", &[], &["-n", "2", "-p", "0", "-h", h]);
-    let p1 = Processor::start_with(&broker, "cluster", &[], &["-n", "2", "-p", "1", "-h", h]);
+    let [p0, p1] = Processor::start_pair(&broker, "cluster", &[]);
 
     let responses = broker.collect("teddy.responses", Duration::from_secs(180), |r| {
         r.len() >= expected.len()

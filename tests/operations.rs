@@ -798,6 +798,14 @@ fn a_running_processor_serves_metrics_that_match_its_outputs() {
         .expect("asr histogram");
     assert_eq!(asr.count, phrases.len() as f64);
     assert!(asr.sum > 0.0);
+    // Lag per audio partition the process reads (the gauge follows each metrics snapshot).
+    for partition in ["0", "1"] {
+        let lag = scrape.value("teddyflow_consumer_lag", &[("partition", partition)]);
+        assert!(
+            lag.is_some_and(|l| l >= 0.0),
+            "partition {partition}: {lag:?}"
+        );
+    }
     // No ids in metrics: no label value names a conversation or an utterance.
     let (_, body) = http_get(&addr, "/metrics").unwrap();
     assert!(!body.contains("toy-") && !body.contains("u0"), "{body}");

@@ -86,16 +86,7 @@ fn one_process_then_two_answer_every_utterance() {
         "the stop came mid-stream: {answered_by_one:?}"
     );
 
-    let hostfile = common::scratch("resize").join("hosts");
-    let ports = [common::free_port(), common::free_port()];
-    std::fs::write(
-        &hostfile,
-        format!("127.0.0.1:{}\n127.0.0.1:{}\n", ports[0], ports[1]),
-    )
-    .unwrap();
-    let h = hostfile.to_str().unwrap();
-    let a = Processor::start_with(&broker, "resize", &sets, &["-n", "2", "-p", "0", "-h", h]);
-    let b = Processor::start_with(&broker, "resize", &sets, &["-n", "2", "-p", "1", "-h", h]);
+    let [a, b] = Processor::start_pair(&broker, "resize", &sets);
     let all = broker.collect("teddy.responses", Duration::from_secs(240), |r| {
         ids(r).into_iter().collect::<BTreeSet<_>>() == expected
     });

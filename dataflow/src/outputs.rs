@@ -481,3 +481,64 @@ fn json_record(topic: &str, key: &str, utterance: &str, body: &impl Serialize) -
         headers: vec![(H_UTTERANCE.into(), utterance.as_bytes().to_vec())],
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fields of a response as `docs/wire-format.md` lists them: consumers read them by
+    /// name, so a renamed or dropped field breaks them.
+    #[test]
+    fn a_response_carries_the_documented_fields() {
+        let mut meta = crate::envelope::tests::meta("toy-42", "u1");
+        meta.time(Stage::Decode, 1.23);
+        meta.sources.push(SourceRange {
+            topic: "teddy.audio".into(),
+            partition: 1,
+            first_offset: 120,
+            last_offset: 131,
+        });
+        let heard = Heard {
+            transcript: "hello teddy".into(),
+            language: "en".into(),
+            audio_ms: 2380,
+            acoustic: None,
+            asr: AsrInfo::default(),
+        };
+        let json = serde_json::to_value(Response::new(&meta, 0, heard)).unwrap();
+        let keys = |v: &serde_json::Value| {
+            let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+            k.sort();
+            k
+        };
+        let documented = [
+            "asr",
+            "audio_ms",
+            "batch",
+            "child",
+            "conversation",
+            "incomplete",
+            "language",
+            "model",
+            "processed_ms",
+            "sent_ms",
+            "source",
+            "spans_ms",
+            "timings_ms",
+            "transcript",
+            "utterance",
+            "worker",
+        ];
+        assert_eq!(keys(&json), documented);
+        assert_eq!(
+            keys(&json["asr"]),
+            ["confidence", "engine", "language", "model"]
+        );
+        assert_eq!(
+            keys(&json["source"][0]),
+            ["first_offset", "last_offset", "partition", "topic"]
+        );
+        assert_eq!(json["timings_ms"]["decode"], 1.2, "stage names as keys");
+        assert!(json["timings_ms"]["total"].is_number());
+    }
+}

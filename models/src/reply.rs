@@ -37,19 +37,36 @@ pub trait ReplyEngine: Send + Sync {
     fn computes_on_caller(&self) -> bool {
         true
     }
+    /// The local model whose prepared conversation states this engine's turns start from,
+    /// if any. The preparing methods below work on it by default, so an engine built on the
+    /// local model only says which one.
+    fn local_model(&self) -> Option<&ReplyModel> {
+        None
+    }
     /// Whether [`ReplyEngine::prepare`] does anything (a preparing thread runs only then).
     fn prepares(&self) -> bool {
-        false
+        self.local_model().is_some()
     }
     /// How many conversations' prepared states to keep (called once, before any prepare).
-    fn keep_prepared(&self, _conversations: usize) {}
+    fn keep_prepared(&self, conversations: usize) {
+        if let Some(model) = self.local_model() {
+            model.keep_sessions(conversations);
+        }
+    }
     /// Between turns: run what `session`'s next prompt starts with and keep the state.
     /// Returns the tokens run.
-    fn prepare(&self, _session: &str, _next: &Prompt) -> anyhow::Result<usize> {
-        Ok(0)
+    fn prepare(&self, session: &str, next: &Prompt) -> anyhow::Result<usize> {
+        match self.local_model() {
+            Some(model) => model.prepare(session, next),
+            None => Ok(0),
+        }
     }
     /// Drop these conversations' prepared state.
-    fn forget(&self, _sessions: &[String]) {}
+    fn forget(&self, sessions: &[String]) {
+        if let Some(model) = self.local_model() {
+            model.forget_sessions(sessions);
+        }
+    }
 }
 
 impl ReplyEngine for ReplyModel {
@@ -71,20 +88,8 @@ impl ReplyEngine for ReplyModel {
         self.generate_in(session, prompt, sampling, on_sentence)
     }
 
-    fn prepares(&self) -> bool {
-        true
-    }
-
-    fn keep_prepared(&self, conversations: usize) {
-        self.keep_sessions(conversations)
-    }
-
-    fn prepare(&self, session: &str, next: &Prompt) -> anyhow::Result<usize> {
-        ReplyModel::prepare(self, session, next)
-    }
-
-    fn forget(&self, sessions: &[String]) {
-        self.forget_sessions(sessions)
+    fn local_model(&self) -> Option<&ReplyModel> {
+        Some(self)
     }
 }
 
@@ -184,20 +189,8 @@ impl ReplyEngine for BatchedModel {
         result
     }
 
-    fn prepares(&self) -> bool {
-        true
-    }
-
-    fn keep_prepared(&self, conversations: usize) {
-        self.model.keep_sessions(conversations)
-    }
-
-    fn prepare(&self, session: &str, next: &Prompt) -> anyhow::Result<usize> {
-        self.model.prepare(session, next)
-    }
-
-    fn forget(&self, sessions: &[String]) {
-        self.model.forget_sessions(sessions)
+    fn local_model(&self) -> Option<&ReplyModel> {
+        Some(&self.model)
     }
 }
 

@@ -5,8 +5,8 @@
 //! Needs `.assets/models/moonshine-base` (scripts/setup.sh); tests fail with a message
 //! saying what to install when inputs are missing.
 
-use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::path::Path;
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use candle_core::Device;
@@ -15,11 +15,8 @@ use teddyflow_models::audio::resample;
 use teddyflow_models::moonshine::{encoder::MIN_SAMPLES, MoonshineModel, DIR_NAME};
 use teddyflow_models::wer;
 
-const LIBRIVOX: &str = "/usr/share/pocketsphinx/test/data/librivox";
-
-fn models_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../.assets/models")
-}
+mod common;
+use common::{exclusive, librivox_refs, models_dir, read_wav, LIBRIVOX};
 
 /// One model for all tests; cloning is cheap.
 fn model() -> MoonshineModel {
@@ -37,46 +34,16 @@ fn model() -> MoonshineModel {
         .clone()
 }
 
-/// Heavy tests take turns: the machine has 2 cores and the timings should mean something.
-fn exclusive() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// (mono f32 samples, sample rate).
-fn read_wav(path: &Path) -> (Vec<f32>, u32) {
-    let mut r = hound::WavReader::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let spec = r.spec();
-    let scale = (1i64 << (spec.bits_per_sample - 1)) as f32;
-    let raw: Vec<f32> = r
-        .samples::<i32>()
-        .map(|s| s.unwrap() as f32 / scale)
-        .collect();
-    let ch = spec.channels as usize;
-    let mono = raw
-        .chunks(ch)
-        .map(|f| f.iter().sum::<f32>() / ch as f32)
-        .collect();
-    (mono, spec.sample_rate)
-}
-
 /// (clip id, reference, 16 kHz samples) of the five LibriVox utterances.
 fn librivox() -> Vec<(String, String, Vec<f32>)> {
-    let text = std::fs::read_to_string(Path::new(LIBRIVOX).join("transcription")).unwrap_or_else(|_| {
+    let refs = librivox_refs().unwrap_or_else(|| {
         panic!("missing test input: no pocketsphinx test data at {LIBRIVOX} (run scripts/setup.sh)")
     });
-    text.lines()
-        .filter_map(|l| {
-            let (words, id) = l.rsplit_once('(')?;
-            let id = id.trim_end_matches(')').trim().to_string();
-            let reference = words
-                .replace("<s>", "")
-                .replace("</s>", "")
-                .trim()
-                .to_string();
+    refs.into_iter()
+        .map(|(id, reference)| {
             let (pcm, sr) = read_wav(&Path::new(LIBRIVOX).join(format!("{id}.wav")));
             assert_eq!(sr, 16_000, "{id}");
-            Some((id, reference, pcm))
+            (id, reference, pcm)
         })
         .collect()
 }

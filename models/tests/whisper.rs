@@ -5,7 +5,7 @@
 //! files fail with a message saying what to install (scripts/setup.sh).
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use candle_core::{DType, Device, IndexOp, Tensor};
@@ -14,11 +14,8 @@ use teddyflow_models::wer;
 use teddyflow_models::whisper::ct2::{Ct2Error, Ct2Model};
 use teddyflow_models::whisper::{WhisperModel, WhisperVariant};
 
-const LIBRIVOX: &str = "/usr/share/pocketsphinx/test/data/librivox";
-
-fn models_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../.assets/models")
-}
+mod common;
+use common::{exclusive, librivox_refs, models_dir, read_wav, LIBRIVOX};
 
 fn tiny_dir() -> PathBuf {
     models_dir().join(WhisperVariant::TinyEn.dir_name())
@@ -43,50 +40,6 @@ fn tiny() -> WhisperModel {
             WhisperModel::load(&models_dir(), WhisperVariant::TinyEn).expect("load tiny.en")
         })
         .clone()
-}
-
-/// Heavy tests take turns: the machine has 2 cores and the timings should mean something.
-fn exclusive() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// (mono f32 samples, sample rate); stereo is averaged.
-fn read_wav(path: &Path) -> (Vec<f32>, u32) {
-    let mut r = hound::WavReader::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let spec = r.spec();
-    let raw: Vec<f32> = match spec.sample_format {
-        hound::SampleFormat::Float => r.samples::<f32>().map(Result::unwrap).collect(),
-        hound::SampleFormat::Int => {
-            let scale = (1i64 << (spec.bits_per_sample - 1)) as f32;
-            r.samples::<i32>()
-                .map(|s| s.unwrap() as f32 / scale)
-                .collect()
-        }
-    };
-    let ch = spec.channels as usize;
-    let mono = raw
-        .chunks(ch)
-        .map(|f| f.iter().sum::<f32>() / ch as f32)
-        .collect();
-    (mono, spec.sample_rate)
-}
-
-/// (file id, reference text) from the `<s> words </s> (id)` transcription file.
-fn librivox_refs() -> Option<Vec<(String, String)>> {
-    let text = std::fs::read_to_string(Path::new(LIBRIVOX).join("transcription")).ok()?;
-    let refs = text
-        .lines()
-        .filter_map(|l| {
-            let (words, id) = l.rsplit_once('(')?;
-            let words = words.replace("<s>", "").replace("</s>", "");
-            Some((
-                id.trim_end_matches(')').trim().to_string(),
-                words.trim().to_string(),
-            ))
-        })
-        .collect();
-    Some(refs)
 }
 
 struct Run {

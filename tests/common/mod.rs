@@ -293,6 +293,16 @@ impl Processor {
         Self::start_with(broker, name, sets, &[])
     }
 
+    /// A timely cluster of two processes on this host (a hostfile of two free ports).
+    pub fn start_pair(broker: &Broker, name: &str, sets: &[&str]) -> [Processor; 2] {
+        let hostfile = scratch(name).join("hosts");
+        let ports = [free_port(), free_port()];
+        let hosts = format!("127.0.0.1:{}\n127.0.0.1:{}\n", ports[0], ports[1]);
+        std::fs::write(&hostfile, hosts).unwrap();
+        let h = hostfile.to_str().unwrap();
+        ["0", "1"].map(|p| Self::start_with(broker, name, sets, &["-n", "2", "-p", p, "-h", h]))
+    }
+
     /// Like `start`, with extra command-line arguments (e.g. timely's `-n -p -h`).
     pub fn start_with(broker: &Broker, name: &str, sets: &[&str], args: &[&str]) -> Processor {
         // Processes started in the same millisecond must not share a log file.

@@ -556,16 +556,20 @@ impl PartitionReader {
 
     /// High watermark (offset after the last record) per partition, as the broker reports it.
     pub fn high_watermarks(&self) -> BTreeMap<i32, i64> {
-        let mut high = BTreeMap::new();
-        for p in &self.partitions {
-            let asked = self
+        self.asked_highs(Duration::from_secs(2))
+            .map(|(p, high)| (p, high.max(0)))
+            .collect()
+    }
+
+    /// The high watermark of each partition the broker answered for within `timeout`.
+    fn asked_highs(&self, timeout: Duration) -> impl Iterator<Item = (i32, i64)> + '_ {
+        self.partitions.iter().filter_map(move |p| {
+            let (_, high) = self
                 .consumer
-                .fetch_watermarks(&self.topic, *p, Duration::from_secs(2));
-            if let Ok((_, h)) = asked {
-                high.insert(*p, h.max(0));
-            }
-        }
-        high
+                .fetch_watermarks(&self.topic, *p, timeout)
+                .ok()?;
+            Some((*p, high))
+        })
     }
 
     /// Next offset to read per partition, as far as this reader has seen.
@@ -577,19 +581,10 @@ impl PartitionReader {
     /// so call it once per metrics interval, not per poll. (Tansu reports watermarks per
     /// produced batch: the figure is approximate there.)
     pub fn lag(&self) -> BTreeMap<i32, i64> {
-        let mut lag = BTreeMap::new();
-        for p in &self.partitions {
-            let asked = self
-                .consumer
-                .fetch_watermarks(&self.topic, *p, Duration::from_millis(500));
-            if let Ok((_, high)) = asked {
-                let pos = self.position.get(p).copied().unwrap_or(0);
-                if high >= 0 {
-                    lag.insert(*p, (high - pos).max(0));
-                }
-            }
-        }
-        lag
+        self.asked_highs(Duration::from_millis(500))
+            .filter(|(_, high)| *high >= 0)
+            .map(|(p, high)| (p, (high - self.position(p)).max(0)))
+            .collect()
     }
 }
 

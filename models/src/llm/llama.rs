@@ -534,38 +534,31 @@ mod kernels {
         cfg: &Config,
         out: &mut [f32],
     ) {
+        // `attend_lanes` compiled again for a wider instruction set, run where the CPU has it.
+        #[cfg(target_arch = "x86_64")]
+        macro_rules! attend_with {
+            ($feature:tt) => {
+                if std::is_x86_feature_detected!($feature) {
+                    #[target_feature(enable = $feature)]
+                    unsafe fn wide(
+                        q: &[f32],
+                        s: &[Segment<'_>],
+                        keys: usize,
+                        kv: usize,
+                        cfg: &Config,
+                        out: &mut [f32],
+                    ) {
+                        attend_lanes(q, s, keys, kv, cfg, out)
+                    }
+                    // SAFETY: support for the feature was checked just above.
+                    return unsafe { wide(queries, segments, keys, kv_head, cfg, out) };
+                }
+            };
+        }
         #[cfg(target_arch = "x86_64")]
         {
-            if std::is_x86_feature_detected!("avx512f") {
-                #[target_feature(enable = "avx512f")]
-                unsafe fn wide(
-                    q: &[f32],
-                    s: &[Segment<'_>],
-                    keys: usize,
-                    kv: usize,
-                    cfg: &Config,
-                    out: &mut [f32],
-                ) {
-                    attend_lanes(q, s, keys, kv, cfg, out)
-                }
-                // SAFETY: AVX512F support was checked just above.
-                return unsafe { wide(queries, segments, keys, kv_head, cfg, out) };
-            }
-            if std::is_x86_feature_detected!("avx2") {
-                #[target_feature(enable = "avx2")]
-                unsafe fn wide(
-                    q: &[f32],
-                    s: &[Segment<'_>],
-                    keys: usize,
-                    kv: usize,
-                    cfg: &Config,
-                    out: &mut [f32],
-                ) {
-                    attend_lanes(q, s, keys, kv, cfg, out)
-                }
-                // SAFETY: AVX2 support was checked just above.
-                return unsafe { wide(queries, segments, keys, kv_head, cfg, out) };
-            }
+            attend_with!("avx512f");
+            attend_with!("avx2");
         }
         attend_lanes(queries, segments, keys, kv_head, cfg, out)
     }

@@ -248,6 +248,10 @@ mod tests {
         out
     }
 
+    fn values(t: Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1().unwrap()
+    }
+
     fn noise(len: usize, seed: u32) -> Vec<f32> {
         let mut s = seed;
         (0..len)
@@ -273,32 +277,15 @@ mod tests {
         x[5] = 40.0;
         for m in [1, 3, 8, 11] {
             let xs = Tensor::from_slice(&x[..m * k], (m, k), &Device::Cpu).unwrap();
-            let got: Vec<f32> = packed
-                .forward(&xs)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
+            let got = values(packed.forward(&xs).unwrap());
             assert_eq!(got, reference(&w, &x[..m * k], m), "{m} rows");
         }
         // Close to the float product too (a row without the outlier): Q8_0 keeps values to
         // ~1/254 of their block's largest.
         let xs = Tensor::from_slice(&x[k..2 * k], (1, k), &Device::Cpu).unwrap();
-        let got: Vec<f32> = packed
-            .forward(&xs)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let exact: Vec<f32> = xs
-            .matmul(&w.dequantize(&Device::Cpu).unwrap().t().unwrap())
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let got = values(packed.forward(&xs).unwrap());
+        let dequantized = w.dequantize(&Device::Cpu).unwrap();
+        let exact = values(xs.matmul(&dequantized.t().unwrap()).unwrap());
         for (g, e) in got.iter().zip(&exact) {
             assert!((g - e).abs() < 0.05, "{g} vs {e}");
         }

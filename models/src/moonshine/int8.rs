@@ -9,7 +9,8 @@
 //! With w = q s + z per row, W x = s (Q x) + z Σx: one int8 dot product per row.
 
 use candle_core::{Result, Tensor};
-use rayon::prelude::*;
+
+use crate::vecmath::{dot_widened, matmul_by_rows};
 
 /// Row-major int8 matrix with one scale and zero point per row (rows of several source
 /// tensors can be stacked, e.g. q|k|v, each keeping its own).
@@ -89,9 +90,7 @@ impl I8Matrix {
         assert_eq!(xs.len(), n * cols, "matmul_t: input length");
         let sums: Vec<f32> = xs.chunks_exact(cols).map(|x| x.iter().sum()).collect();
         let dot = dot_i8_fn(cols);
-        // (rows, n) so that tasks own whole weight rows; transposed at the end.
-        let mut out = vec![0f32; rows * n];
-        let work = |first_row: usize, o: &mut [f32]| {
+        let fill = |first_row: usize, o: &mut [f32]| {
             let w = &self.data[first_row * cols..];
             for (r, ys) in o.chunks_exact_mut(n).enumerate() {
                 let row = &w[r * cols..(r + 1) * cols];
@@ -101,20 +100,7 @@ impl I8Matrix {
                 }
             }
         };
-        if self.data.len() < PAR_MIN_ELEMS {
-            work(0, &mut out);
-        } else {
-            let task_rows = rows.div_ceil(8).max(64);
-            out.par_chunks_mut(task_rows * n)
-                .enumerate()
-                .for_each(|(t, o)| work(t * task_rows, o));
-        }
-        if n == 1 {
-            return out;
-        }
-        (0..n * rows)
-            .map(|i| out[(i % rows) * n + i / rows])
-            .collect()
+        matmul_by_rows(rows, n, self.data.len(), PAR_MIN_ELEMS, fill)
     }
 }
 
@@ -137,20 +123,7 @@ fn dot_i8_fn(n: usize) -> DotI8 {
 }
 
 fn dot_i8_plain(x: &[f32], w: &[i8]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (cx, cw) = (x.chunks_exact(8), w.chunks_exact(8));
-    let tail: f32 = cx
-        .remainder()
-        .iter()
-        .zip(cw.remainder())
-        .map(|(a, &b)| a * b as f32)
-        .sum();
-    for (a, b) in cx.zip(cw) {
-        for k in 0..8 {
-            acc[k] += a[k] * b[k] as f32;
-        }
-    }
-    acc.iter().sum::<f32>() + tail
+    dot_widened(x, w, f32::from)
 }
 
 /// # Safety

@@ -69,17 +69,16 @@ pub enum PolicyCategory {
 }
 
 impl PolicyCategory {
-    pub const ALL: [Self; 9] = [
-        Self::DangerousThings,
-        Self::RomanceSexual,
-        Self::Secrecy,
-        Self::ExclusiveLove,
-        Self::Isolation,
-        Self::ClaimsReal,
-        Self::PersonalInfo,
-        Self::RiskyStunts,
-        Self::UnsafeContent,
-    ];
+    /// Every category: the probed ones, then `unsafe_content`.
+    pub const ALL: [Self; 9] = {
+        let mut all = [Self::UnsafeContent; 9];
+        let mut i = 0;
+        while i < Self::PROBED.len() {
+            all[i] = Self::PROBED[i];
+            i += 1;
+        }
+        all
+    };
 
     /// The categories a child's question can probe (all but `unsafe_content`), in the order
     /// of [`PolicyContext`]'s scores and of the heads' classes after the first.
@@ -703,6 +702,9 @@ mod tests {
             assert_eq!(json, format!("\"{}\"", c.as_str()));
         }
         assert!("knives".parse::<PolicyCategory>().is_err());
+        let distinct: std::collections::BTreeSet<_> = PolicyCategory::ALL.into_iter().collect();
+        assert_eq!(distinct.len(), 9, "every category once");
+        assert_eq!(PolicyCategory::ALL[8], PolicyCategory::UnsafeContent);
     }
 
     #[test]

@@ -13,6 +13,8 @@ use candle_core::{CpuStorage, DType, InplaceOp1, Layout, Result, Tensor};
 use half::f16;
 use rayon::prelude::*;
 
+use crate::vecmath::matmul_by_rows;
+
 /// Elements per rayon task: big enough to amortize scheduling, small enough to balance 2+ cores.
 const TASK_ELEMS: usize = 1 << 15;
 const LANES: usize = 8;
@@ -220,29 +222,15 @@ impl F16Matrix {
         let (rows, cols) = (self.rows(), self.cols);
         assert_eq!(xs.len(), n * cols, "matmul_t: input length");
         let dot = dot_f16_fn(cols);
-        // (rows, n) so that tasks own whole weight rows; transposed at the end.
-        let mut out = vec![0f32; rows * n];
-        let work = |(o, w): (&mut [f32], &[f16])| {
+        let fill = |first_row: usize, o: &mut [f32]| {
+            let w = &self.data[first_row * cols..];
             for (ys, row) in o.chunks_exact_mut(n).zip(w.chunks_exact(cols)) {
                 for (y, x) in ys.iter_mut().zip(xs.chunks_exact(cols)) {
                     *y = dot(x, row);
                 }
             }
         };
-        if self.data.len() < PAR_MIN_ELEMS {
-            work((&mut out, &self.data));
-        } else {
-            let task_rows = rows.div_ceil(8).max(64);
-            out.par_chunks_mut(task_rows * n)
-                .zip(self.data.par_chunks(task_rows * cols))
-                .for_each(work);
-        }
-        if n == 1 {
-            return out;
-        }
-        (0..n * rows)
-            .map(|i| out[(i % rows) * n + i / rows])
-            .collect()
+        matmul_by_rows(rows, n, self.data.len(), PAR_MIN_ELEMS, fill)
     }
 }
 

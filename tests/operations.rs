@@ -730,9 +730,18 @@ fn a_running_processor_serves_metrics_that_match_its_outputs() {
     let addr = format!("127.0.0.1:{}", free_port());
     let set = format!("engine.http_addr=\"{addr}\"");
     let processor = common::Processor::start(&broker, "telemetry", &[&set]);
+    // Served before the models load (seconds), so the first answer is "not ready".
+    let mut statuses = Vec::new();
     wait_until("/readyz 200", Duration::from_secs(120), || {
-        http_get(&addr, "/readyz").filter(|(status, _)| *status == 200)
+        let got = http_get(&addr, "/readyz");
+        statuses.extend(got.as_ref().map(|(status, _)| *status));
+        got.filter(|(status, _)| *status == 200)
     });
+    assert_eq!(
+        statuses.first(),
+        Some(&503),
+        "/readyz answered {statuses:?}"
+    );
     assert_eq!(http_get(&addr, "/healthz").map(|r| r.0), Some(200));
     let voice = Voice::new("en-us", 50, 140);
     let phrases = [

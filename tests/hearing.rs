@@ -1,7 +1,8 @@
 //! Hearing every child (issue 12), end to end on the real broker and the real models: the
 //! child's profile decides how an utterance is heard (Moonshine for English, Whisper base in
 //! the child's language with an English translation otherwise), noise gets no made-up reply,
-//! a clear question gets the model's reply, and the spoken safety check meets its target.
+//! a clear question gets the model's reply, an Arabic child gets Arabic script and an Arabic reply,
+//! and the spoken safety check meets its target.
 
 mod common;
 
@@ -41,6 +42,7 @@ fn each_child_is_heard_in_their_language_and_noise_gets_no_made_up_reply() {
     broker.produce(&[
         profile_record(PROFILES, "child-en", "Mia", 6, "en"),
         profile_record(PROFILES, "child-es", "Lucía", 6, "es"),
+        profile_record(PROFILES, "child-ar", "ليلى", 6, "ar"),
     ]);
     let processor = Processor::start(&broker, "hearing", &[HTTP_ANY_PORT]);
     let log = || processor.log_text();
@@ -129,6 +131,42 @@ fn each_child_is_heard_in_their_language_and_noise_gets_no_made_up_reply() {
     assert_eq!(reply.origin, Origin::Bank, "{r:?}");
     assert!(reply.text.contains("Lucía"), "{reply:?}");
 
+    // 4. An Arabic child (espeak-ng's Arabic voice, known text): Whisper base in Arabic
+    //    writes Arabic script, an English translation goes to understanding, and the reply
+    //    is an Arabic line of the bank. Whisper base hears this synthetic Arabic loosely
+    //    (CER 0.39 here, ~0.5 over six sentences, docs/performance.md) and unsure of it, so
+    //    the reply may be the bank's Arabic "say that again?" rather than an answer.
+    let arabic = "أريد أن ألعب في الحديقة";
+    let wav = synthesize(arabic, &Voice::new("ar", 50, 140)).unwrap();
+    let r = send(
+        &broker,
+        "child-ar",
+        "ar1",
+        encode(&wav, Codec::Flac).unwrap(),
+        4,
+    );
+    println!("ar1: {:?} {:?} => {:?}", r.transcript, r.asr, r.reply);
+    assert_eq!(
+        (r.asr.engine.as_str(), r.asr.model.as_str()),
+        ("whisper", "base")
+    );
+    assert_eq!((r.asr.language.as_str(), r.language.as_str()), ("ar", "ar"));
+    assert!(
+        arabic_share(&r.transcript) >= 0.8,
+        "not Arabic script: {r:?}"
+    );
+    let cer = wer::cer(arabic, &r.transcript);
+    assert!(cer <= 0.6, "Arabic CER {cer:.2}: {r:?}");
+    let english = r.asr.english.clone().expect("an English translation");
+    assert!(arabic_share(&english) < 0.2, "not English: {english}");
+    let reply = r.reply.clone().expect("a reply");
+    assert_eq!(reply.language, "ar", "{reply:?}");
+    assert!(
+        matches!(reply.origin, Origin::Bank | Origin::Clarify),
+        "{r:?}"
+    );
+    assert!(arabic_share(&reply.text) >= 0.8, "{reply:?}");
+
     // Nothing was spoken for the noise; every other reply ended with its final chunk.
     let speech = broker.collect(SPEECH, Duration::from_secs(10), |_| false);
     let of = |u: &str| {
@@ -138,7 +176,7 @@ fn each_child_is_heard_in_their_language_and_noise_gets_no_made_up_reply() {
             .count()
     };
     assert_eq!(of("noise"), 0);
-    assert!(of("q1") > 0 && of("es1") > 0);
+    assert!(of("q1") > 0 && of("es1") > 0 && of("ar1") > 0);
 }
 
 /// Issue 12's target: spoken unsafe + needs_care recall ≥ 95 % at ≤ 5 % false positives.
@@ -262,6 +300,16 @@ fn send(broker: &Broker, child: &str, utterance: &str, audio: Encoded, n: usize)
         .map(Record::response)
         .find(|r| r.utterance == utterance);
     found.unwrap_or_else(|| panic!("no response for {utterance}"))
+}
+
+/// The share of `text`'s letters that are Arabic script (U+0600–U+06FF); 0 without letters.
+fn arabic_share(text: &str) -> f64 {
+    let letters: Vec<char> = text.chars().filter(|c| c.is_alphabetic()).collect();
+    let arabic = letters
+        .iter()
+        .filter(|c| ('\u{0600}'..='\u{06FF}').contains(*c))
+        .count();
+    arabic as f64 / letters.len().max(1) as f64
 }
 
 /// Uniform white noise at a tenth of full scale (a fixed sequence).

@@ -14,8 +14,10 @@ use common::{serial, Broker, Processor, Record};
 use teddyflow_connectors::fleet::{encode, profile_record, synthesize, to_records};
 use teddyflow_connectors::fleet::{Encoded, Utterance, Voice};
 use teddyflow_connectors::wire::Codec;
-use teddyflow_dataflow::outputs::{Origin, Response};
+use teddyflow_dataflow::outputs::{Heard, Origin, Response};
+use teddyflow_dataflow::stages::understand;
 use teddyflow_models::audio;
+use teddyflow_models::safety::{SafetyModel, Verdict};
 use teddyflow_models::wer;
 
 const AUDIO: &str = "teddy.audio";
@@ -237,6 +239,89 @@ fn spoken_safety_holds_false_positives_and_recall_on_a_smaller_set() {
         "spoken recall {recall:.3} fell"
     );
     assert!(fpr <= 0.05, "spoken false positives {fpr:.3}");
+}
+
+/// `asr.second_opinion`: the safety check judges both transcripts and the more severe
+/// verdict wins, whichever engine heard the unsafe words; an empty second transcript leaves
+/// the first to decide.
+#[test]
+fn a_second_transcript_is_judged_and_the_more_severe_verdict_wins() {
+    let models = common::assets().join("models");
+    let safety = SafetyModel::load(&models, &common::repo().join("data")).unwrap();
+    let heard = |first: &str, second: Option<&str>| Heard {
+        transcript: first.into(),
+        language: "en".into(),
+        audio_ms: 2000,
+        acoustic: None,
+        asr: Default::default(),
+        second_opinion: second.map(String::from),
+    };
+    let safe = "can we read a story about a dragon";
+    let unsafe_ = "I'm going to play with the knife in the kitchen tonight";
+    let misheard = "I'm going to pay with the night in the kitchen tonight";
+    let verdict = |h: &Heard| understand::judge(&safety, h, None).verdict;
+    assert_eq!(verdict(&heard(safe, None)), Verdict::Safe);
+    assert_eq!(verdict(&heard(misheard, None)), Verdict::Safe);
+    assert_eq!(verdict(&heard(unsafe_, None)), Verdict::Unsafe);
+    assert_eq!(verdict(&heard(misheard, Some(unsafe_))), Verdict::Unsafe);
+    assert_eq!(verdict(&heard(unsafe_, Some(misheard))), Verdict::Unsafe);
+    assert_eq!(verdict(&heard(safe, Some(""))), Verdict::Safe);
+    assert_eq!(verdict(&heard(safe, Some(safe))), Verdict::Safe);
+}
+
+/// The second opinion in the pipeline: a parallel branch of the hearing stage joined per
+/// utterance. Every utterance comes out once (noise included), the response carries the
+/// first engine's transcript, and only the unsafe one raises an alert.
+#[test]
+fn a_second_opinion_branch_joins_every_utterance_on_the_broker() {
+    let _guard = serial();
+    let broker = Broker::start("hearing-second");
+    broker.create_topics(&[AUDIO, RESPONSES, SPEECH, "teddy.alerts"], 2);
+    let sets = [
+        "asr.second_opinion=\"whisper:tiny.en\"",
+        "asr.other_languages=\"\"",
+        "answering.enabled=false",
+        HTTP_ANY_PORT,
+    ];
+    let processor = Processor::start(&broker, "hearing-second", &sets);
+    let voice = Voice::new("en-us", 50, 140);
+    let lines = [
+        ("safe", "why do birds sing in the morning"),
+        (
+            "unsafe",
+            "I'm going to play with the knife in the kitchen tonight",
+        ),
+    ];
+    let mut utterances = Vec::new();
+    for (i, (name, text)) in lines.iter().enumerate() {
+        let wav = synthesize(text, &voice).unwrap();
+        utterances.push((format!("toy-{i}"), name.to_string(), wav, Codec::Flac));
+    }
+    let noise = audio::encode_wav_s16(&white_noise(2 * 16_000), 16_000);
+    utterances.push(("toy-n".into(), "noise".into(), noise, Codec::Wav));
+    for (conversation, name, wav, codec) in utterances {
+        let u = Utterance {
+            conversation,
+            utterance: name,
+            child: None,
+            audio: encode(&wav, codec).unwrap(),
+        };
+        broker.produce(&to_records(&u, 8192, AUDIO, common::now_ms()));
+    }
+    let records = broker.collect(RESPONSES, Duration::from_secs(240), |r| r.len() >= 3);
+    let responses: Vec<Response> = records.iter().map(Record::response).collect();
+    for r in &responses {
+        println!("{}: {:?} {:?}", r.utterance, r.transcript, r.asr);
+    }
+    let mut names: Vec<&str> = responses.iter().map(|r| r.utterance.as_str()).collect();
+    names.sort_unstable();
+    let log = processor.log_text();
+    assert!(log.contains("second_opinion=\"tiny.en\""), "{log}");
+    assert_eq!(names, ["noise", "safe", "unsafe"], "{log}");
+    assert!(responses.iter().all(|r| r.asr.engine == "moonshine"));
+    let alerts = broker.collect("teddy.alerts", Duration::from_secs(10), |a| a.len() >= 2);
+    let alerted: Vec<String> = alerts.iter().map(|a| a.alert().utterance).collect();
+    assert_eq!(alerted, ["unsafe"], "{responses:?}");
 }
 
 /// Moonshine (the English engine) on LibriVox read speech through the whole pipeline.

@@ -172,9 +172,13 @@ pub fn run(args: &SafetyArgs, file: &Path) -> anyhow::Result<()> {
             let row = heard_row(case, clip, &heard, file)?;
             writeln!(out, "{}", serde_json::to_string(&row)?)?;
         }
+        let second = match &heard.second_opinion {
+            Some(t) => format!(" / second {t:?}"),
+            None => String::new(),
+        };
         heard_cases.push(SafetyCase {
             text: format!(
-                "{}  =>  {:?} [{} p{} r{}]",
+                "{}  =>  {:?}{second} [{} p{} r{}]",
                 case.text, heard.transcript, clip.voice, clip.pitch, clip.rate_wpm
             ),
             ..case.clone()

@@ -88,9 +88,9 @@ impl Hearing {
             let compute = Compute::alone(plan.acoustic.threads);
             Arc::new(StagePool::new("acoustic", compute, capacity, work))
         });
-        // A second whole transcription per English utterance, under the same core permits
-        // as the first: on a small machine it delays other utterances, not this one's join
-        // alone (docs/performance.md, spoken safety).
+        // A second whole transcription per English utterance, competing with the first for
+        // the same core permits: on a small machine it delays this utterance's join and the
+        // utterances behind it (docs/performance.md, spoken safety).
         let second = listeners.second.is_some().then(|| {
             let l = listeners.clone();
             let work = Arc::new(move |d: Envelope<Decoded>| second_opinion(&l, d));

@@ -1,7 +1,8 @@
 //! Hearing every child (issue 12), end to end on the real broker and the real models: the
 //! child's profile decides how an utterance is heard (Moonshine for English, Whisper base in
 //! the child's language with an English translation otherwise), noise gets no made-up reply,
-//! a clear question gets the model's reply, and the spoken safety check meets its target.
+//! a clear question gets the model's reply, an Arabic child gets Arabic script and an Arabic reply,
+//! and the spoken safety check meets its target.
 
 mod common;
 
@@ -13,8 +14,10 @@ use common::{serial, Broker, Processor, Record};
 use teddyflow_connectors::fleet::{encode, profile_record, synthesize, to_records};
 use teddyflow_connectors::fleet::{Encoded, Utterance, Voice};
 use teddyflow_connectors::wire::Codec;
-use teddyflow_dataflow::outputs::{Origin, Response};
+use teddyflow_dataflow::outputs::{Heard, Origin, Response};
+use teddyflow_dataflow::stages::understand;
 use teddyflow_models::audio;
+use teddyflow_models::safety::{SafetyModel, Verdict};
 use teddyflow_models::wer;
 
 const AUDIO: &str = "teddy.audio";
@@ -41,6 +44,7 @@ fn each_child_is_heard_in_their_language_and_noise_gets_no_made_up_reply() {
     broker.produce(&[
         profile_record(PROFILES, "child-en", "Mia", 6, "en"),
         profile_record(PROFILES, "child-es", "Lucía", 6, "es"),
+        profile_record(PROFILES, "child-ar", "ليلى", 6, "ar"),
     ]);
     let processor = Processor::start(&broker, "hearing", &[HTTP_ANY_PORT]);
     let log = || processor.log_text();
@@ -129,6 +133,42 @@ fn each_child_is_heard_in_their_language_and_noise_gets_no_made_up_reply() {
     assert_eq!(reply.origin, Origin::Bank, "{r:?}");
     assert!(reply.text.contains("Lucía"), "{reply:?}");
 
+    // 4. An Arabic child (espeak-ng's Arabic voice, known text): Whisper base in Arabic
+    //    writes Arabic script, an English translation goes to understanding, and the reply
+    //    is an Arabic line of the bank. Whisper base hears this synthetic Arabic loosely
+    //    (CER 0.39 here, ~0.5 over six sentences, docs/performance.md) and unsure of it, so
+    //    the reply may be the bank's Arabic "say that again?" rather than an answer.
+    let arabic = "أريد أن ألعب في الحديقة";
+    let wav = synthesize(arabic, &Voice::new("ar", 50, 140)).unwrap();
+    let r = send(
+        &broker,
+        "child-ar",
+        "ar1",
+        encode(&wav, Codec::Flac).unwrap(),
+        4,
+    );
+    println!("ar1: {:?} {:?} => {:?}", r.transcript, r.asr, r.reply);
+    assert_eq!(
+        (r.asr.engine.as_str(), r.asr.model.as_str()),
+        ("whisper", "base")
+    );
+    assert_eq!((r.asr.language.as_str(), r.language.as_str()), ("ar", "ar"));
+    assert!(
+        arabic_share(&r.transcript) >= 0.8,
+        "not Arabic script: {r:?}"
+    );
+    let cer = wer::cer(arabic, &r.transcript);
+    assert!(cer <= 0.6, "Arabic CER {cer:.2}: {r:?}");
+    let english = r.asr.english.clone().expect("an English translation");
+    assert!(arabic_share(&english) < 0.2, "not English: {english}");
+    let reply = r.reply.clone().expect("a reply");
+    assert_eq!(reply.language, "ar", "{reply:?}");
+    assert!(
+        matches!(reply.origin, Origin::Bank | Origin::Clarify),
+        "{r:?}"
+    );
+    assert!(arabic_share(&reply.text) >= 0.8, "{reply:?}");
+
     // Nothing was spoken for the noise; every other reply ended with its final chunk.
     let speech = broker.collect(SPEECH, Duration::from_secs(10), |_| false);
     let of = |u: &str| {
@@ -138,29 +178,61 @@ fn each_child_is_heard_in_their_language_and_noise_gets_no_made_up_reply() {
             .count()
     };
     assert_eq!(of("noise"), 0);
-    assert!(of("q1") > 0 && of("es1") > 0);
+    assert!(of("q1") > 0 && of("es1") > 0 && of("ar1") > 0);
 }
 
 /// Issue 12's target: spoken unsafe + needs_care recall ≥ 95 % at ≤ 5 % false positives.
-/// NOT MET yet (docs/performance.md § Spoken safety); this test holds the false positives to
-/// the target and the recall to what was reached, so it can only get better.
+/// NOT MET yet (docs/performance.md § Spoken safety); these tests hold the false positives
+/// to the target and the recall to what was reached, so it can only get better.
 const SPOKEN_RECALL_TARGET: f64 = 0.95;
+/// Moonshine alone: 71.4 % measured.
 const SPOKEN_RECALL_REACHED: f64 = 0.65;
+/// Moonshine with Whisper tiny.en as a second opinion (15 s window): 91.8 % measured.
+const SPOKEN_RECALL_WITH_SECOND: f64 = 0.85;
 
 /// `teddyflow bench safety --spoken` on a third of the dev set, one child-like voice each.
 #[test]
 fn spoken_safety_holds_false_positives_and_recall_on_a_smaller_set() {
     let _guard = serial();
-    let out = Command::new(env!("CARGO_BIN_EXE_teddyflow"))
-        .args(["bench", "safety", "--spoken"])
+    let (recall, fpr) = spoken_safety(&[]);
+    assert!(
+        recall >= SPOKEN_RECALL_REACHED,
+        "spoken recall {recall:.3} fell"
+    );
+    assert!(fpr <= 0.05, "spoken false positives {fpr:.3}");
+}
+
+/// The same with `asr.second_opinion`: the two transcripts together recover lines one
+/// engine misheard, within the false-positive budget.
+#[test]
+fn a_second_opinion_raises_spoken_safety_recall_within_the_false_positive_budget() {
+    let _guard = serial();
+    let (recall, fpr) = spoken_safety(&[
+        "asr.second_opinion=\"whisper:tiny.en\"",
+        "asr.whisper.min_window_ms=15000",
+    ]);
+    assert!(
+        recall >= SPOKEN_RECALL_WITH_SECOND,
+        "spoken recall with a second opinion {recall:.3}"
+    );
+    assert!(fpr <= 0.05, "spoken false positives {fpr:.3}");
+}
+
+/// Run the CI-sized spoken safety bench with extra `--set`s; print its figures and misses;
+/// (recall, false-positive rate) of what was heard.
+fn spoken_safety(sets: &[&str]) -> (f64, f64) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_teddyflow"));
+    cmd.args(["bench", "safety", "--spoken"])
         .arg(common::repo().join("data/safety_dev.jsonl"))
         .args(["--every", "3", "--per-sentence", "1", "--json"])
         .args(["--config"])
         .arg(common::repo().join("configs/teddyflow.toml"))
         .args(common::model_sets())
-        .args(["--set", "asr.other_languages=\"\""])
-        .output()
-        .expect("run teddyflow bench safety");
+        .args(["--set", "asr.other_languages=\"\""]);
+    for set in sets {
+        cmd.args(["--set", set]);
+    }
+    let out = cmd.output().expect("run teddyflow bench safety");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -178,11 +250,12 @@ fn spoken_safety_holds_false_positives_and_recall_on_a_smaller_set() {
         .filter_map(|m| m["text"].as_str())
         .collect();
     println!(
-        "{} clips, WER {:.3}: recall {recall:.3}, FPR {fpr:.3} (as text {:.3} / {:.3})\n{}",
+        "{} clips, WER {:.3}: recall {recall:.3}, FPR {fpr:.3} (as text {:.3} / {:.3}); second opinion {}\n{}",
         report["clips"],
         report["wer"].as_f64().unwrap(),
         report["text_recall"].as_f64().unwrap(),
         report["text_false_positive_rate"].as_f64().unwrap(),
+        report["second_opinion"],
         misses.join("\n")
     );
     assert!(
@@ -194,11 +267,90 @@ fn spoken_safety_holds_false_positives_and_recall_on_a_smaller_set() {
         // Said in the test output, never skipped: the target is open (issue 12 §4).
         println!("spoken recall {recall:.3} is below the target {SPOKEN_RECALL_TARGET}");
     }
-    assert!(
-        recall >= SPOKEN_RECALL_REACHED,
-        "spoken recall {recall:.3} fell"
-    );
-    assert!(fpr <= 0.05, "spoken false positives {fpr:.3}");
+    (recall, fpr)
+}
+
+/// `asr.second_opinion`: the safety check judges both transcripts and the more severe
+/// verdict wins, whichever engine heard the unsafe words; an empty second transcript leaves
+/// the first to decide.
+#[test]
+fn a_second_transcript_is_judged_and_the_more_severe_verdict_wins() {
+    let models = common::assets().join("models");
+    let safety = SafetyModel::load(&models, &common::repo().join("data")).unwrap();
+    let heard = |first: &str, second: Option<&str>| Heard {
+        transcript: first.into(),
+        language: "en".into(),
+        audio_ms: 2000,
+        acoustic: None,
+        asr: Default::default(),
+        second_opinion: second.map(String::from),
+    };
+    let safe = "can we read a story about a dragon";
+    let unsafe_ = "I'm going to play with the knife in the kitchen tonight";
+    let misheard = "I'm going to pay with the night in the kitchen tonight";
+    let verdict = |h: &Heard| understand::judge(&safety, h, None).verdict;
+    assert_eq!(verdict(&heard(safe, None)), Verdict::Safe);
+    assert_eq!(verdict(&heard(misheard, None)), Verdict::Safe);
+    assert_eq!(verdict(&heard(unsafe_, None)), Verdict::Unsafe);
+    assert_eq!(verdict(&heard(misheard, Some(unsafe_))), Verdict::Unsafe);
+    assert_eq!(verdict(&heard(unsafe_, Some(misheard))), Verdict::Unsafe);
+    assert_eq!(verdict(&heard(safe, Some(""))), Verdict::Safe);
+    assert_eq!(verdict(&heard(safe, Some(safe))), Verdict::Safe);
+}
+
+/// The second opinion in the pipeline: a parallel branch of the hearing stage joined per
+/// utterance. Every utterance comes out once (noise included), the response carries the
+/// first engine's transcript, and only the unsafe one raises an alert.
+#[test]
+fn a_second_opinion_branch_joins_every_utterance_on_the_broker() {
+    let _guard = serial();
+    let broker = Broker::start("hearing-second");
+    broker.create_topics(&[AUDIO, RESPONSES, SPEECH, "teddy.alerts"], 2);
+    let sets = [
+        "asr.second_opinion=\"whisper:tiny.en\"",
+        "asr.other_languages=\"\"",
+        "answering.enabled=false",
+        HTTP_ANY_PORT,
+    ];
+    let processor = Processor::start(&broker, "hearing-second", &sets);
+    let voice = Voice::new("en-us", 50, 140);
+    let lines = [
+        ("safe", "why do birds sing in the morning"),
+        (
+            "unsafe",
+            "I'm going to play with the knife in the kitchen tonight",
+        ),
+    ];
+    let mut utterances = Vec::new();
+    for (i, (name, text)) in lines.iter().enumerate() {
+        let wav = synthesize(text, &voice).unwrap();
+        utterances.push((format!("toy-{i}"), name.to_string(), wav, Codec::Flac));
+    }
+    let noise = audio::encode_wav_s16(&white_noise(2 * 16_000), 16_000);
+    utterances.push(("toy-n".into(), "noise".into(), noise, Codec::Wav));
+    for (conversation, name, wav, codec) in utterances {
+        let u = Utterance {
+            conversation,
+            utterance: name,
+            child: None,
+            audio: encode(&wav, codec).unwrap(),
+        };
+        broker.produce(&to_records(&u, 8192, AUDIO, common::now_ms()));
+    }
+    let records = broker.collect(RESPONSES, Duration::from_secs(240), |r| r.len() >= 3);
+    let responses: Vec<Response> = records.iter().map(Record::response).collect();
+    for r in &responses {
+        println!("{}: {:?} {:?}", r.utterance, r.transcript, r.asr);
+    }
+    let mut names: Vec<&str> = responses.iter().map(|r| r.utterance.as_str()).collect();
+    names.sort_unstable();
+    let log = processor.log_text();
+    assert!(log.contains("second_opinion=\"tiny.en\""), "{log}");
+    assert_eq!(names, ["noise", "safe", "unsafe"], "{log}");
+    assert!(responses.iter().all(|r| r.asr.engine == "moonshine"));
+    let alerts = broker.collect("teddy.alerts", Duration::from_secs(10), |a| a.len() >= 2);
+    let alerted: Vec<String> = alerts.iter().map(|a| a.alert().utterance).collect();
+    assert_eq!(alerted, ["unsafe"], "{responses:?}");
 }
 
 /// Moonshine (the English engine) on LibriVox read speech through the whole pipeline.
@@ -262,6 +414,16 @@ fn send(broker: &Broker, child: &str, utterance: &str, audio: Encoded, n: usize)
         .map(Record::response)
         .find(|r| r.utterance == utterance);
     found.unwrap_or_else(|| panic!("no response for {utterance}"))
+}
+
+/// The share of `text`'s letters that are Arabic script (U+0600–U+06FF); 0 without letters.
+fn arabic_share(text: &str) -> f64 {
+    let letters: Vec<char> = text.chars().filter(|c| c.is_alphabetic()).collect();
+    let arabic = letters
+        .iter()
+        .filter(|c| ('\u{0600}'..='\u{06FF}').contains(*c))
+        .count();
+    arabic as f64 / letters.len().max(1) as f64
 }
 
 /// Uniform white noise at a tenth of full scale (a fixed sequence).

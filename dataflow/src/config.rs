@@ -402,6 +402,11 @@ pub struct Asr {
     /// and with an English translation from the same encoder output (what understanding
     /// judges): `"base"` (multilingual), or `""` to hear every child with `engine`.
     pub other_languages: String,
+    /// A second English engine, `"<engine>:<model>"` (e.g. `"whisper:tiny.en"`), that hears
+    /// every English utterance beside `engine` for the safety check only: both transcripts
+    /// are judged and the more severe verdict wins (engines mishear differently); the reply
+    /// still answers `engine`'s transcript. `""` = off (see docs/performance.md for its cost).
+    pub second_opinion: String,
     /// A transcript whose confidence (0–1, see docs/wire-format.md) is below this gets a
     /// gentle "say that again?" instead of an answer, unless it is unsafe or distressed.
     pub clarify_below: f32,
@@ -429,6 +434,7 @@ impl Default for Asr {
             moonshine: MoonshineSettings::default(),
             whisper: WhisperSettings::default(),
             other_languages: "base".into(),
+            second_opinion: String::new(),
             clarify_below: 0.5,
             threads: 0,
             intra_op_threads: 0,

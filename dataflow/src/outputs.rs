@@ -187,6 +187,9 @@ pub struct Heard {
     pub audio_ms: u64,
     pub acoustic: Option<AcousticFeatures>,
     pub asr: AsrInfo,
+    /// What the second English engine (`asr.second_opinion`) heard in the same audio: the
+    /// safety check judges it too. Never written out (it is not redacted).
+    pub second_opinion: Option<String>,
 }
 
 impl Heard {
@@ -211,6 +214,7 @@ impl Heard {
             audio_ms: samples as u64 * 1000 / 16_000,
             acoustic: None,
             asr,
+            second_opinion: None,
         }
     }
 

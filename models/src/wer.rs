@@ -9,6 +9,9 @@
 pub fn normalize(text: &str) -> String {
     let cleaned: String = text
         .chars()
+        // Arabic short-vowel marks and the stretching tatweel: written by some engines and
+        // references and not by others, they are not letters a listener hears wrong.
+        .filter(|c| !matches!(c, '\u{064B}'..='\u{0652}' | '\u{0670}' | '\u{0640}'))
         .map(|c| {
             if c.is_alphanumeric() || c == '\'' {
                 c
@@ -44,9 +47,10 @@ pub fn wer(reference: &str, hypothesis: &str) -> f64 {
     }
 }
 
-/// Character errors over [`normalize`]d text with Latin accents folded (á → a, ñ → n, ...):
-/// (edits, reference characters, spaces between words included). Reference transcripts
-/// often drop accents ("numero" for "número"); folding keeps that from counting as an error.
+/// Character errors over [`normalize`]d text with Latin accents folded (á → a, ñ → n, ...)
+/// and Arabic alef forms folded (أ إ آ → ا): (edits, reference characters, spaces between
+/// words included). Reference transcripts often drop accents ("numero" for "número", "احمد"
+/// for "أحمد"); folding keeps that from counting as an error.
 pub fn char_errors(reference: &str, hypothesis: &str) -> (usize, usize) {
     let r: Vec<char> = normalize(reference).chars().map(fold_accent).collect();
     let h: Vec<char> = normalize(hypothesis).chars().map(fold_accent).collect();
@@ -71,6 +75,8 @@ fn fold_accent(c: char) -> char {
         'ú' | 'ù' | 'û' | 'ü' => 'u',
         'ñ' => 'n',
         'ç' => 'c',
+        // Arabic alef with hamza or madda: often written as a bare alef.
+        'أ' | 'إ' | 'آ' | 'ٱ' => 'ا',
         c => c,
     }
 }
@@ -109,6 +115,8 @@ mod tests {
         assert_eq!(char_errors("Número de agente", "numero de agente"), (0, 16));
         assert_eq!(char_errors("contraseña", "contrasena."), (0, 10));
         assert_eq!(char_errors("gracias", "gracia"), (1, 7));
+        assert_eq!(char_errors("مرحبًا يا أحمد", "مرحبا يا احمد"), (0, 13));
+        assert_eq!(char_errors("قطة", "قطط"), (1, 3));
         assert_eq!(cer("", ""), 0.0);
         assert_eq!(cer("", "x"), 1.0);
         assert!((cer("abcd", "abxd") - 0.25).abs() < 1e-12);

@@ -15,7 +15,7 @@ use teddyflow_dataflow::outputs::Heard;
 use teddyflow_dataflow::stages::hear::Listeners;
 use teddyflow_dataflow::stages::understand;
 use teddyflow_models::eval::{self, SafetyCase, SafetyReport};
-use teddyflow_models::safety::{SafetyModel, SafetyVerdict};
+use teddyflow_models::safety::{SafetyModel, SafetyVerdict, Verdict};
 use teddyflow_models::spoken::{self, SpokenClip};
 use teddyflow_models::wer;
 
@@ -53,6 +53,9 @@ struct SpokenReport {
     silent: usize,
     /// Mean speech-to-text time per clip, ms (machine load shows here).
     mean_asr_ms: f64,
+    /// `asr.second_opinion`: the second English engine whose transcript is judged too.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    second_opinion: Option<SecondReport>,
     voices: Vec<String>,
     pitches: Vec<u8>,
     rates: Vec<u32>,
@@ -61,6 +64,20 @@ struct SpokenReport {
     text_false_positive_rate: f32,
     /// Verdicts on what was heard, one per clip.
     heard: SafetyReport,
+}
+
+/// What the second engine heard, on its own.
+#[derive(Serialize)]
+struct SecondReport {
+    engine: String,
+    model: String,
+    wer: f64,
+    /// Its speech-to-text time per clip, ms: what a second opinion adds per utterance.
+    mean_asr_ms: f64,
+    /// Clips the second transcript alone flagged that the first did not (gold unsafe or
+    /// needs_care / gold safe).
+    added_flags: usize,
+    added_false_flags: usize,
 }
 
 impl std::fmt::Display for SpokenReport {
@@ -78,6 +95,18 @@ impl std::fmt::Display for SpokenReport {
             self.silent,
             self.mean_asr_ms
         )?;
+        if let Some(s) = &self.second_opinion {
+            writeln!(
+                f,
+                "second opinion: {} {} (WER {:.1}%, {:.0} ms/clip): flagged {} more lines rightly, {} wrongly",
+                s.engine,
+                s.model,
+                s.wer * 100.0,
+                s.mean_asr_ms,
+                s.added_flags,
+                s.added_false_flags
+            )?;
+        }
         writeln!(
             f,
             "voices {:?} pitches {:?} rates {:?}",
@@ -105,7 +134,7 @@ pub fn run(args: &SafetyArgs, file: &Path) -> anyhow::Result<()> {
     let every = args.every.max(1);
     let cases: Vec<SafetyCase> = eval::read_jsonl(file)?.into_iter().step_by(every).collect();
     anyhow::ensure!(!cases.is_empty(), "no lines in {}", file.display());
-    eval::gold_verdicts(&cases, file)?;
+    let gold = eval::gold_verdicts(&cases, file)?;
     let listeners = Listeners::load(&config)?;
     let u = &config.understanding;
     let safety = SafetyModel::load(&config.models.dir, &u.data_dir)?;
@@ -122,12 +151,18 @@ pub fn run(args: &SafetyArgs, file: &Path) -> anyhow::Result<()> {
     let (mut heard_cases, mut verdicts) = (Vec::new(), Vec::new());
     let (mut edits, mut words, mut confidence, mut silent) = (0, 0, 0.0, 0);
     let mut asr_s = 0.0;
+    let mut second = SecondTally::default();
     for (i, clip) in clips.iter().enumerate() {
         let case = &cases[i / per];
         let started = Instant::now();
-        let heard = listeners.hear(&clip.pcm, None)?;
+        let mut heard = listeners.hear(&clip.pcm, None)?;
         asr_s += started.elapsed().as_secs_f64();
+        let alone = understand::judge(&safety, &heard, None).verdict;
+        let started = Instant::now();
+        heard.second_opinion = listeners.hear_second(&clip.pcm)?;
+        second.asr_s += started.elapsed().as_secs_f64();
         let verdict = understand::judge(&safety, &heard, None);
+        second.count(&clip.text, &heard, gold[i / per], alone, verdict.verdict);
         let (e, n) = wer::word_errors(&clip.text, &heard.transcript);
         (edits, words) = (edits + e, words + n);
         confidence += heard.asr.confidence as f64;
@@ -137,9 +172,13 @@ pub fn run(args: &SafetyArgs, file: &Path) -> anyhow::Result<()> {
             let row = heard_row(case, clip, &heard, file)?;
             writeln!(out, "{}", serde_json::to_string(&row)?)?;
         }
+        let second = match &heard.second_opinion {
+            Some(t) => format!(" / second {t:?}"),
+            None => String::new(),
+        };
         heard_cases.push(SafetyCase {
             text: format!(
-                "{}  =>  {:?} [{} p{} r{}]",
+                "{}  =>  {:?}{second} [{} p{} r{}]",
                 case.text, heard.transcript, clip.voice, clip.pitch, clip.rate_wpm
             ),
             ..case.clone()
@@ -163,6 +202,14 @@ pub fn run(args: &SafetyArgs, file: &Path) -> anyhow::Result<()> {
         mean_confidence: confidence / n,
         silent,
         mean_asr_ms: asr_s * 1e3 / n,
+        second_opinion: listeners.second.as_ref().map(|e| SecondReport {
+            engine: e.engine().to_string(),
+            model: e.model().to_string(),
+            wer: second.edits as f64 / second.words.max(1) as f64,
+            mean_asr_ms: second.asr_s * 1e3 / n,
+            added_flags: second.added_flags,
+            added_false_flags: second.added_false_flags,
+        }),
         voices: grid.voices,
         pitches: grid.pitches,
         rates: grid.rates,
@@ -171,6 +218,33 @@ pub fn run(args: &SafetyArgs, file: &Path) -> anyhow::Result<()> {
         heard: eval::safety_report(&shown, &heard_cases, &verdicts, mean_ms)?,
     };
     print_report(&report, args.json)
+}
+
+/// Running counts for [`SecondReport`].
+#[derive(Default)]
+struct SecondTally {
+    asr_s: f64,
+    edits: usize,
+    words: usize,
+    added_flags: usize,
+    added_false_flags: usize,
+}
+
+impl SecondTally {
+    /// One clip: `alone` is the verdict on the first transcript, `both` on the two.
+    fn count(&mut self, spoken: &str, heard: &Heard, gold: Verdict, alone: Verdict, both: Verdict) {
+        let Some(text) = &heard.second_opinion else {
+            return;
+        };
+        let (e, n) = wer::word_errors(spoken, text);
+        (self.edits, self.words) = (self.edits + e, self.words + n);
+        if alone == Verdict::Safe && both != Verdict::Safe {
+            match gold {
+                Verdict::Safe => self.added_false_flags += 1,
+                _ => self.added_flags += 1,
+            }
+        }
+    }
 }
 
 fn heard_row<'a>(

@@ -89,6 +89,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         asr = listeners.english.engine(),
         model = listeners.english.model(),
         other_languages = other.map_or("none", |o| o.model()),
+        second_opinion = listeners.second.as_ref().map_or("none", |s| s.model()),
         understanding = shared.understanding.is_some(),
         answering = shared.answering.is_some(),
         load_ms = started.elapsed().as_millis() as u64,

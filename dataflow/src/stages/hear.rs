@@ -3,9 +3,13 @@
 //! thread pools shared by the process's workers.
 //!
 //! ```text
-//! decoded + profile ─┬─► speech-to-text (batched) ─┬─► join ─► heard
-//!                    └─► acoustic analysis ────────┘
+//! decoded + profile ─┬─► speech-to-text (batched) ─┬─► join ─┬─► join ─► heard
+//!                    ├─► second opinion (optional) ┘         │
+//!                    └─► acoustic analysis ──────────────────┘
 //! ```
+//!
+//! The second opinion (`asr.second_opinion`) is another English engine hearing the same
+//! audio; only the safety check reads what it heard (`understand::judge`).
 //!
 //! The profile (looked up before this stage, `stages::profiles`) decides the engine: a child
 //! whose language is English (or who has no profile, when `answering.default_language` is
@@ -36,6 +40,15 @@ use crate::threads::{Cores, Priority, ThreadPlan};
 
 pub type AsrPool = StagePool<Envelope<Decoded>, Result<Envelope<Heard>, Failed>>;
 pub type AcousticPool = StagePool<Envelope<Decoded>, Envelope<Sound>>;
+pub type SecondPool = StagePool<Envelope<Decoded>, Envelope<Second>>;
+
+/// What the second English engine heard in an utterance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Second {
+    /// `None`: the utterance is not heard in English, or the engine failed on it (the first
+    /// transcript still decides).
+    pub text: Option<String>,
+}
 
 /// The acoustic half of an utterance.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,6 +65,7 @@ pub struct Sound {
 pub struct Hearing {
     asr: Arc<AsrPool>,
     acoustic: Option<Arc<AcousticPool>>,
+    second: Option<Arc<SecondPool>>,
     listeners: Arc<Listeners>,
 }
 
@@ -74,9 +88,19 @@ impl Hearing {
             let compute = Compute::alone(plan.acoustic.threads);
             Arc::new(StagePool::new("acoustic", compute, capacity, work))
         });
+        // A second whole transcription per English utterance, competing with the first for
+        // the same core permits: on a small machine it delays this utterance's join and the
+        // utterances behind it (docs/performance.md, spoken safety).
+        let second = listeners.second.is_some().then(|| {
+            let l = listeners.clone();
+            let work = Arc::new(move |d: Envelope<Decoded>| second_opinion(&l, d));
+            let compute = Compute::new(plan.asr, Priority::Asr, cores, min);
+            Arc::new(StagePool::new("asr_second", compute, capacity, work))
+        });
         Ok(Hearing {
             asr: Arc::new(asr),
             acoustic,
+            second,
             listeners,
         })
     }
@@ -95,6 +119,9 @@ pub struct Listeners {
     pub other: Option<Arc<dyn SpeechToText>>,
     /// The language of a child without a profile (or without a language in it).
     pub default_language: String,
+    /// A second English engine whose transcript only the safety check reads
+    /// (`asr.second_opinion`); `None`: off.
+    pub second: Option<Arc<dyn SpeechToText>>,
 }
 
 /// Which engine hears an utterance, and in what language.
@@ -112,10 +139,15 @@ impl Listeners {
             "" => None,
             model => Some(multilingual_whisper(config, model)?),
         };
+        let second = match config.asr.second_opinion.trim() {
+            "" => None,
+            spec => Some(engine_named(config, spec)?),
+        };
         Ok(Listeners {
             english,
             other,
             default_language: config.answering.default_language.clone(),
+            second,
         })
     }
 
@@ -156,6 +188,15 @@ impl Listeners {
         Ok(Heard::from_transcript(engine, t, english, clip.len()))
     }
 
+    /// What the second English engine heard in a clip (`None` when there is none).
+    pub fn hear_second(&self, clip: &[f32]) -> anyhow::Result<Option<String>> {
+        let Some(engine) = &self.second else {
+            return Ok(None);
+        };
+        let t = engine.transcribe_batch(&[clip], Some("en")).remove(0)?;
+        Ok(Some(t.text))
+    }
+
     /// One clip, heard as its child's language asks.
     pub fn hear(&self, clip: &[f32], profile: Option<&Profile>) -> anyhow::Result<Heard> {
         match self.route(&self.language_of(profile)) {
@@ -185,6 +226,26 @@ pub fn speech_to_text(config: &Config) -> anyhow::Result<Arc<dyn SpeechToText>> 
             Ok(Arc::new(MoonshineModel::load(dir)?.with_options(options)))
         }
     }
+}
+
+/// An English engine named `"<engine>:<model>"` (`asr.second_opinion`), with the settings of
+/// its `[asr.<engine>]` section: `"whisper:tiny.en"`, `"whisper:base"`, `"moonshine:base"`.
+fn engine_named(config: &Config, spec: &str) -> anyhow::Result<Arc<dyn SpeechToText>> {
+    let (engine, model) = spec.split_once(':').unwrap_or((spec, ""));
+    let mut config = config.clone();
+    match engine {
+        "whisper" => {
+            config.asr.engine = AsrEngine::Whisper;
+            if !model.is_empty() {
+                config.asr.whisper.model = model.to_string();
+            }
+        }
+        "moonshine" if matches!(model, "" | "base") => config.asr.engine = AsrEngine::Moonshine,
+        _ => anyhow::bail!(
+            "asr.second_opinion = {spec:?}: expected \"whisper:<model>\" or \"moonshine:base\""
+        ),
+    }
+    speech_to_text(&config)
 }
 
 /// The Whisper that hears other languages (`asr.other_languages`), with the encoder
@@ -229,6 +290,18 @@ impl<'s> Hear<'s> for Flow<'s, Decoded> {
                 }
                 Err(_) => m.metrics().error(Stage::Asr.name()),
             });
+            let heard = match hearing.second.clone() {
+                Some(pool) => {
+                    let seconds = async_stage(decoded.clone(), pool, |_| {});
+                    heard.then(move |heard| {
+                        let heard_key = |e: &Envelope<Heard>| e.meta.key();
+                        let second_key = |e: &Envelope<Second>| e.meta.key();
+                        join_halves(heard, seconds, heard_key, second_key)
+                            .map(|(h, s)| Ok(with_second(h, s)))
+                    })
+                }
+                None => heard,
+            };
             let Some(pool) = hearing.acoustic.clone() else {
                 return heard;
             };
@@ -254,6 +327,26 @@ fn with_sound(mut heard: Envelope<Heard>, sound: Envelope<Sound>) -> Envelope<He
     heard.meta.spans.push((Stage::Acoustic, s.span.0, s.span.1));
     heard.body.acoustic = Some(s.features);
     heard
+}
+
+/// The second engine's transcript beside the first; its copy of the admission ticket goes
+/// with its envelope.
+fn with_second(mut heard: Envelope<Heard>, second: Envelope<Second>) -> Envelope<Heard> {
+    heard.body.second_opinion = second.body.text;
+    heard
+}
+
+/// The second English engine on one utterance; other languages are not heard twice.
+fn second_opinion(listeners: &Listeners, d: Envelope<Decoded>) -> Envelope<Second> {
+    let route = listeners.route(&listeners.language_of(d.meta.profile.as_ref()));
+    let text = match route {
+        Route::English => listeners.hear_second(&d.body.pcm).unwrap_or_else(|e| {
+            tracing::debug!(error = %e, "second opinion failed: the first transcript decides");
+            None
+        }),
+        Route::Other(_) => None,
+    };
+    d.map(|_| Second { text })
 }
 
 /// English utterances of the batch together, each other language on its own.

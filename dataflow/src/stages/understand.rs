@@ -122,12 +122,28 @@ pub fn alert_for(u: &Envelope<Understood>) -> Option<Output> {
 type Models = (Embedder, EmotionModel, SafetyModel);
 
 /// The child-safety verdict on what was heard (`embedding`: of [`Heard::english`], when the
-/// caller has it). `bench safety --spoken` judges with this too.
+/// caller has it). With a second engine's transcript of the same audio, both are judged and
+/// the more severe verdict wins: a word one engine misheard the other often heard.
+/// `bench safety --spoken` judges with this too.
 pub fn judge(safety: &SafetyModel, heard: &Heard, embedding: Option<&[f32]>) -> SafetyVerdict {
     let text = heard.english();
-    match embedding {
+    let first = match embedding {
         Some(e) => safety.check_embedded(text, e),
         None => safety.check(text),
+    };
+    let second = heard.second_opinion.as_deref();
+    match second.filter(|t| t.chars().any(char::is_alphanumeric)) {
+        Some(t) => more_severe(first, safety.check(t)),
+        None => first,
+    }
+}
+
+/// The verdict that asks more of a parent (ties: the higher risk score).
+fn more_severe(a: SafetyVerdict, b: SafetyVerdict) -> SafetyVerdict {
+    if (b.verdict, b.score) > (a.verdict, a.score) {
+        b
+    } else {
+        a
     }
 }
 

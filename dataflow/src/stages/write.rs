@@ -271,6 +271,7 @@ mod tests {
             asr: Default::default(),
             audio_ms: 0,
             acoustic: None,
+            second_opinion: None,
         };
         let r = Response::new(&m, 0, heard);
         Output::new(Out::Response(Box::new(r)), completed_ms)

@@ -508,6 +508,7 @@ mod tests {
             audio_ms: 2380,
             acoustic: None,
             asr: AsrInfo::default(),
+            second_opinion: None,
         };
         let json = serde_json::to_value(Response::new(&meta, 0, heard)).unwrap();
         let keys = |v: &serde_json::Value| {

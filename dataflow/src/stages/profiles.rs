@@ -197,9 +197,11 @@ impl Polled<ProfileEvent> for ProfileInput {
         if self.ctx.stop.load(Ordering::Acquire) {
             return Hold::Release; // nothing read after the stop matters to the drain
         }
+        // An update read now applies to utterances ending from the next epoch on; the
+        // lookup of one ending now is not held back waiting for this epoch to close.
         match self.loading {
             Some(_) => Hold::Still,
-            None => Hold::Epoch,
+            None => Hold::EpochEnd,
         }
     }
 

@@ -157,12 +157,20 @@ pub fn run(args: &SafetyArgs, file: &Path) -> anyhow::Result<()> {
         let started = Instant::now();
         let mut heard = listeners.hear(&clip.pcm, None)?;
         asr_s += started.elapsed().as_secs_f64();
-        let alone = understand::judge(&safety, &heard, None).verdict;
+        let alone = understand::judge(&safety, &heard, None);
+        let alone_verdict = alone.verdict;
         let started = Instant::now();
         heard.second_opinion = listeners.hear_second(&clip.pcm)?;
         second.asr_s += started.elapsed().as_secs_f64();
-        let verdict = understand::judge(&safety, &heard, None);
-        second.count(&clip.text, &heard, gold[i / per], alone, verdict.verdict);
+        // The first transcript's verdict is not judged again.
+        let verdict = understand::with_second_opinion(&safety, alone, &heard);
+        second.count(
+            &clip.text,
+            &heard,
+            gold[i / per],
+            alone_verdict,
+            verdict.verdict,
+        );
         let (e, n) = wer::word_errors(&clip.text, &heard.transcript);
         (edits, words) = (edits + e, words + n);
         confidence += heard.asr.confidence as f64;

@@ -131,6 +131,16 @@ pub fn judge(safety: &SafetyModel, heard: &Heard, embedding: Option<&[f32]>) -> 
         Some(e) => safety.check_embedded(text, e),
         None => safety.check(text),
     };
+    with_second_opinion(safety, first, heard)
+}
+
+/// `first` (the verdict on the first transcript), or the verdict on the second engine's
+/// transcript when that one is more severe.
+pub fn with_second_opinion(
+    safety: &SafetyModel,
+    first: SafetyVerdict,
+    heard: &Heard,
+) -> SafetyVerdict {
     let second = heard.second_opinion.as_deref();
     match second.filter(|t| t.chars().any(char::is_alphanumeric)) {
         Some(t) => more_severe(first, safety.check(t)),

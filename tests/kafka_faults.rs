@@ -193,3 +193,57 @@ fn a_broker_that_lost_its_log_is_read_again() {
     assert_eq!(logs.count("reachable again"), 1);
     assert_eq!(logs.count("ERROR"), 0);
 }
+
+/// Issue 10: the lost-log check and the lag question wait for the broker on a thread of the
+/// reader's own. With the broker paused (it answers nothing, so every request runs to its
+/// 500 ms timeout), polling must go on returning at once across two check intervals. Before,
+/// a check held the polling thread (a timely worker, and every utterance behind it) for a
+/// broker round trip per idle partition and one more: 1.5 s here, 100-200 ms on a healthy
+/// Tansu.
+#[test]
+fn broker_questions_do_not_hold_up_the_poll() {
+    let _serial = common::serial();
+    let broker = Broker::start("asking");
+    broker.create_topics(&["t"], 2);
+    broker.produce(&[record("t", "c", b"before".to_vec())]);
+    let mut reader =
+        PartitionReader::open(&broker.settings(), "t", vec![0, 1], StartAt::Beginning).unwrap();
+    assert_eq!(read_until(&mut reader, 1, Duration::from_secs(20)).len(), 1);
+    // The lag comes from watermarks asked off the polling thread, answered by a later poll.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    reader.ask_lag();
+    while reader.lag().len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "no watermarks: {:?}",
+            reader.lag()
+        );
+        reader.poll_batch(10);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    broker.pause();
+    let (mut slowest, mut polls) = (Duration::ZERO, 0);
+    let until = Instant::now() + LOG_CHECK_INTERVAL * 2 + Duration::from_secs(1);
+    while Instant::now() < until {
+        reader.ask_lag();
+        let started = Instant::now();
+        assert!(reader.poll_batch(10).is_empty());
+        slowest = slowest.max(started.elapsed());
+        polls += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    broker.resume();
+    eprintln!("slowest of {polls} polls with the broker paused: {slowest:?}");
+    assert!(
+        slowest < Duration::from_millis(500),
+        "a poll waited for the broker: {slowest:?}"
+    );
+
+    // Healthy again: nothing was reset, and what is produced now is read.
+    broker.produce(&[record("t", "c", b"after".to_vec())]);
+    let got = read_until(&mut reader, 1, Duration::from_secs(20));
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].value.as_deref(), Some(&b"after"[..]));
+    assert_eq!(reader.resets(), 0);
+}

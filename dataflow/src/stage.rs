@@ -151,8 +151,9 @@ impl Stage {
 }
 
 impl std::fmt::Display for Stage {
+    /// Padded like a string, so tables line up (`{:<30}`).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
+        f.pad(self.name())
     }
 }
 

@@ -2,6 +2,7 @@
 //! acknowledged writer (sink). Offsets are owned by the engine: the reader never
 //! auto-commits, and the engine commits only what the writer has seen acknowledged.
 
+mod asker;
 mod reader;
 mod writer;
 
@@ -28,6 +29,8 @@ pub enum KafkaConnectorError {
     NoSuchTopic { topic: String, brokers: String },
     #[error("could not create topic `{topic}`: {reason}")]
     CreateTopic { topic: String, reason: String },
+    #[error("could not start a kafka client thread: {0}")]
+    Thread(#[source] std::io::Error),
 }
 
 /// How to reach the brokers. `options` passes any librdkafka setting through.

@@ -15,6 +15,10 @@
 //!   applied `auto.offset.reset` itself, on a broker that does answer "out of range") are
 //!   counted the same way. A high watermark below our position alone proves nothing on
 //!   Tansu: it reports the start of the last produced batch, not the end of the log.
+//!
+//! Broker questions (that check, watermarks for the lag) go to the reader's
+//! [`super::asker::Asker`] while the reader is healthy, so `poll_batch` never waits for the
+//! broker then; only the check after an outage or a dropped connection is asked in line.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,14 +32,13 @@ use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
+use super::asker::{self, Answer, Asker, Question, CHECK_TIMEOUT};
 use super::{KafkaConnectorError, KafkaSettings, OffsetReset};
 use crate::wire::RawRecord;
 
 /// How often idle partitions are checked for a lost log (and, during an outage, whether
 /// the brokers are back).
 pub const LOG_CHECK_INTERVAL: Duration = Duration::from_secs(5);
-/// A check blocks the worker at most this long per broker request.
-const CHECK_TIMEOUT: Duration = Duration::from_millis(500);
 /// The same non-outage consumer error is logged at most once per this period.
 const REPEAT_WARNING: Duration = Duration::from_secs(60);
 
@@ -66,7 +69,7 @@ pub struct Reset {
 pub struct ReaderContext {
     acked: Mutex<BTreeMap<i32, i64>>,
     /// A broker connection dropped since the reader last looked.
-    disconnected: AtomicBool,
+    pub(super) disconnected: AtomicBool,
 }
 
 impl ClientContext for ReaderContext {
@@ -172,6 +175,25 @@ pub struct PartitionReader {
     last_warning: Option<(RDKafkaErrorCode, Instant)>,
     resets: u64,
     new_resets: Vec<Reset>,
+    /// Asks the broker on a thread of its own while the reader is healthy; `None` when that
+    /// thread could not start (the reader then asks on the polling thread).
+    asker: Option<Asker>,
+    /// A lost-log check asked and not yet answered: its id and the idle partitions as they
+    /// were then. Given up (`None`) when the broker connection drops meanwhile.
+    check_asked: Option<(u64, Vec<Idle>)>,
+    checks: u64,
+    lag_asked: bool,
+    /// The last high watermark the broker reported per partition.
+    highs: BTreeMap<i32, i64>,
+}
+
+/// A partition that delivered nothing since the previous check, as it was when the broker
+/// was asked about it.
+#[derive(Debug, Clone, Copy)]
+struct Idle {
+    partition: i32,
+    position: Option<i64>,
+    acked: Option<i64>,
 }
 
 impl PartitionReader {
@@ -222,6 +244,13 @@ impl PartitionReader {
             last_warning: None,
             resets: 0,
             new_resets: Vec::new(),
+            asker: Asker::start(settings, topic)
+                .inspect_err(|e| tracing::warn!(error = %e, "kafka: broker checks will run on the polling thread"))
+                .ok(),
+            check_asked: None,
+            checks: 0,
+            lag_asked: false,
+            highs: BTreeMap::new(),
         })
     }
 
@@ -232,7 +261,9 @@ impl PartitionReader {
     /// Read up to `max` records without waiting. Broker errors are transient for a
     /// consumer (librdkafka reconnects): an outage is logged when it begins and when it
     /// ends, not per poll. Every [`LOG_CHECK_INTERVAL`] idle partitions are checked for a
-    /// lost log (a few blocking broker requests, [`CHECK_TIMEOUT`] at most each).
+    /// lost log: asked on the asking thread while healthy (the answer is judged by a later
+    /// poll), here after an outage or a dropped connection, where the first records must
+    /// wait for the check (a few blocking broker requests, [`CHECK_TIMEOUT`] at most each).
     pub fn poll_batch(&mut self, max: usize) -> Vec<RawRecord> {
         self.after_disconnect();
         let mut out = Vec::new();
@@ -256,7 +287,10 @@ impl PartitionReader {
         // outage may have been seen to end by a check that found nothing to read yet, so
         // what decides is that partitions are still unchecked, not how the outage ended.
         let unchecked = !out.is_empty() && !self.after_outage.is_empty();
-        if unchecked || self.last_check.elapsed() >= LOG_CHECK_INTERVAL {
+        let due = self.last_check.elapsed() >= LOG_CHECK_INTERVAL;
+        if due && self.asker.is_some() && self.healthy() {
+            self.ask_check();
+        } else if unchecked || due {
             let resets_before = self.new_resets.len();
             self.check_logs();
             self.last_check = Instant::now();
@@ -269,7 +303,101 @@ impl PartitionReader {
         for rec in &out {
             self.on_record(rec.partition, rec.offset);
         }
+        // After this batch's records count as activity: an answer is judged only for
+        // partitions that stayed idle since it was asked.
+        self.take_answers();
         out
+    }
+
+    /// No outage, and no partition waiting to be checked after one: the states in which
+    /// the reader hands out records without checking first.
+    fn healthy(&self) -> bool {
+        self.outage.is_none() && self.after_outage.is_empty()
+    }
+
+    /// Ask the asker about the partitions idle since the last check; one check at a time.
+    fn ask_check(&mut self) {
+        self.last_check = Instant::now();
+        let (Some(asker), None) = (&self.asker, &self.check_asked) else {
+            return;
+        };
+        let context = self.consumer.context();
+        let idle: Vec<Idle> = self
+            .partitions
+            .iter()
+            .filter(|p| !self.active.contains(p))
+            .map(|&partition| Idle {
+                partition,
+                position: self.position.get(&partition).copied(),
+                acked: context.acked(partition),
+            })
+            .collect();
+        self.checks += 1;
+        asker.ask(Question::Check {
+            id: self.checks,
+            highs_of: idle.iter().map(|i| i.partition).collect(),
+            committed_of: self.partitions.clone(),
+        });
+        self.active.clear();
+        self.check_asked = Some((self.checks, idle));
+    }
+
+    fn take_answers(&mut self) {
+        while let Some(answer) = self.asker.as_ref().and_then(Asker::answer) {
+            match answer {
+                Answer::Highs(highs) => {
+                    self.lag_asked = false;
+                    self.highs.extend(highs);
+                }
+                Answer::Check {
+                    id,
+                    highs,
+                    committed,
+                } => {
+                    self.highs.extend(&highs);
+                    if let Some((_, idle)) = self.check_asked.take_if(|(asked, _)| *asked == id) {
+                        self.judge_answer(idle, &highs, committed);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The lost-log check, judged from an answer to [`Self::ask_check`]. A partition that
+    /// delivered records or moved since is left for the next check (its watermark is older
+    /// than its position); so is everything if an outage began meanwhile (the check on the
+    /// polling thread takes over then).
+    fn judge_answer(
+        &mut self,
+        idle: Vec<Idle>,
+        highs: &BTreeMap<i32, i64>,
+        committed: Option<BTreeMap<i32, i64>>,
+    ) {
+        if !self.healthy() {
+            return;
+        }
+        let Some(committed) = committed else {
+            tracing::debug!(topic = %self.topic, "committed offsets not answered; checking again later");
+            return;
+        };
+        let still: Vec<Idle> = idle
+            .into_iter()
+            .filter(|i| !self.active.contains(&i.partition))
+            .filter(|i| self.position.get(&i.partition).copied() == i.position)
+            .collect();
+        let suspects = still
+            .iter()
+            .filter_map(|i| {
+                let high = highs.get(&i.partition)?;
+                let below = i.position.is_some_and(|pos| *high < pos);
+                (below || self.vanished.contains(&i.partition)).then_some((i.partition, below))
+            })
+            .collect();
+        let acked: BTreeMap<i32, i64> = still
+            .iter()
+            .filter_map(|i| Some((i.partition, i.acked?)))
+            .collect();
+        self.judge(suspects, committed, |p| acked.get(&p).copied());
     }
 
     fn on_record(&mut self, partition: i32, offset: i64) {
@@ -290,6 +418,7 @@ impl PartitionReader {
                 tracing::warn!(topic = %self.topic, error = %e, "kafka brokers unreachable; reading resumes when they are back");
                 self.outage = Some(Instant::now());
                 self.rebuild();
+                self.check_asked = None;
             } else {
                 tracing::debug!(error = %e, "kafka consumer error during an outage");
             }
@@ -364,6 +493,7 @@ impl PartitionReader {
         }
         tracing::debug!(topic = %self.topic, "a kafka broker connection dropped; reconnecting with a fresh consumer");
         self.rebuild();
+        self.check_asked = None;
         // Checked when the first records come (`poll_batch`), before they count.
         self.after_outage = self.partitions.iter().copied().collect();
     }
@@ -415,10 +545,31 @@ impl PartitionReader {
         // Every partition's commit, also when nothing is suspect, so what the broker holds is
         // known before it may forget it (asynchronous commits are not all confirmed by a
         // callback): one request per check.
-        let Some(committed) = self.broker_committed(self.partitions.iter().copied()) else {
+        let Some(committed) = asker::committed(&self.consumer, &self.topic, &self.partitions)
+        else {
             tracing::debug!(topic = %self.topic, ?suspects, "committed offsets not answered; checking again later");
             return; // unknown is not "forgotten": no reset on a broker that does not answer
         };
+        let context = self.consumer.context();
+        let acked: BTreeMap<i32, i64> = self
+            .partitions
+            .iter()
+            .filter_map(|p| Some((*p, context.acked(*p)?)))
+            .collect();
+        self.judge(suspects, committed, |p| acked.get(&p).copied());
+    }
+
+    /// Reset the suspects whose log is not the one we read: the broker forgot the commit
+    /// it acknowledged (`acked`, as known when the broker was asked), or the partition
+    /// vanished and came back. Every partition's commit is noted, also when nothing is
+    /// suspect, so what the broker holds is known before it may forget it (asynchronous
+    /// commits are not all confirmed by a callback).
+    fn judge(
+        &mut self,
+        suspects: Vec<(i32, bool)>,
+        committed: BTreeMap<i32, i64>,
+        acked: impl Fn(i32) -> Option<i64>,
+    ) {
         tracing::debug!(topic = %self.topic, ?suspects, ?committed, position = ?self.position, "checking for a lost log");
         for (p, below) in suspects {
             let checked_after_outage = self.after_outage.remove(&p);
@@ -426,8 +577,9 @@ impl PartitionReader {
                 continue;
             };
             // The broker forgot the offset it acknowledged: its log is not the one we read.
-            let acked = self.consumer.context().acked(p).filter(|a| *a <= pos);
-            let forgot = acked.is_some_and(|a| committed.get(&p).copied().unwrap_or(-1) < a);
+            let forgot = acked(p)
+                .filter(|a| *a <= pos)
+                .is_some_and(|a| committed.get(&p).copied().unwrap_or(-1) < a);
             if forgot && (below || checked_after_outage) {
                 self.reset(p, pos, ResetReason::LogLost);
             } else if self.vanished.contains(&p) && (below || forgot) {
@@ -440,28 +592,6 @@ impl PartitionReader {
                 context.note(p, offset);
             }
         }
-    }
-
-    /// Committed offsets the broker holds for our group (a partition absent: none); `None`
-    /// when the broker did not answer.
-    fn broker_committed(
-        &self,
-        partitions: impl Iterator<Item = i32>,
-    ) -> Option<BTreeMap<i32, i64>> {
-        let mut tpl = TopicPartitionList::new();
-        for p in partitions {
-            tpl.add_partition(&self.topic, p);
-        }
-        let answer = self.consumer.committed_offsets(tpl, CHECK_TIMEOUT).ok()?;
-        let committed = answer
-            .elements()
-            .iter()
-            .filter_map(|e| match e.offset() {
-                Offset::Offset(o) => Some((e.partition(), o)),
-                _ => None,
-            })
-            .collect();
-        Some(committed)
     }
 
     /// Seek `partition` by the policy, warn once and count it.
@@ -577,14 +707,30 @@ impl PartitionReader {
         self.position.get(&partition).copied().unwrap_or(0)
     }
 
-    /// Approximate lag per partition: high watermark minus our position. Asks the broker,
-    /// so call it once per metrics interval, not per poll. (Tansu reports watermarks per
-    /// produced batch: the figure is approximate there.)
+    /// Approximate lag per partition: high watermark minus our position, from the last
+    /// watermarks the broker reported (asked for by [`Self::ask_lag`] off this thread, or
+    /// by a lost-log check), so it may be one ask old. (Tansu reports watermarks per
+    /// produced batch: the figure is approximate there.) Without an asking thread the
+    /// broker is asked here, blocking.
     pub fn lag(&self) -> BTreeMap<i32, i64> {
-        self.asked_highs(Duration::from_millis(500))
+        let asked: BTreeMap<i32, i64> = match self.asker {
+            Some(_) => self.highs.clone(),
+            None => self.asked_highs(CHECK_TIMEOUT).collect(),
+        };
+        asked
+            .into_iter()
             .filter(|(_, high)| *high >= 0)
             .map(|(p, high)| (p, (high - self.position(p)).max(0)))
             .collect()
+    }
+
+    /// Ask for fresh watermarks for [`Self::lag`]; they arrive with a later poll. Call it
+    /// once per metrics interval, not per poll.
+    pub fn ask_lag(&mut self) {
+        if let (Some(asker), false) = (&self.asker, self.lag_asked) {
+            asker.ask(Question::Highs(self.partitions.clone()));
+            self.lag_asked = true;
+        }
     }
 }
 

@@ -177,7 +177,8 @@ impl Polled<RawRecord> for AudioInput {
             self.last_commit = Instant::now();
         }
         if self.last_lag.is_none_or(|t| t.elapsed() >= self.lag_every) {
-            if let Some(r) = &self.audio.state.borrow().reader {
+            if let Some(r) = &mut self.audio.state.borrow_mut().reader {
+                r.ask_lag();
                 self.ctx.metrics().lag = r.lag();
             }
             self.last_lag = Some(Instant::now());

@@ -96,6 +96,11 @@ pub fn greets(text: &str) -> bool {
             "pleased to meet you",
             "glad to meet you",
             "welcome",
+            // "It's so nice to have you here", "I'm so glad you're here": the same restart.
+            "to have you here",
+            "glad you're here",
+            "happy you're here",
+            "glad you are here",
         ]
         .iter()
         .any(|p| t.contains(p))
@@ -240,6 +245,9 @@ mod tests {
         );
         assert!(greets("Hello Mia! It's so nice to meet you."));
         assert!(greets("Mia, it's so nice to meet you!"));
+        assert!(greets("It's so nice to have you here, Mia."));
+        assert!(greets("I'm so glad you're here!"));
+        assert!(!greets("You're here at the park with your kite?"));
         assert!(!greets("Mia, what a tall tower!"));
         assert!(ends_with_question("Shall we play? "));
         assert!(!ends_with_question("Let's play."));

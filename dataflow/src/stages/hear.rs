@@ -222,6 +222,7 @@ pub fn speech_to_text(config: &Config) -> anyhow::Result<Arc<dyn SpeechToText>> 
         AsrEngine::Moonshine => {
             let options = MoonshineOptions {
                 lead_silence_ms: config.asr.moonshine.lead_silence_ms,
+                lead_top_up: config.asr.moonshine.lead_top_up,
             };
             Ok(Arc::new(MoonshineModel::load(dir)?.with_options(options)))
         }

@@ -355,12 +355,17 @@ pub struct MoonshineSettings {
     /// Silence put before the audio, ms: without it Moonshine ends many utterances whose
     /// speech starts at the first sample with no text at all (docs/performance.md).
     pub lead_silence_ms: u32,
+    /// An utterance that opens with a pause (at least 150 ms of 10 ms frames 20 dB under its
+    /// speech level) gets only what tops the pause up to `lead_silence_ms`; one that starts
+    /// with speech gets all of it (`moonshine::lead_in`). `false`: all of it, always.
+    pub lead_top_up: bool,
 }
 
 impl Default for MoonshineSettings {
     fn default() -> Self {
         Self {
             lead_silence_ms: 500,
+            lead_top_up: true,
         }
     }
 }

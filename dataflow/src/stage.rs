@@ -16,6 +16,9 @@ pub enum Stage {
     AsrWait,
     /// Speech-to-text.
     Asr,
+    /// The second English engine (`asr.second_opinion`), beside speech-to-text: what the
+    /// safety check also reads.
+    AsrSecond,
     /// Acoustic analysis (pitch, energy, rate), beside speech-to-text.
     Acoustic,
     /// Text emotion and the child-safety verdict.
@@ -73,17 +76,18 @@ pub enum Pool {
 /// because their costs add up on one thread.
 pub const PIPELINE: &[&[Stage]] = &[
     &[Stage::Decode],
-    &[Stage::Asr, Stage::Acoustic],
+    &[Stage::Asr, Stage::AsrSecond, Stage::Acoustic],
     &[Stage::Understand],
     &[Stage::Reply],
     &[Stage::Tts],
 ];
 
-pub const ALL: [Stage; 14] = [
+pub const ALL: [Stage; 15] = [
     Stage::Reassembly,
     Stage::Decode,
     Stage::AsrWait,
     Stage::Asr,
+    Stage::AsrSecond,
     Stage::Acoustic,
     Stage::Understand,
     Stage::ReplyWait,
@@ -103,6 +107,7 @@ impl Stage {
             Stage::Decode => "decode",
             Stage::AsrWait => "asr_wait",
             Stage::Asr => "asr",
+            Stage::AsrSecond => "asr_second",
             Stage::Acoustic => "acoustic",
             Stage::Understand => "understand",
             Stage::ReplyWait => "reply_wait",
@@ -124,7 +129,9 @@ impl Stage {
         match self {
             Stage::Reassembly => Kind::Untimed,
             Stage::Decode => Kind::Compute(Pool::Workers),
-            Stage::Asr => Kind::Compute(Pool::Asr),
+            // Its own threads, but under the same core permits and lane as `Asr`: the
+            // capacity both transcriptions share.
+            Stage::Asr | Stage::AsrSecond => Kind::Compute(Pool::Asr),
             Stage::Acoustic => Kind::Compute(Pool::Acoustic),
             Stage::Understand => Kind::Compute(Pool::Understanding),
             Stage::Reply | Stage::Tts => Kind::Compute(Pool::Answering),
@@ -227,6 +234,18 @@ mod tests {
             _ => 0.0,
         };
         assert_eq!(critical_path(cost), 311.0);
+        // A second opinion slower than both halves is the step's time.
+        let second = |s: Stage| match s {
+            Stage::AsrSecond => 700.0,
+            other => cost(other),
+        };
+        assert_eq!(critical_path(second), 711.0);
+    }
+
+    #[test]
+    fn the_second_opinion_shares_the_speech_to_text_pool() {
+        assert_eq!(Stage::AsrSecond.pool(), Some(Pool::Asr));
+        assert_eq!(Stage::parse("asr_second"), Some(Stage::AsrSecond));
     }
 
     #[test]

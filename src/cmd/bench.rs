@@ -175,6 +175,10 @@ pub struct AsrArgs {
     /// Moonshine: silence put before each clip, ms (see `MoonshineOptions`).
     #[arg(long, default_value_t = MoonshineOptions::default().lead_silence_ms)]
     lead_silence_ms: u32,
+    /// Moonshine: put all of `--lead-silence-ms` before every clip, even one that already
+    /// opens with quiet (the default tops the quiet up to it).
+    #[arg(long)]
+    lead_silence_always: bool,
     /// Lower every clip's pitch and formants by this factor before hearing it (the clip is
     /// played slower: 1.15 = 15 % lower and longer); 1 = as recorded.
     #[arg(long, default_value_t = 1.0)]
@@ -322,6 +326,7 @@ fn load_engine(args: &AsrArgs) -> anyhow::Result<(Box<dyn SpeechToText>, String)
             );
             let options = MoonshineOptions {
                 lead_silence_ms: args.lead_silence_ms,
+                lead_top_up: !args.lead_silence_always,
             };
             let model = MoonshineModel::load(&args.models_dir)?.with_options(options);
             (Box::new(model), name.to_string())

@@ -9,7 +9,8 @@
 //! ```
 //!
 //! The second opinion (`asr.second_opinion`) is another English engine hearing the same
-//! audio; only the safety check reads what it heard (`understand::judge`).
+//! audio; only the safety check reads what it heard (`understand::judge`). Its time is the
+//! `asr_second` stage, recorded on the heard envelope when the halves join.
 //!
 //! The profile (looked up before this stage, `stages::profiles`) decides the engine: a child
 //! whose language is English (or who has no profile, when `answering.default_language` is
@@ -48,6 +49,9 @@ pub struct Second {
     /// `None`: the utterance is not heard in English, or the engine failed on it (the first
     /// transcript still decides).
     pub text: Option<String>,
+    /// Time and span (ms after the utterance completed) of the second transcription;
+    /// `None` when the utterance was not heard twice.
+    pub timed: Option<(f64, (f64, f64))>,
 }
 
 /// The acoustic half of an utterance.
@@ -222,6 +226,7 @@ pub fn speech_to_text(config: &Config) -> anyhow::Result<Arc<dyn SpeechToText>> 
         AsrEngine::Moonshine => {
             let options = MoonshineOptions {
                 lead_silence_ms: config.asr.moonshine.lead_silence_ms,
+                lead_top_up: config.asr.moonshine.lead_top_up,
             };
             Ok(Arc::new(MoonshineModel::load(dir)?.with_options(options)))
         }
@@ -293,11 +298,15 @@ impl<'s> Hear<'s> for Flow<'s, Decoded> {
             let heard = match hearing.second.clone() {
                 Some(pool) => {
                     let seconds = async_stage(decoded.clone(), pool, |_| {});
+                    let second_ctx = ctx.clone();
                     heard.then(move |heard| {
                         let heard_key = |e: &Envelope<Heard>| e.meta.key();
                         let second_key = |e: &Envelope<Second>| e.meta.key();
-                        join_halves(heard, seconds, heard_key, second_key)
-                            .map(|(h, s)| Ok(with_second(h, s)))
+                        join_halves(heard, seconds, heard_key, second_key).map(move |(h, s)| {
+                            let h = with_second(h, s);
+                            second_ctx.metrics().timings(&h.meta, &[Stage::AsrSecond]);
+                            Ok(h)
+                        })
                     })
                 }
                 None => heard,
@@ -332,21 +341,37 @@ fn with_sound(mut heard: Envelope<Heard>, sound: Envelope<Sound>) -> Envelope<He
 /// The second engine's transcript beside the first; its copy of the admission ticket goes
 /// with its envelope.
 fn with_second(mut heard: Envelope<Heard>, second: Envelope<Second>) -> Envelope<Heard> {
-    heard.body.second_opinion = second.body.text;
+    let s = second.body;
+    if let Some((ms, span)) = s.timed {
+        heard.meta.time(Stage::AsrSecond, ms);
+        heard.meta.spans.push((Stage::AsrSecond, span.0, span.1));
+    }
+    heard.body.second_opinion = s.text;
     heard
 }
 
 /// The second English engine on one utterance; other languages are not heard twice.
 fn second_opinion(listeners: &Listeners, d: Envelope<Decoded>) -> Envelope<Second> {
     let route = listeners.route(&listeners.language_of(d.meta.profile.as_ref()));
-    let text = match route {
-        Route::English => listeners.hear_second(&d.body.pcm).unwrap_or_else(|e| {
-            tracing::debug!(error = %e, "second opinion failed: the first transcript decides");
-            None
-        }),
-        Route::Other(_) => None,
-    };
-    d.map(|_| Second { text })
+    if let Route::Other(_) = route {
+        return d.map(|_| Second {
+            text: None,
+            timed: None,
+        });
+    }
+    let started = Instant::now();
+    let start_wall = now_ms_f64();
+    let text = listeners.hear_second(&d.body.pcm).unwrap_or_else(|e| {
+        tracing::debug!(error = %e, "second opinion failed: the first transcript decides");
+        None
+    });
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    let base = d.meta.completed_ms as f64;
+    let span = (start_wall - base, now_ms_f64() - base);
+    d.map(|_| Second {
+        text,
+        timed: Some((ms, span)),
+    })
 }
 
 /// English utterances of the batch together, each other language on its own.
@@ -406,4 +431,58 @@ fn analyse(d: Envelope<Decoded>) -> Envelope<Sound> {
     let span = (start_wall - base, now_ms_f64() - base);
     let ms = started.elapsed().as_secs_f64() * 1e3;
     d.map(|_| Sound { features, ms, span })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::{tests::meta, Admission};
+    use crate::outputs::AsrInfo;
+
+    fn envelope<T>(admission: &Admission, body: T) -> Envelope<T> {
+        let meta = meta("c", "u");
+        let ticket = admission.admit(meta.key());
+        Envelope { meta, ticket, body }
+    }
+
+    fn heard() -> Heard {
+        Heard {
+            transcript: "my uncle is me".into(),
+            language: "en".into(),
+            audio_ms: 1500,
+            acoustic: None,
+            asr: AsrInfo::default(),
+            second_opinion: None,
+        }
+    }
+
+    #[test]
+    fn a_joined_second_opinion_brings_its_time_and_span() {
+        let admission = Admission::new(1);
+        let second = Second {
+            text: Some("my uncle hits me".into()),
+            timed: Some((640.0, (2.0, 642.0))),
+        };
+        let h = with_second(envelope(&admission, heard()), envelope(&admission, second));
+        assert_eq!(h.body.second_opinion.as_deref(), Some("my uncle hits me"));
+        assert_eq!(h.meta.timing(Stage::AsrSecond), Some(640.0));
+        assert!(h.meta.spans.contains(&(Stage::AsrSecond, 2.0, 642.0)));
+        assert_eq!(
+            h.body.transcript, "my uncle is me",
+            "the first transcript stays"
+        );
+    }
+
+    #[test]
+    fn an_utterance_not_heard_twice_has_no_second_time() {
+        let admission = Admission::new(1);
+        let second = Second {
+            text: None,
+            timed: None,
+        };
+        let h = with_second(envelope(&admission, heard()), envelope(&admission, second));
+        assert_eq!(h.body.second_opinion, None);
+        assert_eq!(h.meta.timing(Stage::AsrSecond), None);
+        assert!(h.meta.spans.is_empty());
+    }
 }

@@ -44,21 +44,75 @@ pub const WINDOW_SAMPLES: usize = 30 * SAMPLE_RATE;
 /// Knobs of the front end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MoonshineOptions {
-    /// Silence put before each window, ms. Moonshine ends the text at once (empty transcript)
-    /// on many clips whose speech starts at the very first sample, as synthetic speech and
-    /// tightly cut utterances do: on espeak-ng child-like voices 0.5 s of leading silence
-    /// turned most such empty transcripts into the right words, while 1 s of *trailing*
-    /// silence changed nothing (see docs/performance.md, "Moonshine"). Costs ~21 encoder
-    /// frames per window.
+    /// Quiet wanted before the speech of each window, ms. Moonshine ends the text at once
+    /// (empty transcript) on many clips whose speech starts at the very first sample, as
+    /// synthetic speech and tightly cut utterances do: on espeak-ng child-like voices 0.5 s of
+    /// leading silence turned most such empty transcripts into the right words, while 1 s of
+    /// *trailing* silence changed nothing (see docs/performance.md, "Moonshine"). Costs ~21
+    /// encoder frames per window.
     pub lead_silence_ms: u32,
+    /// Put only the silence the window lacks ([`lead_in`]): a recording that already opens
+    /// with a pause (at least [`MIN_PAUSE_MS`] of quiet) gets what tops it up to
+    /// `lead_silence_ms`, one that starts with speech gets it all. `false` puts the whole
+    /// `lead_silence_ms` before every window.
+    pub lead_top_up: bool,
 }
 
 impl Default for MoonshineOptions {
     fn default() -> Self {
         Self {
             lead_silence_ms: 500,
+            lead_top_up: true,
         }
     }
+}
+
+/// Frames of the energy gate that measures the quiet already at a clip's start: 10 ms.
+const GATE_FRAME: usize = SAMPLE_RATE / 100;
+/// A frame more than this far below the clip's speech level counts as quiet (a plain
+/// energy-VAD margin: room tone sits 25-40 dB under read speech, voiced onsets within 20).
+pub const QUIET_BELOW_SPEECH_DB: f32 = 20.0;
+
+/// Samples of quiet at the start of `pcm`: the whole 10 ms frames before the first one whose
+/// RMS is within [`QUIET_BELOW_SPEECH_DB`] of the clip's speech level (the 95th percentile
+/// of its frames' RMS, so one click does not set it). A clip with no sound is all quiet.
+pub fn leading_quiet(pcm: &[f32]) -> usize {
+    let rms: Vec<f32> = pcm
+        .chunks_exact(GATE_FRAME)
+        .map(|f| (f.iter().map(|x| x * x).sum::<f32>() / f.len() as f32).sqrt())
+        .collect();
+    let mut sorted = rms.clone();
+    sorted.sort_by(f32::total_cmp);
+    let Some(&level) = sorted.get(sorted.len().saturating_sub(1) * 95 / 100) else {
+        return pcm.len();
+    };
+    if level <= 0.0 {
+        return pcm.len();
+    }
+    let gate = level * 10f32.powf(-QUIET_BELOW_SPEECH_DB / 20.0);
+    rms.iter()
+        .position(|&r| r > gate)
+        .map_or(pcm.len(), |i| i * GATE_FRAME)
+}
+
+/// Quiet shorter than this at a clip's start is part of its speech's onset (a soft
+/// consonant, an encoder's or synthesizer's leading zeros: up to 80 ms on espeak-ng), not a
+/// pause before it: such a clip starts with speech. Read recordings open with 230-300 ms of
+/// room tone (the LibriVox clips).
+pub const MIN_PAUSE_MS: usize = 150;
+
+/// Samples of silence to put before `window`: all of `lead` when it starts with speech;
+/// when it opens with a pause, only what tops the pause up to `lead`; none when there is
+/// no speech to protect.
+pub fn lead_in(window: &[f32], lead: usize) -> usize {
+    let quiet = leading_quiet(window);
+    if quiet >= window.len() {
+        return 0;
+    }
+    if quiet < MIN_PAUSE_MS * SAMPLE_RATE / 1000 {
+        return lead;
+    }
+    lead.saturating_sub(quiet)
 }
 
 enum Decoders {
@@ -296,7 +350,10 @@ impl MoonshineModel {
             return Ok(None);
         }
         let t = Instant::now();
-        let lead = self.options.lead_silence_ms as usize * SAMPLE_RATE / 1000;
+        let mut lead = self.options.lead_silence_ms as usize * SAMPLE_RATE / 1000;
+        if self.options.lead_top_up {
+            lead = lead_in(window, lead);
+        }
         let audio = if lead == 0 {
             self.encode(window)?
         } else {
@@ -516,6 +573,56 @@ mod tests {
     fn model_is_shareable() {
         fn is<T: Send + Sync + Clone>() {}
         is::<MoonshineModel>();
+    }
+
+    /// `ms` of a 200 Hz tone at `amplitude`, 16 kHz.
+    fn tone(ms: usize, amplitude: f32) -> Vec<f32> {
+        (0..ms * 16)
+            .map(|i| amplitude * (i as f32 * 2.0 * std::f32::consts::PI * 200.0 / 16_000.0).sin())
+            .collect()
+    }
+
+    #[test]
+    fn a_clip_that_starts_with_speech_gets_the_whole_lead_in() {
+        let speech = tone(1500, 0.3);
+        assert_eq!(leading_quiet(&speech), 0);
+        assert_eq!(lead_in(&speech, 8000), 8000);
+    }
+
+    #[test]
+    fn quiet_already_at_the_start_counts_towards_the_lead_in() {
+        // 300 ms of room tone 40 dB under the speech, then speech: 200 ms more to put.
+        let mut clip = tone(300, 0.003);
+        clip.extend(tone(1500, 0.3));
+        assert_eq!(leading_quiet(&clip), 300 * 16);
+        assert_eq!(lead_in(&clip, 8000), 200 * 16);
+        // Digital silence counts as well; more than the lead-in: nothing to put.
+        let mut clip = vec![0.0; 700 * 16];
+        clip.extend(tone(1500, 0.3));
+        assert_eq!(lead_in(&clip, 8000), 0);
+    }
+
+    #[test]
+    fn a_short_quiet_onset_still_gets_the_whole_lead_in() {
+        // 60 ms of leading zeros (as espeak-ng writes) is the speech's onset, not a pause.
+        let mut clip = vec![0.0; 60 * 16];
+        clip.extend(tone(1500, 0.3));
+        assert_eq!(leading_quiet(&clip), 60 * 16);
+        assert_eq!(lead_in(&clip, 8000), 8000);
+    }
+
+    #[test]
+    fn a_soft_onset_within_the_gate_is_speech() {
+        // 15 dB under the speech level is inside the 20 dB gate: speech from the start.
+        let mut clip = tone(100, 0.3 * 10f32.powf(-15.0 / 20.0));
+        clip.extend(tone(1500, 0.3));
+        assert_eq!(lead_in(&clip, 8000), 8000);
+    }
+
+    #[test]
+    fn silence_gets_no_lead_in() {
+        assert_eq!(lead_in(&vec![0.0; 16_000], 8000), 0);
+        assert_eq!(lead_in(&[], 8000), 0);
     }
 
     #[test]

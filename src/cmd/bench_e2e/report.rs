@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! model   = the pipeline's critical path (teddyflow_dataflow::stage::PIPELINE):
-//!           decode + max(asr, acoustic) + understand + answer
+//!           decode + max(asr, asr_second, acoustic) + understand + answer
 //! answer  = |reply ∪ tts| when both report spans (streamed speech overlaps generation),
 //!           reply + tts otherwise (either may be absent: answering is optional)
 //! overhead = total − model
@@ -19,8 +19,8 @@
 //! queueing, which is reported beside it (`queue_wait_ms_mean`). `asr_wait` is measured as
 //! time since completion minus decode, so it also holds the hand-off to the model pool: at
 //! light load the figure with waits is the engine's cost, the one without them a lower
-//! bound. Acoustic analysis runs beside speech-to-text, so only the longer of the two is on
-//! the critical path. `total` runs from the final chunk reaching teddyflow to the response
+//! bound. Acoustic analysis and the second opinion (`asr_second`) run beside speech-to-text,
+//! so only the longest of the three is on the critical path. `total` runs from the final chunk reaching teddyflow to the response
 //! being produced (before the broker's ack), so broker round trips are outside it; they are
 //! in `outside_engine_ms` (bench-measured end to end − total).
 
@@ -270,6 +270,9 @@ mod tests {
         assert_eq!(critical_model_ms(&o), 332.0);
         let o = obs(&[("asr", 10.0), ("acoustic", 40.0)], &[], 0.0);
         assert_eq!(critical_model_ms(&o), 40.0);
+        // The join waits for a slower second opinion.
+        let o = obs(&[("asr", 300.0), ("asr_second", 700.0)], &[], 0.0);
+        assert_eq!(critical_model_ms(&o), 700.0);
     }
 
     #[test]

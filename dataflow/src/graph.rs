@@ -100,7 +100,12 @@ impl ProcessShared {
     /// Threads of each pool this process runs.
     pub fn pool_threads(&self) -> BTreeMap<Pool, usize> {
         let p = &self.plan;
-        let mut threads = BTreeMap::from([(Pool::Workers, p.workers), (Pool::Asr, p.asr.threads)]);
+        // The second opinion's pool is a second speech-to-text lane of the same size.
+        let lanes = 1 + usize::from(self.hearing.hears_twice());
+        let mut threads = BTreeMap::from([
+            (Pool::Workers, p.workers),
+            (Pool::Asr, p.asr.threads * lanes),
+        ]);
         if self.understanding.is_some() {
             threads.insert(Pool::Acoustic, p.acoustic.threads);
             threads.insert(Pool::Understanding, p.understanding.threads);

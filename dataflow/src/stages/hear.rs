@@ -109,6 +109,12 @@ impl Hearing {
         })
     }
 
+    /// Whether a second English engine hears every English utterance (its pool is another
+    /// speech-to-text lane).
+    pub fn hears_twice(&self) -> bool {
+        self.second.is_some()
+    }
+
     /// The engines: what start-up logs report.
     pub fn listeners(&self) -> &Listeners {
         &self.listeners

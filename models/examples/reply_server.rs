@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use teddyflow_models::llm::{Generated, Prompt, ReplyModel, Sampling};
+use teddyflow_models::llm::{Generated, Prompt, Query, ReplyModel, Sampling};
 use teddyflow_models::openai::{OpenAiEngine, OpenAiSettings};
 use teddyflow_models::reply::ReplyEngine;
 
@@ -77,7 +77,12 @@ fn main() -> anyhow::Result<()> {
     for round in 0..rounds {
         for p in prompts() {
             for (i, engine) in engines.iter().enumerate() {
-                let g: Generated = engine.generate(None, &p, &sampling, &mut |_| {})?;
+                let query = Query {
+                    session: None,
+                    prompt: &p,
+                    sampling: &sampling,
+                };
+                let g: Generated = engine.generate(query, &mut |_| {})?;
                 if g.provenance.fallback.is_some() {
                     failures += 1;
                     eprintln!("{}: failed ({:?})", engine.name(), g.provenance.fallback);

@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::llm::{BatchSettings, Batcher, Generated, Prompt, ReplyModel, Sampling, StepRunner};
+use crate::llm::{BatchSettings, Batcher, Generated, Prompt, Query, ReplyModel, StepRunner};
 
 /// Writes replies. One instance serves every reply thread of a process.
 pub trait ReplyEngine: Send + Sync {
@@ -15,14 +15,11 @@ pub trait ReplyEngine: Send + Sync {
     fn name(&self) -> &'static str;
     /// Whether the engine answers in this language itself (otherwise the curated bank does).
     fn serves(&self, language: &str) -> bool;
-    /// Write a reply to `prompt`, handing each finished, cleaned sentence to `on_sentence`
-    /// as soon as it is complete. `session` names the conversation, for engines that keep
-    /// state between turns.
+    /// Write a reply to the query's prompt, handing each finished, cleaned sentence to
+    /// `on_sentence` as soon as it is complete.
     fn generate(
         &self,
-        session: Option<&str>,
-        prompt: &Prompt,
-        sampling: &Sampling,
+        query: Query<'_>,
         on_sentence: &mut dyn FnMut(&str),
     ) -> anyhow::Result<Generated>;
     /// Reply threads this engine wants in a process that may keep `cores` cores busy. The
@@ -80,12 +77,10 @@ impl ReplyEngine for ReplyModel {
 
     fn generate(
         &self,
-        session: Option<&str>,
-        prompt: &Prompt,
-        sampling: &Sampling,
+        query: Query<'_>,
         on_sentence: &mut dyn FnMut(&str),
     ) -> anyhow::Result<Generated> {
-        self.generate_in(session, prompt, sampling, on_sentence)
+        self.generate_in(query, on_sentence)
     }
 
     fn local_model(&self) -> Option<&ReplyModel> {
@@ -175,16 +170,12 @@ impl ReplyEngine for BatchedModel {
 
     fn generate(
         &self,
-        session: Option<&str>,
-        prompt: &Prompt,
-        sampling: &Sampling,
+        query: Query<'_>,
         on_sentence: &mut dyn FnMut(&str),
     ) -> anyhow::Result<Generated> {
         let batch = self.least_busy();
         batch.replies.fetch_add(1, Ordering::Relaxed);
-        let result = batch
-            .batcher
-            .generate_in(session, prompt, sampling, on_sentence);
+        let result = batch.batcher.generate_in(query, on_sentence);
         batch.replies.fetch_sub(1, Ordering::Relaxed);
         result
     }

@@ -10,7 +10,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
 use teddyflow_models::emotion::Label;
-use teddyflow_models::llm::{prompt, Prompt, ReplyModel, Sampling, MODEL_DIR, MODEL_FILE};
+use teddyflow_models::llm::{prompt, Prompt, Query, ReplyModel, Sampling, MODEL_DIR, MODEL_FILE};
 use teddyflow_models::reply_bank::{self, ReplyKind};
 use teddyflow_models::safety::Verdict;
 use teddyflow_models::tts::{self, SpeechStyle, TtsError};
@@ -218,7 +218,14 @@ fn prepared_history_gives_the_same_reply_with_less_prefill() {
     let again = model.prepare("conv-1", &next(&prompt)).unwrap();
     assert_eq!(again, 0, "already prepared");
     let fast = model
-        .generate_in(Some("conv-1"), &prompt, &settings, &mut |_| {})
+        .generate_in(
+            Query {
+                session: Some("conv-1"),
+                prompt: &prompt,
+                sampling: &settings,
+            },
+            &mut |_| {},
+        )
         .unwrap();
     eprintln!(
         "prefill {:.0} ms whole, {:.0} ms from the prepared start ({} of {} tokens reused)",
@@ -230,7 +237,12 @@ fn prepared_history_gives_the_same_reply_with_less_prefill() {
 
     // Another conversation, history or profile never starts from it.
     let miss = |session: &str, p: &Prompt| {
-        let g = model.generate_in(Some(session), p, &settings, &mut |_| {});
+        let query = Query {
+            session: Some(session),
+            prompt: p,
+            sampling: &settings,
+        };
+        let g = model.generate_in(query, &mut |_| {});
         g.unwrap().reused_tokens
     };
     assert_eq!(miss("conv-2", &prompt), 0);

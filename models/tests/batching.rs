@@ -16,7 +16,7 @@ use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
 use teddyflow_models::llm::llama::{Input, KvCache, Llama};
 use teddyflow_models::llm::{
-    prompt, weights, BatchGenerator, BatchSettings, Batcher, Generated, Prompt, ReplyModel,
+    prompt, weights, BatchGenerator, BatchSettings, Batcher, Generated, Prompt, Query, ReplyModel,
     ReplySink, Request, Sampling, WeightFormat, MODEL_DIR, MODEL_FILE,
 };
 
@@ -395,8 +395,13 @@ fn batcher_serves_several_threads_at_once() {
                 let s = s.clone();
                 scope.spawn(move || {
                     let mut streamed = Vec::new();
+                    let query = Query {
+                        session: None,
+                        prompt: p,
+                        sampling: &s,
+                    };
                     let g = batcher
-                        .generate_in(None, p, &s, &mut |x| streamed.push(x.to_string()))
+                        .generate_in(query, &mut |x| streamed.push(x.to_string()))
                         .unwrap();
                     (streamed, g)
                 })

@@ -306,9 +306,7 @@ fn reply_job(models_dir: &std::path::Path) -> anyhow::Result<Job> {
             history: vec![],
             utterance: CHILD_PHRASES[n % CHILD_PHRASES.len()].into(),
         };
-        model
-            .generate_in(None, &prompt, &sampling, &mut |_| {})
-            .map(|_| ())
+        model.generate(&prompt, &sampling, &mut |_| {}).map(|_| ())
     }))
 }
 

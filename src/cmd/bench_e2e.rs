@@ -36,6 +36,20 @@ use report::{Latency, Observed, Overhead, StageStat};
 use teddyflow_dataflow::outputs::MetricsSnapshot;
 use teddyflow_dataflow::stage::Stage;
 
+/// How the benchmarked processors are configured and where they log (`bench e2e`, `bench soak`).
+#[derive(Args, Debug)]
+pub struct ProcessorArgs {
+    /// Config file for the processors.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Config override passed to every processor (repeatable); applied last.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Folder for processor logs. Default: a fresh folder under the temp dir.
+    #[arg(long)]
+    log_dir: Option<PathBuf>,
+}
+
 #[derive(Args, Debug)]
 pub struct E2eArgs {
     /// Bootstrap servers. Default: BROKERS= in .assets/run/broker.env, else a local broker
@@ -111,15 +125,8 @@ pub struct E2eArgs {
     /// Seconds to wait for responses after the last utterance was sent.
     #[arg(long, default_value_t = 120)]
     response_timeout_s: u64,
-    /// Config file for the processors.
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Config override passed to every processor (repeatable); applied last.
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    set: Vec<String>,
-    /// Folder for processor logs. Default: a fresh folder under the temp dir.
-    #[arg(long)]
-    log_dir: Option<PathBuf>,
+    #[command(flatten)]
+    processors: ProcessorArgs,
     /// Print one JSON object (for `teddyflow plan --from`).
     #[arg(long)]
     json: bool,
@@ -314,6 +321,7 @@ fn prepare(
     let load = load::prepare(&spec, count, &times)?;
     let warm = load::prepare(&spec, args.warmup, &[])?;
     let log_dir = args
+        .processors
         .log_dir
         .clone()
         .unwrap_or_else(|| std::env::temp_dir().join(format!("teddyflow-bench-{run_id}")));
@@ -454,12 +462,12 @@ fn proc_spec(
     if let Some(threads) = args.stage_threads {
         sets.extend(THREAD_KEYS.iter().map(|k| format!("{k}={threads}")));
     }
-    sets.extend(args.set.iter().cloned());
+    sets.extend(args.processors.set.iter().cloned());
     ProcSpec {
         brokers: bench.settings.brokers.clone(),
         workers,
         processes: layout.processes,
-        config: args.config.clone(),
+        config: args.processors.config.clone(),
         sets,
         log_dir: bench.log_dir.join(format!("r{}-w{workers}", topics.index)),
         cpu_lists: layout.cpu_lists.clone(),

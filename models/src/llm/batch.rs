@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use super::llama::{logits_row, Input};
 use super::sequence::Sequence;
-use super::{Generated, Prompt, ReplyModel, Sampling};
+use super::{Generated, Prompt, Query, ReplyModel, Sampling};
 
 /// How many replies share a pass, and how much prompt a pass may run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -312,13 +312,16 @@ impl Batcher {
     /// calling `on_sentence` on this thread with each sentence as soon as it is complete.
     pub fn generate_in(
         &self,
-        session: Option<&str>,
-        prompt: &Prompt,
-        settings: &Sampling,
+        query: Query<'_>,
         on_sentence: &mut dyn FnMut(&str),
     ) -> anyhow::Result<Generated> {
         let (sink, events) = mpsc::channel();
-        let request = Request::new(session, prompt.clone(), settings.clone(), Box::new(sink));
+        let request = Request::new(
+            query.session,
+            query.prompt.clone(),
+            query.sampling.clone(),
+            Box::new(sink),
+        );
         self.submit(request)?;
         for event in events {
             match event {

@@ -57,6 +57,15 @@ const MAX_UTTERANCE_CHARS: usize = 600;
 /// Repeat penalty looks back this many generated tokens.
 const REPEAT_WINDOW: usize = 64;
 
+/// What a reply engine is asked to answer: one turn's prompt and decoding settings.
+/// `session` names the conversation, for engines that keep state between turns.
+#[derive(Debug, Clone, Copy)]
+pub struct Query<'a> {
+    pub session: Option<&'a str>,
+    pub prompt: &'a Prompt,
+    pub sampling: &'a Sampling,
+}
+
 /// Decoding settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sampling {
@@ -281,19 +290,27 @@ impl ReplyModel {
         settings: &Sampling,
         on_sentence: &mut dyn FnMut(&str),
     ) -> anyhow::Result<Generated> {
-        self.generate_in(None, prompt, settings, on_sentence)
+        let query = Query {
+            session: None,
+            prompt,
+            sampling: settings,
+        };
+        self.generate_in(query, on_sentence)
     }
 
     /// [`Self::generate`] for a turn of conversation `session`: starts from the state
     /// [`Self::prepare`] left when it ran this prompt's start. The reply is the same.
     pub fn generate_in(
         &self,
-        session: Option<&str>,
-        prompt: &Prompt,
-        settings: &Sampling,
+        query: Query<'_>,
         on_sentence: &mut dyn FnMut(&str),
     ) -> anyhow::Result<Generated> {
-        let mut seq = Sequence::start(self, session, prompt, settings, Instant::now())?;
+        let Query {
+            session,
+            prompt,
+            sampling,
+        } = query;
+        let mut seq = Sequence::start(self, session, prompt, sampling, Instant::now())?;
         while !seq.is_done() {
             let logits = match seq.input(usize::MAX) {
                 Some(input) => self.inner.llama.forward(&mut [input])?,

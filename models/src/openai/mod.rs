@@ -25,7 +25,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use serde::{Deserialize, Serialize};
 
 use crate::llm::text::SentenceStream;
-use crate::llm::{Generated, Prompt, Sampling};
+use crate::llm::{Generated, Prompt, Query, Sampling};
 use crate::reply::{FallbackReason, Provenance, ReplyEngine};
 use crate::reply_bank;
 use breaker::{Attempt, Breaker, Change, Permits};
@@ -292,18 +292,12 @@ impl OpenAiEngine {
 
     /// Nothing was spoken: the local engine writes the reply, or nobody does (the answering
     /// stage then speaks the curated bank reply).
-    fn fall_back(
-        &self,
-        session: Option<&str>,
-        prompt: &Prompt,
-        sampling: &Sampling,
-        on_sentence: &mut dyn FnMut(&str),
-    ) -> Option<Generated> {
+    fn fall_back(&self, query: Query<'_>, on_sentence: &mut dyn FnMut(&str)) -> Option<Generated> {
         let local = self
             .fallback
             .as_ref()
-            .filter(|e| e.serves(&prompt.language))?;
-        match local.generate(session, prompt, sampling, on_sentence) {
+            .filter(|e| e.serves(&query.prompt.language))?;
+        match local.generate(query, on_sentence) {
             Ok(mut g) => {
                 g.provenance.engine = Some(local.name());
                 Some(g)
@@ -401,13 +395,11 @@ impl ReplyEngine for OpenAiEngine {
 
     fn generate(
         &self,
-        session: Option<&str>,
-        prompt: &Prompt,
-        sampling: &Sampling,
+        query: Query<'_>,
         on_sentence: &mut dyn FnMut(&str),
     ) -> anyhow::Result<Generated> {
         let started = Instant::now();
-        let mut asked = self.ask(prompt, sampling, started, on_sentence);
+        let mut asked = self.ask(query.prompt, query.sampling, started, on_sentence);
         let mut provenance = Provenance {
             requests: u32::from(asked.sent),
             failures: u32::from(asked.failed),
@@ -419,17 +411,16 @@ impl ReplyEngine for OpenAiEngine {
         let mut generated = match &asked.failure {
             Some(_) if !spoke => {
                 let waited = ms_since(started);
-                self.fall_back(session, prompt, sampling, on_sentence)
-                    .map(|g| Generated {
-                        first_sentence_ms: g.first_sentence_ms + waited,
-                        total_ms: g.total_ms + waited,
-                        ..g
-                    })
+                self.fall_back(query, on_sentence).map(|g| Generated {
+                    first_sentence_ms: g.first_sentence_ms + waited,
+                    total_ms: g.total_ms + waited,
+                    ..g
+                })
             }
             Some(_) => {
                 // Part of the reply was heard: end it kindly, never start it again.
                 asked.say(
-                    reply_bank::closing_line(&prompt.language),
+                    reply_bank::closing_line(&query.prompt.language),
                     started,
                     on_sentence,
                 );
@@ -490,9 +481,14 @@ mod tests {
         let mut spoken = Vec::new();
         let mut ask = || {
             let g = engine
-                .generate(None, &mia(), &Sampling::default(), &mut |s| {
-                    spoken.push(s.to_string())
-                })
+                .generate(
+                    Query {
+                        session: None,
+                        prompt: &mia(),
+                        sampling: &Sampling::default(),
+                    },
+                    &mut |s| spoken.push(s.to_string()),
+                )
                 .unwrap();
             assert!(g.text.is_empty() && g.sentences.is_empty(), "{g:?}");
             assert!(g.total_ms < 1_500.0, "refused at once, no timeout: {g:?}");

@@ -4,7 +4,6 @@
 //! valid is lost or any bad record is not dead-lettered exactly once.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Args;
@@ -50,14 +49,8 @@ pub struct SoakArgs {
     /// Seed of the mix.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Processor config file, and `--set key=value` overrides passed to it.
-    #[arg(long)]
-    config: Option<PathBuf>,
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    set: Vec<String>,
-    /// Where the processor's log goes (default: a fresh folder under the temp dir).
-    #[arg(long)]
-    log_dir: Option<PathBuf>,
+    #[command(flatten)]
+    processors: super::ProcessorArgs,
 }
 
 /// Hostile but fair input, each kind one record that must come back as one dead letter.
@@ -100,6 +93,7 @@ pub fn run(args: SoakArgs) -> anyhow::Result<()> {
     let speech = load::prepare(&spec, CHILD_PHRASES.len() * 2, &[])?;
     let mut collector = Collector::open(&settings, &topics.outputs())?;
     let log_dir = args
+        .processors
         .log_dir
         .clone()
         .unwrap_or_else(|| std::env::temp_dir().join(format!("teddyflow-{run_id}")));
@@ -110,12 +104,12 @@ pub fn run(args: SoakArgs) -> anyhow::Result<()> {
         .collect();
     sets.push(format!("kafka.group_id=\"{run_id}\""));
     sets.push("engine.metrics_interval_ms=1000".into());
-    sets.extend(args.set.iter().cloned());
+    sets.extend(args.processors.set.iter().cloned());
     let proc_spec = ProcSpec {
         brokers: broker.addr.clone(),
         workers: args.workers,
         processes: 1,
-        config: args.config.clone(),
+        config: args.processors.config.clone(),
         sets,
         log_dir,
         cpu_lists: Vec::new(),

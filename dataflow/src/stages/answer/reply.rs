@@ -24,7 +24,7 @@ use std::time::Instant;
 
 use teddyflow_connectors::wire::{ChunkHeaders, Codec};
 use teddyflow_models::audio;
-use teddyflow_models::llm::{Prompt, Sampling};
+use teddyflow_models::llm::{Prompt, Query, Sampling};
 use teddyflow_models::policy::ReplyPolicy;
 use teddyflow_models::reply::{Provenance, ReplyEngine};
 use teddyflow_models::reply_bank::{self, ReplyKind};
@@ -321,10 +321,12 @@ impl Answerer {
                 spoken.push(sentence);
             };
         // The conversation's history may have been run already, between turns.
-        let session = Some(speaker.conversation);
-        let result = self
-            .engine
-            .generate(session, prompt, &self.sampling, &mut |sentence| {
+        let query = Query {
+            session: Some(speaker.conversation),
+            prompt,
+            sampling: &self.sampling,
+        };
+        let result = self.engine.generate(query, &mut |sentence| {
                 if replaced.is_some() {
                     return;
                 }

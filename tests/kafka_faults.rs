@@ -187,10 +187,17 @@ fn a_broker_that_lost_its_log_is_read_again() {
     );
     assert_eq!(reader.position(0), 3);
 
-    // One warning for the reset; the outage once at its start and once at its end.
+    // One warning for the reset; the outage at most once at its start and once at its end,
+    // never per failed poll. A replacement this quick is sometimes handled as a dropped
+    // connection instead (a fresh client, every partition checked; logged at debug): the
+    // reader no longer asks the broker on its own client between polls, so librdkafka does
+    // not always report all brokers down before the new one answers.
     assert_eq!(logs.count("is not the one we were reading"), 1);
-    assert_eq!(logs.count("kafka brokers unreachable"), 1);
-    assert_eq!(logs.count("reachable again"), 1);
+    let (began, ended) = (
+        logs.count("kafka brokers unreachable"),
+        logs.count("reachable again"),
+    );
+    assert!(began <= 1 && ended == began, "outage logged {began} / {ended} times");
     assert_eq!(logs.count("ERROR"), 0);
 }
 

@@ -197,7 +197,10 @@ fn a_broker_that_lost_its_log_is_read_again() {
         logs.count("kafka brokers unreachable"),
         logs.count("reachable again"),
     );
-    assert!(began <= 1 && ended == began, "outage logged {began} / {ended} times");
+    assert!(
+        began <= 1 && ended == began,
+        "outage logged {began} / {ended} times"
+    );
     assert_eq!(logs.count("ERROR"), 0);
 }
 

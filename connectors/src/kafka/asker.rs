@@ -96,10 +96,10 @@ fn answer_all(
                 committed_of,
             } => Answer::Check {
                 id,
-                highs: highs(&client, topic, &highs_of),
+                highs: highs(&client, topic, &highs_of, CHECK_TIMEOUT),
                 committed: committed(&client, topic, &committed_of),
             },
-            Question::Highs(of) => Answer::Highs(highs(&client, topic, &of)),
+            Question::Highs(of) => Answer::Highs(highs(&client, topic, &of, CHECK_TIMEOUT)),
         };
         if answer.send(reply).is_err() {
             return;
@@ -107,16 +107,18 @@ fn answer_all(
     }
 }
 
-/// The high watermark of each partition the broker answered for.
+/// The high watermark of each partition the broker answered for, waiting at most
+/// `timeout` per partition.
 pub fn highs<C: Consumer<ReaderContext>>(
     client: &C,
     topic: &str,
     partitions: &[i32],
+    timeout: Duration,
 ) -> BTreeMap<i32, i64> {
     partitions
         .iter()
         .filter_map(|p| {
-            let (_, high) = client.fetch_watermarks(topic, *p, CHECK_TIMEOUT).ok()?;
+            let (_, high) = client.fetch_watermarks(topic, *p, timeout).ok()?;
             Some((*p, high))
         })
         .collect()

@@ -686,20 +686,15 @@ impl PartitionReader {
 
     /// High watermark (offset after the last record) per partition, as the broker reports it.
     pub fn high_watermarks(&self) -> BTreeMap<i32, i64> {
-        self.asked_highs(Duration::from_secs(2))
-            .map(|(p, high)| (p, high.max(0)))
-            .collect()
-    }
-
-    /// The high watermark of each partition the broker answered for within `timeout`.
-    fn asked_highs(&self, timeout: Duration) -> impl Iterator<Item = (i32, i64)> + '_ {
-        self.partitions.iter().filter_map(move |p| {
-            let (_, high) = self
-                .consumer
-                .fetch_watermarks(&self.topic, *p, timeout)
-                .ok()?;
-            Some((*p, high))
-        })
+        asker::highs(
+            &self.consumer,
+            &self.topic,
+            &self.partitions,
+            Duration::from_secs(2),
+        )
+        .into_iter()
+        .map(|(p, high)| (p, high.max(0)))
+        .collect()
     }
 
     /// Next offset to read per partition, as far as this reader has seen.
@@ -715,7 +710,7 @@ impl PartitionReader {
     pub fn lag(&self) -> BTreeMap<i32, i64> {
         let asked: BTreeMap<i32, i64> = match self.asker {
             Some(_) => self.highs.clone(),
-            None => self.asked_highs(CHECK_TIMEOUT).collect(),
+            None => asker::highs(&self.consumer, &self.topic, &self.partitions, CHECK_TIMEOUT),
         };
         asked
             .into_iter()

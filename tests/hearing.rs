@@ -284,6 +284,7 @@ fn a_second_transcript_is_judged_and_the_more_severe_verdict_wins() {
         acoustic: None,
         asr: Default::default(),
         second_opinion: second.map(String::from),
+        alternatives: Vec::new(),
     };
     let safe = "can we read a story about a dragon";
     let unsafe_ = "I'm going to play with the knife in the kitchen tonight";

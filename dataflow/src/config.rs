@@ -359,6 +359,10 @@ pub struct MoonshineSettings {
     /// speech level) gets only what tops the pause up to `lead_silence_ms`; one that starts
     /// with speech gets all of it (`moonshine::lead_in`). `false`: all of it, always.
     pub lead_top_up: bool,
+    /// Hypotheses kept at each decoding step: 1 decodes greedily; more runs a beam search
+    /// whose best ending is the transcript and whose other endings the safety check screens
+    /// too (a line misheard one way is often heard right by another ending).
+    pub beam: usize,
 }
 
 impl Default for MoonshineSettings {
@@ -366,6 +370,7 @@ impl Default for MoonshineSettings {
         Self {
             lead_silence_ms: 500,
             lead_top_up: true,
+            beam: 1,
         }
     }
 }

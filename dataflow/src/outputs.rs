@@ -190,6 +190,9 @@ pub struct Heard {
     /// What the second English engine (`asr.second_opinion`) heard in the same audio: the
     /// safety check judges it too. Never written out (it is not redacted).
     pub second_opinion: Option<String>,
+    /// Other readings of the same audio by the first engine (its beam's other endings,
+    /// `asr.moonshine.beam`): the safety check judges them too. Never written out.
+    pub alternatives: Vec<String>,
 }
 
 impl Heard {
@@ -215,6 +218,7 @@ impl Heard {
             acoustic: None,
             asr,
             second_opinion: None,
+            alternatives: t.alternatives,
         }
     }
 
@@ -509,6 +513,7 @@ mod tests {
             acoustic: None,
             asr: AsrInfo::default(),
             second_opinion: None,
+            alternatives: Vec::new(),
         };
         let json = serde_json::to_value(Response::new(&meta, 0, heard)).unwrap();
         let keys = |v: &serde_json::Value| {

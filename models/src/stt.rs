@@ -8,6 +8,10 @@
 pub struct Transcript {
     /// Trimmed text of all windows, joined by spaces.
     pub text: String,
+    /// Other readings of the same audio the engine found likely (a beam search's other
+    /// endings, best first, each the whole clip's text); empty when it decoded greedily.
+    /// The safety check screens them beside `text`.
+    pub alternatives: Vec<String>,
     /// Language code, e.g. "en": requested, detected, or "en" for English-only models.
     pub language: String,
     /// Text tokens generated (no prompt, no eot).

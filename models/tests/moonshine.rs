@@ -245,3 +245,63 @@ fn espeak_child_like_voice() {
     );
     assert!(w <= 0.25, "WER {w:.3}: {:?}", tr.text);
 }
+
+/// A beam of one is the greedy decode; a wider beam keeps a good transcript and offers
+/// other readings (distinct, never the text itself, each the whole clip: a two-window clip's
+/// alternatives keep the other window's words).
+#[test]
+fn a_beam_offers_other_readings() {
+    let mut clips: Vec<Vec<f32>> = librivox().into_iter().map(|c| c.2).collect();
+    clips.push(espeak("my uncle hits me when mum is out", "en-us+f4", 85));
+    let refs: Vec<String> = librivox().into_iter().map(|c| c.1).collect();
+    let _guard = exclusive();
+    let m = model();
+    let (mut edits, mut words) = (0, 0);
+    for (i, clip) in clips.iter().enumerate() {
+        let greedy = m.transcribe(clip).unwrap();
+        let one = m.transcribe_with_beam(clip, 1).unwrap();
+        assert_eq!(
+            (&one.text, one.tokens, one.avg_logprob),
+            (&greedy.text, greedy.tokens, greedy.avg_logprob)
+        );
+        assert!(greedy.alternatives.is_empty() && one.alternatives.is_empty());
+        let four = m.transcribe_with_beam(clip, 4).unwrap();
+        println!("{:?}\n    others {:?}", four.text, four.alternatives);
+        assert!(four.alternatives.len() <= 3);
+        // Other words, not only other punctuation.
+        let readings: Vec<String> = four
+            .alternatives
+            .iter()
+            .map(|a| wer::normalize(a))
+            .collect();
+        for (j, w) in readings.iter().enumerate() {
+            assert!(!w.is_empty() && *w != wer::normalize(&four.text), "{w:?}");
+            assert!(!readings[..j].contains(w), "{w:?} twice");
+        }
+        if let Some(reference) = refs.get(i) {
+            let (e, n) = wer::word_errors(reference, &four.text);
+            (edits, words) = (edits + e, words + n);
+        }
+    }
+    let overall = edits as f64 / words as f64;
+    println!("beam 4 LibriVox WER {:.2}%", overall * 100.0);
+    assert!(overall <= 0.05, "beam 4 WER {overall:.3} > 5%");
+    let child = m.transcribe_with_beam(&clips[5], 4).unwrap();
+    assert!(
+        !child.alternatives.is_empty(),
+        "a child-like voice, no other reading"
+    );
+
+    let long = clips[..5].concat().repeat(2); // 49 s: two windows
+    let t = m.transcribe_with_beam(&long, 4).unwrap();
+    let words: Vec<&str> = t.text.split(' ').collect();
+    let head = words[..5].join(" ");
+    let tail = words[words.len() - 5..].join(" ");
+    assert!(!t.alternatives.is_empty());
+    for a in &t.alternatives {
+        assert!(
+            a.starts_with(&head) || a.ends_with(&tail),
+            "an alternative of one window keeps the other's words: {a:?}"
+        );
+    }
+}

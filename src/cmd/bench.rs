@@ -179,6 +179,9 @@ pub struct AsrArgs {
     /// opens with quiet (the default tops the quiet up to it).
     #[arg(long)]
     lead_silence_always: bool,
+    /// Moonshine: hypotheses kept per decoding step (1 = greedy; see `asr.moonshine.beam`).
+    #[arg(long, default_value_t = MoonshineOptions::default().beam)]
+    beam: usize,
     /// Lower every clip's pitch and formants by this factor before hearing it (the clip is
     /// played slower: 1.15 = 15 % lower and longer); 1 = as recorded.
     #[arg(long, default_value_t = 1.0)]
@@ -327,6 +330,7 @@ fn load_engine(args: &AsrArgs) -> anyhow::Result<(Box<dyn SpeechToText>, String)
             let options = MoonshineOptions {
                 lead_silence_ms: args.lead_silence_ms,
                 lead_top_up: !args.lead_silence_always,
+                beam: args.beam.max(1),
             };
             let model = MoonshineModel::load(&args.models_dir)?.with_options(options);
             (Box::new(model), name.to_string())

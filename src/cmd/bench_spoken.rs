@@ -56,6 +56,9 @@ struct SpokenReport {
     /// `asr.second_opinion`: the second English engine whose transcript is judged too.
     #[serde(skip_serializing_if = "Option::is_none")]
     second_opinion: Option<SecondReport>,
+    /// The first engine's other readings (`asr.moonshine.beam` > 1), judged too.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    alternatives: Option<AlternativesReport>,
     voices: Vec<String>,
     pitches: Vec<u8>,
     rates: Vec<u32>,
@@ -78,6 +81,31 @@ struct SecondReport {
     /// needs_care / gold safe).
     added_flags: usize,
     added_false_flags: usize,
+}
+
+/// What the first engine's other readings added.
+#[derive(Serialize, Default)]
+struct AlternativesReport {
+    /// Other readings per clip, on average.
+    mean_per_clip: f64,
+    /// Clips they flagged that the first transcript alone did not (gold unsafe or
+    /// needs_care / gold safe).
+    added_flags: usize,
+    added_false_flags: usize,
+}
+
+impl AlternativesReport {
+    /// One clip: `plain` is the verdict on the first transcript alone, `with` with its
+    /// other readings.
+    fn count(&mut self, heard: &Heard, gold: Verdict, plain: Verdict, with: Verdict) {
+        self.mean_per_clip += heard.alternatives.len() as f64;
+        if plain == Verdict::Safe && with != Verdict::Safe {
+            match gold {
+                Verdict::Safe => self.added_false_flags += 1,
+                _ => self.added_flags += 1,
+            }
+        }
+    }
 }
 
 impl std::fmt::Display for SpokenReport {
@@ -105,6 +133,13 @@ impl std::fmt::Display for SpokenReport {
                 s.mean_asr_ms,
                 s.added_flags,
                 s.added_false_flags
+            )?;
+        }
+        if let Some(a) = &self.alternatives {
+            writeln!(
+                f,
+                "other readings: {:.1} per clip: flagged {} more lines rightly, {} wrongly",
+                a.mean_per_clip, a.added_flags, a.added_false_flags
             )?;
         }
         writeln!(
@@ -152,18 +187,24 @@ pub fn run(args: &SafetyArgs, file: &Path) -> anyhow::Result<()> {
     let (mut edits, mut words, mut confidence, mut silent) = (0, 0, 0.0, 0);
     let mut asr_s = 0.0;
     let mut second = SecondTally::default();
+    let mut alternatives = AlternativesReport::default();
     for (i, clip) in clips.iter().enumerate() {
         let case = &cases[i / per];
         let started = Instant::now();
         let mut heard = listeners.hear(&clip.pcm, None)?;
         asr_s += started.elapsed().as_secs_f64();
-        let alone = understand::judge(&safety, &heard, None);
+        let others = std::mem::take(&mut heard.alternatives);
+        let plain = understand::judge(&safety, &heard, None);
+        let plain_verdict = plain.verdict;
+        heard.alternatives = others;
+        let alone = understand::with_other_hearings(&safety, plain, &heard);
         let alone_verdict = alone.verdict;
+        alternatives.count(&heard, gold[i / per], plain_verdict, alone_verdict);
         let started = Instant::now();
         heard.second_opinion = listeners.hear_second(&clip.pcm)?;
         second.asr_s += started.elapsed().as_secs_f64();
         // The first transcript's verdict is not judged again.
-        let verdict = understand::with_second_opinion(&safety, alone, &heard);
+        let verdict = understand::with_other_hearings(&safety, alone, &heard);
         second.count(
             &clip.text,
             &heard,
@@ -180,10 +221,13 @@ pub fn run(args: &SafetyArgs, file: &Path) -> anyhow::Result<()> {
             let row = heard_row(case, clip, &heard, file)?;
             writeln!(out, "{}", serde_json::to_string(&row)?)?;
         }
-        let second = match &heard.second_opinion {
+        let mut second = match &heard.second_opinion {
             Some(t) => format!(" / second {t:?}"),
             None => String::new(),
         };
+        if !heard.alternatives.is_empty() {
+            second += &format!(" / others {:?}", heard.alternatives);
+        }
         heard_cases.push(SafetyCase {
             text: format!(
                 "{}  =>  {:?}{second} [{} p{} r{}]",
@@ -217,6 +261,10 @@ pub fn run(args: &SafetyArgs, file: &Path) -> anyhow::Result<()> {
             mean_asr_ms: second.asr_s * 1e3 / n,
             added_flags: second.added_flags,
             added_false_flags: second.added_false_flags,
+        }),
+        alternatives: (alternatives.mean_per_clip > 0.0).then(|| AlternativesReport {
+            mean_per_clip: alternatives.mean_per_clip / n,
+            ..alternatives
         }),
         voices: grid.voices,
         pitches: grid.pitches,

@@ -233,6 +233,7 @@ pub fn speech_to_text(config: &Config) -> anyhow::Result<Arc<dyn SpeechToText>> 
             let options = MoonshineOptions {
                 lead_silence_ms: config.asr.moonshine.lead_silence_ms,
                 lead_top_up: config.asr.moonshine.lead_top_up,
+                beam: config.asr.moonshine.beam.max(1),
             };
             Ok(Arc::new(MoonshineModel::load(dir)?.with_options(options)))
         }
@@ -459,6 +460,7 @@ mod tests {
             acoustic: None,
             asr: AsrInfo::default(),
             second_opinion: None,
+            alternatives: Vec::new(),
         }
     }
 

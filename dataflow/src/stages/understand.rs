@@ -131,21 +131,27 @@ pub fn judge(safety: &SafetyModel, heard: &Heard, embedding: Option<&[f32]>) -> 
         Some(e) => safety.check_embedded(text, e),
         None => safety.check(text),
     };
-    with_second_opinion(safety, first, heard)
+    with_other_hearings(safety, first, heard)
 }
 
-/// `first` (the verdict on the first transcript), or the verdict on the second engine's
-/// transcript when that one is more severe.
-pub fn with_second_opinion(
+/// `first` (the verdict on the first transcript), or the verdict on another hearing of the
+/// same audio when one is more severe: the second engine's transcript, and the first
+/// engine's other readings (English only: the classifiers do not read other languages).
+pub fn with_other_hearings(
     safety: &SafetyModel,
     first: SafetyVerdict,
     heard: &Heard,
 ) -> SafetyVerdict {
-    let second = heard.second_opinion.as_deref();
-    match second.filter(|t| t.chars().any(char::is_alphanumeric)) {
-        Some(t) => more_severe(first, safety.check(t)),
-        None => first,
-    }
+    let alternatives = match heard.asr.english {
+        None => heard.alternatives.as_slice(),
+        Some(_) => &[],
+    };
+    heard
+        .second_opinion
+        .iter()
+        .chain(alternatives)
+        .filter(|t| t.chars().any(char::is_alphanumeric))
+        .fold(first, |verdict, t| more_severe(verdict, safety.check(t)))
 }
 
 /// The verdict that asks more of a parent (ties: the higher risk score).

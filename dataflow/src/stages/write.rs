@@ -272,6 +272,7 @@ mod tests {
             audio_ms: 0,
             acoustic: None,
             second_opinion: None,
+            alternatives: Vec::new(),
         };
         let r = Response::new(&m, 0, heard);
         Output::new(Out::Response(Box::new(r)), completed_ms)

@@ -56,6 +56,7 @@ impl Layer {
 
 /// Per-utterance state: each layer's cross-attention k/v (1, heads, frames, hd) and the
 /// self-attention k/v of the tokens fed so far.
+#[derive(Clone)]
 pub struct State {
     cross: Vec<(Tensor, Tensor)>,
     cache: Vec<Option<(Tensor, Tensor)>>,

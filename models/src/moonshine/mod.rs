@@ -56,6 +56,11 @@ pub struct MoonshineOptions {
     /// `lead_silence_ms`, one that starts with speech gets it all. `false` puts the whole
     /// `lead_silence_ms` before every window.
     pub lead_top_up: bool,
+    /// Hypotheses kept at each decoding step: 1 decodes greedily. More runs a beam search
+    /// (the live hypotheses step together, reading the weights once): the best-scoring ending
+    /// (mean log-probability) is the text, the other endings are
+    /// [`Transcript::alternatives`], which the safety check screens too.
+    pub beam: usize,
 }
 
 impl Default for MoonshineOptions {
@@ -63,6 +68,7 @@ impl Default for MoonshineOptions {
         Self {
             lead_silence_ms: 500,
             lead_top_up: true,
+            beam: 1,
         }
     }
 }
@@ -122,6 +128,7 @@ enum Decoders {
     Candle(decoder::Decoder),
 }
 
+#[derive(Clone)]
 enum State {
     Cpu(CpuState),
     Candle(decoder::State),
@@ -259,7 +266,11 @@ impl MoonshineModel {
     }
 
     /// Transcribes 16 kHz mono audio; longer than 30 s is cut into consecutive windows.
+    /// Greedy, or a beam search when [`MoonshineOptions::beam`] is over 1.
     pub fn transcribe(&self, pcm_16k: &[f32]) -> anyhow::Result<Transcript> {
+        if self.options.beam > 1 {
+            return self.transcribe_with_beam(pcm_16k, self.options.beam);
+        }
         let mut acc = Accumulator::default();
         for window in pcm_16k.chunks(WINDOW_SAMPLES) {
             let Some(mut run) = self.prepare(window, &mut acc)? else {
@@ -277,6 +288,70 @@ impl MoonshineModel {
         Ok(acc.finish())
     }
 
+    /// Transcribes with a beam search keeping `width` hypotheses per step: the best ending
+    /// is the text, the others [`Transcript::alternatives`]. A width of 1 is the greedy
+    /// decode of [`Self::transcribe`], step for step.
+    pub fn transcribe_with_beam(
+        &self,
+        pcm_16k: &[f32],
+        width: usize,
+    ) -> anyhow::Result<Transcript> {
+        let mut acc = Accumulator::default();
+        for window in pcm_16k.chunks(WINDOW_SAMPLES) {
+            let Some(run) = self.prepare(window, &mut acc)? else {
+                continue;
+            };
+            let t = Instant::now();
+            let endings = self.beam_search(run, width.max(1))?;
+            acc.decode_ms += ms(t);
+            acc.add_endings(&endings, &self.inner.tokenizer);
+        }
+        Ok(acc.finish())
+    }
+
+    /// A beam search over one prepared window: every ending found, best first (by mean
+    /// log-probability, the measure the confidence is made of). Stops once `width` endings
+    /// rank among the best `width` continuations of their step.
+    fn beam_search(&self, run: Run, width: usize) -> anyhow::Result<Vec<Decode>> {
+        let eos = self.inner.config.eos_token_id;
+        let mut live = vec![(run.state, run.decode)];
+        let mut tokens = vec![self.inner.config.bos_token_id];
+        let mut endings: Vec<Decode> = Vec::new();
+        while !live.is_empty() && endings.len() < width {
+            let mut states: Vec<&mut State> = live.iter_mut().map(|(s, _)| s).collect();
+            let logits = self.step(&mut states, &tokens)?;
+            let mut next: Vec<(f32, usize, u32, f32)> = Vec::new();
+            for (parent, ((_, d), row)) in live.iter().zip(&logits).enumerate() {
+                for (token, lp) in d.candidates(row, &self.inner, width) {
+                    next.push((d.sum_logprob + lp, parent, token, lp));
+                }
+            }
+            next.sort_by(|a, b| b.0.total_cmp(&a.0));
+            let mut grown = Vec::with_capacity(width);
+            tokens.clear();
+            for (rank, &(_, parent, token, lp)) in next.iter().enumerate() {
+                if grown.len() == width || endings.len() == width {
+                    break;
+                }
+                let mut d = live[parent].1.clone();
+                d.take(token, lp, eos);
+                if !d.done {
+                    grown.push((live[parent].0.clone(), d));
+                    tokens.push(token);
+                } else if rank < width {
+                    endings.push(d);
+                }
+            }
+            live = grown;
+        }
+        anyhow::ensure!(
+            !endings.is_empty(),
+            "beam search ended without a hypothesis"
+        );
+        endings.sort_by(|a, b| b.mean_logprob().total_cmp(&a.mean_logprob()));
+        Ok(endings)
+    }
+
     /// Transcribes several clips together: each is encoded on its own, then their greedy
     /// decodes step together, reading the decoder's weights once per step for all of them.
     /// Texts equal [`Self::transcribe`] on each clip; clips over one window go alone.
@@ -285,7 +360,8 @@ impl MoonshineModel {
             clips.iter().map(|_| None).collect();
         let mut runs: Vec<(usize, Accumulator, Run)> = Vec::new();
         for (i, pcm) in clips.iter().enumerate() {
-            if pcm.len() > WINDOW_SAMPLES {
+            // A beam already steps several hypotheses together.
+            if pcm.len() > WINDOW_SAMPLES || self.options.beam > 1 {
                 results[i] = Some(self.transcribe(pcm));
                 continue;
             }
@@ -449,14 +525,16 @@ impl Decode {
     /// Takes the logits after the last fed token: picks the next token greedily (never a
     /// special token other than the end, nor an id without text).
     fn choose(&mut self, logits: &[f32], m: &Inner) {
+        let (token, lp) = self.candidates(logits, m, 1)[0];
+        self.take(token, lp, m.config.eos_token_id);
+    }
+
+    /// The `k` likeliest next tokens with their log-probabilities, best first (never a
+    /// special token other than the end, nor an id without text); only the end once the
+    /// budget is spent.
+    fn candidates(&self, logits: &[f32], m: &Inner, k: usize) -> Vec<(u32, f32)> {
         let eos = m.config.eos_token_id as usize;
         let allowed = |id: usize| id == eos || (id >= 3 && id < m.tokenizer.len());
-        let mut best = eos;
-        for (id, &l) in logits.iter().enumerate() {
-            if allowed(id) && l > logits[best] {
-                best = id;
-            }
-        }
         let lse = log_sum_exp(
             logits
                 .iter()
@@ -467,17 +545,47 @@ impl Decode {
         if self.tokens.len() == self.budget {
             // Out of budget: the model's own probability that the text ends here still
             // belongs in the confidence (a loop cut off by the budget rarely ends well).
-            self.sum_logprob += logits[eos] - lse;
-            self.done = true;
-            return;
+            return vec![(eos as u32, logits[eos] - lse)];
         }
-        self.sum_logprob += logits[best] - lse;
-        if best == eos {
+        // Ascending by logit, the end token first among equals (as a strict greedy argmax
+        // that starts from the end token picks it).
+        let mut best: Vec<usize> = vec![eos];
+        for (id, &l) in logits.iter().enumerate() {
+            if id == eos || !allowed(id) {
+                continue;
+            }
+            if best.len() == k && l <= logits[best[0]] {
+                continue;
+            }
+            let at = best.partition_point(|&b| logits[b] < l);
+            best.insert(at, id);
+            if best.len() > k {
+                best.remove(0);
+            }
+        }
+        best.iter()
+            .rev()
+            .map(|&id| (id as u32, logits[id] - lse))
+            .collect()
+    }
+
+    /// Appends `token` (log-probability `lp`), or ends the text on the end token or a
+    /// spent budget.
+    fn take(&mut self, token: u32, lp: f32, eos: u32) {
+        self.sum_logprob += lp;
+        if self.tokens.len() == self.budget {
+            self.done = true;
+        } else if token == eos {
             self.ended = true;
             self.done = true;
         } else {
-            self.tokens.push(best as u32);
+            self.tokens.push(token);
         }
+    }
+
+    /// Mean log-probability per token, the end token included.
+    fn mean_logprob(&self) -> f32 {
+        self.sum_logprob / (self.tokens.len() + 1) as f32
     }
 
     /// The token to feed next, if the decode goes on.
@@ -498,6 +606,9 @@ fn log_sum_exp(xs: impl Iterator<Item = f32> + Clone) -> f32 {
 #[derive(Default)]
 struct Accumulator {
     texts: Vec<String>,
+    /// A beam's other endings of one window: (the window's place in `texts`, whether the
+    /// best ending put text there, the other ending's text).
+    others: Vec<(usize, bool, String)>,
     tokens: usize,
     sum_logprob: f32,
     n_logprob: usize,
@@ -516,13 +627,48 @@ impl Accumulator {
         }
     }
 
+    /// A beam's endings of one window, best first: the best is the window's text, the
+    /// others its alternatives when they have other words (a comma or a capital more is
+    /// the same reading).
+    fn add_endings(&mut self, endings: &[Decode], tok: &Tokenizer) {
+        let at = self.texts.len();
+        self.add(&endings[0], tok);
+        let replaces = self.texts.len() > at;
+        let mut seen = vec![crate::wer::normalize(&tok.decode(&endings[0].tokens))];
+        for d in &endings[1..] {
+            let text = tok.decode(&d.tokens);
+            let words = crate::wer::normalize(&text);
+            if !words.is_empty() && !seen.contains(&words) {
+                seen.push(words);
+                self.others.push((at, replaces, text));
+            }
+        }
+    }
+
+    /// Each alternative as the whole clip's text: the other windows as heard best.
+    fn alternatives(&self) -> Vec<String> {
+        self.others
+            .iter()
+            .map(|(at, replaces, text)| {
+                let mut texts = self.texts.clone();
+                match replaces {
+                    true => texts[*at] = text.clone(),
+                    false => texts.insert(*at, text.clone()),
+                }
+                texts.join(" ")
+            })
+            .collect()
+    }
+
     fn finish(self) -> Transcript {
         let avg_logprob = match self.n_logprob {
             0 => 0.0,
             n => self.sum_logprob / n as f32,
         };
+        let alternatives = self.alternatives();
         let text = self.texts.join(" ");
         Transcript {
+            alternatives,
             confidence: crate::stt::confidence(&text, avg_logprob, 0.0),
             text,
             language: "en".to_string(),

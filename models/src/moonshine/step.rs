@@ -6,6 +6,7 @@
 //! Computes what [`super::decoder::Decoder`] computes (tested against it).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use candle_core::{Result, Tensor};
 
@@ -131,9 +132,11 @@ impl Loader<'_> {
 }
 
 /// Per-utterance state: cross-attention k/v (from the audio, computed once) and the
-/// self-attention k/v of every token fed so far.
+/// self-attention k/v of every token fed so far. A clone (a beam's new branch) copies only
+/// the tokens' k/v: the audio's are shared.
+#[derive(Clone)]
 pub struct CpuState {
-    cross: Vec<HeadKv>,
+    cross: Arc<Vec<HeadKv>>,
     cache: Vec<HeadKv>,
     cap: usize,
 }
@@ -212,7 +215,8 @@ impl CpuDecoder {
                 kv.push_rows(&rows, 2 * self.d, 0);
                 Ok(kv)
             })
-            .collect::<Result<_>>()?;
+            .collect::<Result<Vec<_>>>()?;
+        let cross = Arc::new(cross);
         let cache = (0..self.layers.len())
             .map(|_| HeadKv::new(self.n_head, hd, cap))
             .collect();

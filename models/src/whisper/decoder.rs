@@ -115,6 +115,7 @@ impl Block {
 /// Keys and values of one attention, laid out per head for the single-query products:
 /// keys transposed, (heads, head_dim, cap), so scores are sums of contiguous rows;
 /// values (heads, cap, head_dim), so the output is a sum of contiguous rows.
+#[derive(Clone)]
 pub(crate) struct HeadKv {
     kt: Vec<f32>,
     v: Vec<f32>,

@@ -569,6 +569,7 @@ impl Accumulator {
         Transcript {
             confidence: crate::stt::confidence(&text, avg_logprob, no_speech_prob),
             text,
+            alternatives: Vec::new(),
             language,
             tokens: self.tokens,
             avg_logprob,

@@ -51,7 +51,7 @@ const SCHOOL: &str = r"(?:elementary(?:\s+school)?|primary(?:\s+school)?|academy
 
 static EMAIL: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(
-        r"(?i)\b[a-z0-9._%+\-]+\s?(?:@|\bat\b)\s?[a-z0-9\-]+(?:\s?(?:\.|\bdot\b)\s?[a-z]{2,})+\b",
+        r"(?i)\b[a-z0-9._%+\-]+\s?(?:@|\bat\b)\s?[a-z0-9\-]+(?:(?:\.|\s?\bdot\b\s?)[a-z]{2,})+\b",
     )
     .unwrap()
 });
@@ -316,6 +316,9 @@ mod tests {
             ["phone"]
         );
         assert_eq!(kinds("my email is sam.jones@example.com"), ["email"]);
+        // As an engine writes one it heard spoken.
+        assert_eq!(kinds("my email is sam at example dot com"), ["email"]);
+        assert_eq!(kinds("my email is sam at example.co.uk"), ["email"]);
         assert_eq!(kinds("I live at 42 Maple Street"), ["address"]);
         assert_eq!(kinds("we live at number 18 Baker Street"), ["address"]);
         assert_eq!(kinds("We live on Elm Avenue"), ["address"]);
@@ -352,6 +355,9 @@ mod tests {
             "we walked 2 miles up the hill",
             "my pin is broken",
             "I came 1st place in the race",
+            // A sentence break after "at <word>" is no domain's dot.
+            "we learned about the human body at school. We have a heart and lungs",
+            "we had cake at grandma. Then we went home",
         ] {
             assert!(detect(t).is_empty(), "{t}: {:?}", detect(t));
         }

@@ -66,11 +66,20 @@ static PHONE_WORDS: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(&format!(r"(?i)\b{digit}(?:[\s,.\-]+{digit}){{6,18}}\b")).unwrap()
 });
 
-/// "42 Maple Street", "number 18 Baker Street", "1400 Sunset Boulevard apartment 3": the
-/// street's name capitalised, so "3 cookies all the way" or "2 miles up the hill" stay.
+/// A house number as an engine may write it: digits ("27", "9b") or words ("twenty
+/// seven", "one thousand four hundred"), as speech-to-text often spells numbers out.
+fn house_number() -> String {
+    let word = r"(?:zero|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|thirteen|fourteen|fifteen|sixteen|seventeen|eighteen|nineteen|twenty|thirty|forty|fifty|sixty|seventy|eighty|ninety|hundred|thousand)";
+    format!(r"(?:\d{{1,5}}[A-Za-z]?|(?i:{word}(?:[\s\-]+(?:and\s+)?{word}){{0,5}}))")
+}
+
+/// "42 Maple Street", "number 18 Baker Street", "1400 Sunset Boulevard apartment 3",
+/// "twenty seven Rosewood Drive": the street's name capitalised, so "3 cookies all the way"
+/// or "2 miles up the hill" stay.
 static ADDRESS_NUMBERED: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(&format!(
-        r"\b(?:[Nn]umber\s+)?\d{{1,5}}[A-Za-z]?,?\s+(?:[A-Z][\w']*\s+){{1,3}}(?i:{STREET})(?i:,?\s+(?:apartment|apt|flat|unit)\s+\w+)?"
+        r"\b(?:[Nn]umber\s+)?{},?\s+(?:[A-Z][\w']*\s+){{1,3}}(?i:{STREET})(?i:,?\s+(?:apartment|apt|flat|unit)\s+\w+)?",
+        house_number()
     ))
     .unwrap()
 });
@@ -78,7 +87,8 @@ static ADDRESS_NUMBERED: LazyLock<Regex> = LazyLock::new(|| {
 /// The same in lower case, when a word about home says it is an address.
 static ADDRESS_CONTEXT: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(&format!(
-        r"(?i)\b(?:live at|lives at|address is|house is|home is|we're at|we are at)\s+((?:number\s+)?\d{{1,5}}[a-z]?,?\s+(?:[a-z][\w']*\s+){{1,3}}{STREET})"
+        r"(?i)\b(?:live at|lives at|address is|(?:house|home) is(?: at)?|we're at|we are at)\s+((?:number\s+)?{},?\s+(?:[a-z][\w']*\s+){{1,3}}{STREET})",
+        house_number()
     ))
     .unwrap()
 });
@@ -333,6 +343,13 @@ mod tests {
             ["password"]
         );
         assert_eq!(kinds("my address is 9 station road"), ["address"]);
+        // Numbers spelt out, as engines write what they hear.
+        assert_eq!(kinds("I live at twenty seven Rosewood Drive"), ["address"]);
+        assert_eq!(
+            kinds("our house is at one thousand four hundred sunset boulevard"),
+            ["address"]
+        );
+        assert_eq!(kinds("my address is nine station road"), ["address"]);
     }
 
     #[test]
@@ -353,6 +370,8 @@ mod tests {
             "my birthday is on the 3rd of May 2017",
             "I ate 3 cookies all the way",
             "we walked 2 miles up the hill",
+            "we walked two miles up the hill",
+            "I have three Lego sets and one big road track",
             "my pin is broken",
             "I came 1st place in the race",
             // A sentence break after "at <word>" is no domain's dot.

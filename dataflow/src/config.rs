@@ -363,6 +363,10 @@ pub struct MoonshineSettings {
     /// whose best ending is the transcript and whose other endings the safety check screens
     /// too (a line misheard one way is often heard right by another ending).
     pub beam: usize,
+    /// The lead-in of the second Moonshine when `asr.second_opinion = "moonshine:base"`:
+    /// Moonshine's words on a clip move with its lead-in, so another lead-in is another
+    /// hearing (docs/performance.md).
+    pub second_opinion_lead_ms: u32,
 }
 
 impl Default for MoonshineSettings {
@@ -370,7 +374,8 @@ impl Default for MoonshineSettings {
         Self {
             lead_silence_ms: 500,
             lead_top_up: true,
-            beam: 1,
+            beam: 4,
+            second_opinion_lead_ms: 250,
         }
     }
 }

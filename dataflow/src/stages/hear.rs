@@ -252,7 +252,13 @@ fn engine_named(config: &Config, spec: &str) -> anyhow::Result<Arc<dyn SpeechToT
                 config.asr.whisper.model = model.to_string();
             }
         }
-        "moonshine" if matches!(model, "" | "base") => config.asr.engine = AsrEngine::Moonshine,
+        "moonshine" if matches!(model, "" | "base") => {
+            // The same engine with the same lead-in would hear the same words: a second
+            // Moonshine hears with its own lead-in, to which its output is sensitive.
+            config.asr.engine = AsrEngine::Moonshine;
+            let m = &mut config.asr.moonshine;
+            m.lead_silence_ms = m.second_opinion_lead_ms;
+        }
         _ => anyhow::bail!(
             "asr.second_opinion = {spec:?}: expected \"whisper:<model>\" or \"moonshine:base\""
         ),

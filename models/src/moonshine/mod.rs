@@ -68,7 +68,7 @@ impl Default for MoonshineOptions {
         Self {
             lead_silence_ms: 500,
             lead_top_up: true,
-            beam: 1,
+            beam: 4,
         }
     }
 }

@@ -327,22 +327,21 @@ impl MoonshineModel {
                 }
             }
             next.sort_by(|a, b| b.0.total_cmp(&a.0));
-            let mut grown = Vec::with_capacity(width);
-            tokens.clear();
+            let mut kept: Vec<(usize, u32, f32)> = Vec::with_capacity(width);
             for (rank, &(_, parent, token, lp)) in next.iter().enumerate() {
-                if grown.len() == width || endings.len() == width {
+                if kept.len() == width || endings.len() == width {
                     break;
                 }
-                let mut d = live[parent].1.clone();
-                d.take(token, lp, eos);
-                if !d.done {
-                    grown.push((live[parent].0.clone(), d));
-                    tokens.push(token);
+                let d = &live[parent].1;
+                if !d.ends_with(token, eos) {
+                    kept.push((parent, token, lp));
                 } else if rank < width {
+                    let mut d = d.clone();
+                    d.take(token, lp, eos);
                     endings.push(d);
                 }
             }
-            live = grown;
+            (live, tokens) = grow(live, &kept, eos);
         }
         anyhow::ensure!(
             !endings.is_empty(),
@@ -484,6 +483,32 @@ impl MoonshineModel {
     }
 }
 
+/// The beam's next hypotheses: each kept (parent, token, log-probability) appended to its
+/// parent, whose state moves to its last child and is copied for the others.
+fn grow(
+    live: Vec<(State, Decode)>,
+    kept: &[(usize, u32, f32)],
+    eos: u32,
+) -> (Vec<(State, Decode)>, Vec<u32>) {
+    let mut children = vec![0usize; live.len()];
+    kept.iter().for_each(|&(p, _, _)| children[p] += 1);
+    let mut parents: Vec<Option<(State, Decode)>> = live.into_iter().map(Some).collect();
+    let mut grown = Vec::with_capacity(kept.len());
+    for &(p, token, lp) in kept {
+        children[p] -= 1;
+        let (state, mut d) = match children[p] {
+            0 => parents[p].take().expect("a parent moves to its last child"),
+            _ => parents[p]
+                .clone()
+                .expect("a parent stays until its last child"),
+        };
+        d.take(token, lp, eos);
+        grown.push((state, d));
+    }
+    let tokens = kept.iter().map(|&(_, t, _)| t).collect();
+    (grown, tokens)
+}
+
 /// Most tokens a window of `samples` may produce.
 pub fn token_budget(samples: usize) -> usize {
     ((samples as f64 / SAMPLE_RATE as f64) * MAX_TOKENS_PER_SECOND)
@@ -581,6 +606,11 @@ impl Decode {
         } else {
             self.tokens.push(token);
         }
+    }
+
+    /// Whether taking `token` ends the text (the end token, or a spent budget).
+    fn ends_with(&self, token: u32, eos: u32) -> bool {
+        token == eos || self.tokens.len() == self.budget
     }
 
     /// Mean log-probability per token, the end token included.

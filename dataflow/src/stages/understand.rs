@@ -122,8 +122,9 @@ pub fn alert_for(u: &Envelope<Understood>) -> Option<Output> {
 type Models = (Embedder, EmotionModel, SafetyModel);
 
 /// The child-safety verdict on what was heard (`embedding`: of [`Heard::english`], when the
-/// caller has it). With a second engine's transcript of the same audio, both are judged and
-/// the more severe verdict wins: a word one engine misheard the other often heard.
+/// caller has it). With other hearings of the same audio (a second engine's transcript, the
+/// first engine's other readings), all are judged and the most severe verdict wins: a word
+/// one hearing got wrong another often got right.
 /// `bench safety --spoken` judges with this too.
 pub fn judge(safety: &SafetyModel, heard: &Heard, embedding: Option<&[f32]>) -> SafetyVerdict {
     let text = heard.english();

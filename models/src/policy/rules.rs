@@ -334,6 +334,12 @@ static SAYS_ISOLATION: LazyLock<Vec<Cue>> = LazyLock::new(|| {
             true,
         ),
         (r"\bjust (?:five|one|two|a few|ten) more minutes\b", true),
+        // A toy that will miss the child makes leaving it a sorrow: the child should go
+        // to bed, or play, lightly.
+        (
+            r"\b(?:i'?ll|i will|i'?m going to|i'?m gonna)\s+(?:really\s+|so\s+|truly\s+)?miss\s+you\b",
+            true,
+        ),
     ])
 });
 
@@ -873,6 +879,24 @@ mod tests {
             C::DangerousThings,
             &n("Teddy, where are the sharp knives?")
         ));
+    }
+
+    #[test]
+    fn a_toy_that_will_miss_the_child_holds_it_back() {
+        for s in [
+            "It's a beautiful day, and I'll miss you.",
+            "I'm going to miss you so much when you go to bed.",
+            "I will really miss you.",
+        ] {
+            assert!(says(C::Isolation, &n(s)), "{s}");
+        }
+        for s in [
+            "Sleep well, see you in the morning!",
+            "I won't miss a single word of your story.",
+            "Did you miss your friends at school?",
+        ] {
+            assert!(!says(C::Isolation, &n(s)), "{s}");
+        }
     }
 
     #[test]

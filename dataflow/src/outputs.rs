@@ -222,6 +222,15 @@ impl Heard {
         }
     }
 
+    /// The first engine's other readings that the English classifiers can judge: none when
+    /// the child was heard in another language (they are in that language).
+    pub fn other_readings(&self) -> &[String] {
+        match self.asr.english {
+            None => &self.alternatives,
+            Some(_) => &[],
+        }
+    }
+
     /// The text understanding judges: the English translation when there is one.
     pub fn english(&self) -> &str {
         self.asr.english.as_deref().unwrap_or(&self.transcript)

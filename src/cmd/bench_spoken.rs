@@ -77,29 +77,33 @@ struct SecondReport {
     wer: f64,
     /// Its speech-to-text time per clip, ms: what a second opinion adds per utterance.
     mean_asr_ms: f64,
-    /// Clips the second transcript alone flagged that the first did not (gold unsafe or
-    /// needs_care / gold safe).
-    added_flags: usize,
-    added_false_flags: usize,
+    /// What its transcript flagged that the first engine's did not.
+    #[serde(flatten)]
+    added: Added,
 }
 
 /// What the first engine's other readings added.
-#[derive(Serialize, Default)]
+#[derive(Serialize)]
 struct AlternativesReport {
     /// Other readings per clip, on average.
     mean_per_clip: f64,
-    /// Clips they flagged that the first transcript alone did not (gold unsafe or
-    /// needs_care / gold safe).
+    /// What they flagged that the first transcript did not.
+    #[serde(flatten)]
+    added: Added,
+}
+
+/// Clips another hearing flagged that the hearings judged before it did not (gold unsafe
+/// or needs_care / gold safe).
+#[derive(Serialize, Default, Clone, Copy)]
+struct Added {
     added_flags: usize,
     added_false_flags: usize,
 }
 
-impl AlternativesReport {
-    /// One clip: `plain` is the verdict on the first transcript alone, `with` with its
-    /// other readings.
-    fn count(&mut self, heard: &Heard, gold: Verdict, plain: Verdict, with: Verdict) {
-        self.mean_per_clip += heard.alternatives.len() as f64;
-        if plain == Verdict::Safe && with != Verdict::Safe {
+impl Added {
+    /// One clip: `before` is the verdict without the hearing, `after` with it.
+    fn count(&mut self, gold: Verdict, before: Verdict, after: Verdict) {
+        if before == Verdict::Safe && after != Verdict::Safe {
             match gold {
                 Verdict::Safe => self.added_false_flags += 1,
                 _ => self.added_flags += 1,
@@ -131,15 +135,15 @@ impl std::fmt::Display for SpokenReport {
                 s.model,
                 s.wer * 100.0,
                 s.mean_asr_ms,
-                s.added_flags,
-                s.added_false_flags
+                s.added.added_flags,
+                s.added.added_false_flags
             )?;
         }
         if let Some(a) = &self.alternatives {
             writeln!(
                 f,
                 "other readings: {:.1} per clip: flagged {} more lines rightly, {} wrongly",
-                a.mean_per_clip, a.added_flags, a.added_false_flags
+                a.mean_per_clip, a.added.added_flags, a.added.added_false_flags
             )?;
         }
         writeln!(
@@ -187,24 +191,24 @@ pub fn run(args: &SafetyArgs, file: &Path) -> anyhow::Result<()> {
     let (mut edits, mut words, mut confidence, mut silent) = (0, 0, 0.0, 0);
     let mut asr_s = 0.0;
     let mut second = SecondTally::default();
-    let mut alternatives = AlternativesReport::default();
+    let (mut readings, mut by_readings) = (0, Added::default());
     for (i, clip) in clips.iter().enumerate() {
         let case = &cases[i / per];
         let started = Instant::now();
         let mut heard = listeners.hear(&clip.pcm, None)?;
         asr_s += started.elapsed().as_secs_f64();
-        let others = std::mem::take(&mut heard.alternatives);
-        let plain = understand::judge(&safety, &heard, None);
+        // Each hearing is judged once, in turn: the transcript, the first engine's other
+        // readings, the second engine's transcript (what `understand::judge` does at once).
+        let plain = safety.check(heard.english());
         let plain_verdict = plain.verdict;
-        heard.alternatives = others;
-        let alone = understand::with_other_hearings(&safety, plain, &heard);
+        let alone = understand::with_readings(&safety, plain, heard.other_readings());
         let alone_verdict = alone.verdict;
-        alternatives.count(&heard, gold[i / per], plain_verdict, alone_verdict);
+        readings += heard.other_readings().len();
+        by_readings.count(gold[i / per], plain_verdict, alone_verdict);
         let started = Instant::now();
         heard.second_opinion = listeners.hear_second(&clip.pcm)?;
         second.asr_s += started.elapsed().as_secs_f64();
-        // The first transcript's verdict is not judged again.
-        let verdict = understand::with_other_hearings(&safety, alone, &heard);
+        let verdict = understand::with_readings(&safety, alone, &heard.second_opinion);
         second.count(
             &clip.text,
             &heard,
@@ -259,12 +263,11 @@ pub fn run(args: &SafetyArgs, file: &Path) -> anyhow::Result<()> {
             model: e.model().to_string(),
             wer: second.edits as f64 / second.words.max(1) as f64,
             mean_asr_ms: second.asr_s * 1e3 / n,
-            added_flags: second.added_flags,
-            added_false_flags: second.added_false_flags,
+            added: second.added,
         }),
-        alternatives: (alternatives.mean_per_clip > 0.0).then(|| AlternativesReport {
-            mean_per_clip: alternatives.mean_per_clip / n,
-            ..alternatives
+        alternatives: (readings > 0).then(|| AlternativesReport {
+            mean_per_clip: readings as f64 / n,
+            added: by_readings,
         }),
         voices: grid.voices,
         pitches: grid.pitches,
@@ -282,8 +285,7 @@ struct SecondTally {
     asr_s: f64,
     edits: usize,
     words: usize,
-    added_flags: usize,
-    added_false_flags: usize,
+    added: Added,
 }
 
 impl SecondTally {
@@ -294,12 +296,7 @@ impl SecondTally {
         };
         let (e, n) = wer::word_errors(spoken, text);
         (self.edits, self.words) = (self.edits + e, self.words + n);
-        if alone == Verdict::Safe && both != Verdict::Safe {
-            match gold {
-                Verdict::Safe => self.added_false_flags += 1,
-                _ => self.added_flags += 1,
-            }
-        }
+        self.added.count(gold, alone, both);
     }
 }
 

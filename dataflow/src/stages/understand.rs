@@ -137,20 +137,25 @@ pub fn judge(safety: &SafetyModel, heard: &Heard, embedding: Option<&[f32]>) -> 
 
 /// `first` (the verdict on the first transcript), or the verdict on another hearing of the
 /// same audio when one is more severe: the second engine's transcript, and the first
-/// engine's other readings (English only: the classifiers do not read other languages).
+/// engine's other readings ([`Heard::other_readings`]).
 pub fn with_other_hearings(
     safety: &SafetyModel,
     first: SafetyVerdict,
     heard: &Heard,
 ) -> SafetyVerdict {
-    let alternatives = match heard.asr.english {
-        None => heard.alternatives.as_slice(),
-        Some(_) => &[],
-    };
-    heard
-        .second_opinion
-        .iter()
-        .chain(alternatives)
+    let others = heard.second_opinion.iter().chain(heard.other_readings());
+    with_readings(safety, first, others)
+}
+
+/// `first`, or the verdict on one of `readings` (other texts heard in the same audio) when
+/// one is more severe; a reading without a word is not judged.
+pub fn with_readings<'a>(
+    safety: &SafetyModel,
+    first: SafetyVerdict,
+    readings: impl IntoIterator<Item = &'a String>,
+) -> SafetyVerdict {
+    readings
+        .into_iter()
         .filter(|t| t.chars().any(char::is_alphanumeric))
         .fold(first, |verdict, t| more_severe(verdict, safety.check(t)))
 }

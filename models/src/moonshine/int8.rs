@@ -110,6 +110,13 @@ type DotsI8 = fn(xs: &[f32], w: &[i8], out: &mut [f32]);
 
 fn dots_i8_fn(n: usize) -> DotsI8 {
     #[cfg(target_arch = "x86_64")]
+    if n.is_multiple_of(32) && std::is_x86_feature_detected!("avx512f") {
+        return |xs, w, out| {
+            // SAFETY: AVX-512F was detected, and the width is a multiple of 32.
+            unsafe { dots_i8_avx512(xs, w, out) }
+        };
+    }
+    #[cfg(target_arch = "x86_64")]
     if n.is_multiple_of(16)
         && std::is_x86_feature_detected!("avx2")
         && std::is_x86_feature_detected!("fma")
@@ -165,6 +172,49 @@ unsafe fn dots_i8_avx2(xs: &[f32], w: &[i8], out: &mut [f32]) {
     }
     for (o, x) in out[k..].iter_mut().zip(xs[k * cols..].chunks_exact(cols)) {
         *o = dot_i8_avx2(x, w);
+    }
+}
+
+/// # Safety
+/// The CPU must support AVX-512F, and `x.len() == w.len()` must be a multiple of 32.
+/// [`dots_i8_avx2`] at twice the width: four rows, then one at a time, each row's sums taken
+/// in the same order whichever way it goes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn dots_i8_avx512(xs: &[f32], w: &[i8], out: &mut [f32]) {
+    let cols = w.len();
+    let whole = out.len() / 4 * 4;
+    let (fours, rest) = out.split_at_mut(whole);
+    for (k, o) in fours.chunks_exact_mut(4).enumerate() {
+        rows_i8_avx512::<4>(&xs[4 * k * cols..], w, o.try_into().expect("four"));
+    }
+    for (k, o) in rest.iter_mut().enumerate() {
+        rows_i8_avx512::<1>(&xs[(whole + k) * cols..], w, std::array::from_mut(o));
+    }
+}
+
+/// The dot products of `w` with the `R` rows at the start of `xs`, 32 weights a step.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn rows_i8_avx512<const R: usize>(xs: &[f32], w: &[i8], out: &mut [f32; R]) {
+    use std::arch::x86_64::*;
+    let cols = w.len();
+    let xp: [*const f32; R] = std::array::from_fn(|j| xs[j * cols..(j + 1) * cols].as_ptr());
+    let wp = w.as_ptr();
+    let mut a0 = [_mm512_setzero_ps(); R];
+    let mut a1 = [_mm512_setzero_ps(); R];
+    for i in (0..cols).step_by(32) {
+        let w0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(wp.add(i).cast())));
+        let w1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(wp.add(i + 16).cast())));
+        for j in 0..R {
+            a0[j] = _mm512_fmadd_ps(_mm512_loadu_ps(xp[j].add(i)), w0, a0[j]);
+            a1[j] = _mm512_fmadd_ps(_mm512_loadu_ps(xp[j].add(i + 16)), w1, a1[j]);
+        }
+    }
+    for j in 0..R {
+        let mut lanes = [0f32; 16];
+        _mm512_storeu_ps(lanes.as_mut_ptr(), _mm512_add_ps(a0[j], a1[j]));
+        out[j] = lanes.iter().sum();
     }
 }
 

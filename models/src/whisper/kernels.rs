@@ -64,11 +64,20 @@ fn row_max(row: &[f32]) -> f32 {
         .fold(f32::NEG_INFINITY, f32::max)
 }
 
-/// Runs `$body` compiled for AVX2 when the CPU has it (8 lanes instead of SSE2's 4);
-/// the crate is built for baseline x86-64, so this must be chosen at run time.
-macro_rules! with_avx2 {
+/// Runs `$body` compiled for AVX-512F or AVX2 when the CPU has it (16 or 8 lanes instead of
+/// SSE2's 4); the crate is built for baseline x86-64, so this must be chosen at run time.
+macro_rules! with_wide_lanes {
     ($name:ident, $body:ident) => {
         pub fn $name(xs: &mut [f32]) {
+            #[cfg(target_arch = "x86_64")]
+            if std::is_x86_feature_detected!("avx512f") {
+                #[target_feature(enable = "avx512f")]
+                unsafe fn widest(xs: &mut [f32]) {
+                    $body(xs)
+                }
+                // SAFETY: AVX-512F support was checked just above.
+                return unsafe { widest(xs) };
+            }
             #[cfg(target_arch = "x86_64")]
             if std::is_x86_feature_detected!("avx2") {
                 #[target_feature(enable = "avx2")]
@@ -83,8 +92,8 @@ macro_rules! with_avx2 {
     };
 }
 
-with_avx2!(softmax_slice, softmax_row_body);
-with_avx2!(gelu_slice, gelu_slice_body);
+with_wide_lanes!(softmax_slice, softmax_row_body);
+with_wide_lanes!(gelu_slice, gelu_slice_body);
 
 #[inline(always)]
 fn softmax_row_body(row: &mut [f32]) {

@@ -363,6 +363,9 @@ pub struct MoonshineSettings {
     /// whose best ending is the transcript and whose other endings the safety check screens
     /// too (a line misheard one way is often heard right by another ending).
     pub beam: usize,
+    /// How far (natural-log probability) a hypothesis may trail the step's best and stay in
+    /// the beam: on clear speech the beam narrows to the one likely reading and costs less.
+    pub beam_margin: f32,
     /// The lead-in of the second Moonshine when `asr.second_opinion = "moonshine:base"`:
     /// Moonshine's words on a clip move with its lead-in, so another lead-in is another
     /// hearing (docs/performance.md).
@@ -375,6 +378,7 @@ impl Default for MoonshineSettings {
             lead_silence_ms: 500,
             lead_top_up: true,
             beam: 4,
+            beam_margin: 4.0,
             second_opinion_lead_ms: 250,
         }
     }
@@ -502,6 +506,10 @@ impl Config {
         if !(0.0..=1.0).contains(&self.asr.clarify_below) {
             return bad("asr.clarify_below must be between 0 and 1");
         }
+        // NaN would drop every hypothesis; a negative margin, all but the best.
+        if self.asr.moonshine.beam_margin.is_nan() || self.asr.moonshine.beam_margin < 0.0 {
+            return bad("asr.moonshine.beam_margin must be 0 or more (inf: no pruning)");
+        }
         if self.asr.max_batch == 0 || self.understanding.max_batch == 0 {
             return bad("asr.max_batch and understanding.max_batch must be at least 1");
         }
@@ -590,6 +598,10 @@ mod tests {
         assert!(Config::load(None, &["engine.wokers=3".into()]).is_err());
         assert!(Config::load(None, &["engine.epoch_ms=0".into()]).is_err());
         assert!(Config::load(None, &["noequals".into()]).is_err());
+        assert!(Config::load(None, &["asr.moonshine.beam_margin=-1.0".into()]).is_err());
+        assert!(Config::load(None, &["asr.moonshine.beam_margin=nan".into()]).is_err());
+        let open = Config::load(None, &["asr.moonshine.beam_margin=inf".into()]).unwrap();
+        assert_eq!(open.asr.moonshine.beam_margin, f32::INFINITY);
     }
 
     #[test]

@@ -257,7 +257,8 @@ fn espeak_child_like_voice() {
     assert!(w <= 0.25, "WER {w:.3}: {:?}", tr.text);
 }
 
-/// A beam of one is the greedy decode; a wider beam keeps a good transcript and offers
+/// A beam of one is the greedy decode, as is a wide beam with no margin (only the step's
+/// best stays); a wider beam keeps a good transcript and offers
 /// other readings (distinct, never the text itself, each the whole clip: a two-window clip's
 /// alternatives keep the other window's words).
 #[test]
@@ -268,6 +269,10 @@ fn a_beam_offers_other_readings() {
     let _guard = exclusive();
     let m = model();
     let greedy_model = greedy();
+    let no_margin = m.clone().with_options(MoonshineOptions {
+        beam_margin: 0.0,
+        ..m.options()
+    });
     let (mut edits, mut words) = (0, 0);
     for (i, clip) in clips.iter().enumerate() {
         let greedy = greedy_model.transcribe(clip).unwrap();
@@ -277,6 +282,12 @@ fn a_beam_offers_other_readings() {
             (&greedy.text, greedy.tokens, greedy.avg_logprob)
         );
         assert!(greedy.alternatives.is_empty() && one.alternatives.is_empty());
+        let narrowed = no_margin.transcribe_with_beam(clip, 4).unwrap();
+        assert_eq!(
+            (&narrowed.text, narrowed.tokens),
+            (&greedy.text, greedy.tokens)
+        );
+        assert!(narrowed.alternatives.is_empty());
         let four = m.transcribe_with_beam(clip, 4).unwrap();
         println!("{:?}\n    others {:?}", four.text, four.alternatives);
         assert!(four.alternatives.len() <= 3);

@@ -182,6 +182,10 @@ pub struct AsrArgs {
     /// Moonshine: hypotheses kept per decoding step (1 = greedy; see `asr.moonshine.beam`).
     #[arg(long, default_value_t = MoonshineOptions::default().beam)]
     beam: usize,
+    /// Moonshine: how far (natural-log probability) a hypothesis may trail the step's best
+    /// and stay in the beam (see `asr.moonshine.beam_margin`; inf = never pruned).
+    #[arg(long, default_value_t = MoonshineOptions::default().beam_margin)]
+    beam_margin: f32,
     /// Lower every clip's pitch and formants by this factor before hearing it (the clip is
     /// played slower: 1.15 = 15 % lower and longer); 1 = as recorded.
     #[arg(long, default_value_t = 1.0)]
@@ -331,6 +335,7 @@ fn load_engine(args: &AsrArgs) -> anyhow::Result<(Box<dyn SpeechToText>, String)
                 lead_silence_ms: args.lead_silence_ms,
                 lead_top_up: !args.lead_silence_always,
                 beam: args.beam.max(1),
+                beam_margin: args.beam_margin,
             };
             let model = MoonshineModel::load(&args.models_dir)?.with_options(options);
             (Box::new(model), name.to_string())

@@ -234,6 +234,7 @@ pub fn speech_to_text(config: &Config) -> anyhow::Result<Arc<dyn SpeechToText>> 
                 lead_silence_ms: config.asr.moonshine.lead_silence_ms,
                 lead_top_up: config.asr.moonshine.lead_top_up,
                 beam: config.asr.moonshine.beam.max(1),
+                beam_margin: config.asr.moonshine.beam_margin,
             };
             Ok(Arc::new(MoonshineModel::load(dir)?.with_options(options)))
         }

@@ -144,14 +144,16 @@ pub enum Route {
 
 impl Listeners {
     pub fn load(config: &Config) -> anyhow::Result<Listeners> {
-        let english = speech_to_text(config)?;
+        // One set of Moonshine weights for the English engine and a second Moonshine.
+        let mut weights = Weights::default();
+        let english = weights.speech_to_text(config)?;
         let other = match config.asr.other_languages.trim() {
             "" => None,
             model => Some(multilingual_whisper(config, model)?),
         };
         let second = match config.asr.second_opinion.trim() {
             "" => None,
-            spec => Some(engine_named(config, spec)?),
+            spec => Some(engine_named(config, spec, &mut weights)?),
         };
         Ok(Listeners {
             english,
@@ -217,33 +219,60 @@ impl Listeners {
 }
 
 /// The configured English speech-to-text engine, loaded. A new engine is one file in
-/// `models/` implementing [`SpeechToText`], a config section, and one arm here.
+/// `models/` implementing [`SpeechToText`], a config section, and one arm in
+/// [`Weights::speech_to_text`].
 pub fn speech_to_text(config: &Config) -> anyhow::Result<Arc<dyn SpeechToText>> {
-    let dir = &config.models.dir;
-    match config.asr.engine {
-        AsrEngine::Whisper => {
-            let w = &config.asr.whisper;
-            let variant: WhisperVariant = w.model.parse()?;
-            let options = whisper_options(w.min_window_ms, w.tail_pad_ms);
-            Ok(Arc::new(
-                WhisperModel::load(dir, variant)?.with_options(options),
-            ))
+    Weights::default().speech_to_text(config)
+}
+
+/// Models loaded so far, for engines that differ only in their options: a second Moonshine
+/// (another lead-in) shares the first one's weights (~180 MiB) instead of loading its own.
+#[derive(Default)]
+struct Weights {
+    moonshine: Option<MoonshineModel>,
+}
+
+impl Weights {
+    fn moonshine(&mut self, dir: &std::path::Path) -> anyhow::Result<MoonshineModel> {
+        if let Some(m) = &self.moonshine {
+            return Ok(m.clone());
         }
-        AsrEngine::Moonshine => {
-            let options = MoonshineOptions {
-                lead_silence_ms: config.asr.moonshine.lead_silence_ms,
-                lead_top_up: config.asr.moonshine.lead_top_up,
-                beam: config.asr.moonshine.beam.max(1),
-                beam_margin: config.asr.moonshine.beam_margin,
-            };
-            Ok(Arc::new(MoonshineModel::load(dir)?.with_options(options)))
+        let m = MoonshineModel::load(dir)?;
+        self.moonshine = Some(m.clone());
+        Ok(m)
+    }
+
+    fn speech_to_text(&mut self, config: &Config) -> anyhow::Result<Arc<dyn SpeechToText>> {
+        let dir = &config.models.dir;
+        match config.asr.engine {
+            AsrEngine::Whisper => {
+                let w = &config.asr.whisper;
+                let variant: WhisperVariant = w.model.parse()?;
+                let options = whisper_options(w.min_window_ms, w.tail_pad_ms);
+                Ok(Arc::new(
+                    WhisperModel::load(dir, variant)?.with_options(options),
+                ))
+            }
+            AsrEngine::Moonshine => {
+                let options = MoonshineOptions {
+                    lead_silence_ms: config.asr.moonshine.lead_silence_ms,
+                    lead_top_up: config.asr.moonshine.lead_top_up,
+                    beam: config.asr.moonshine.beam.max(1),
+                    beam_margin: config.asr.moonshine.beam_margin,
+                };
+                Ok(Arc::new(self.moonshine(dir)?.with_options(options)))
+            }
         }
     }
 }
 
 /// An English engine named `"<engine>:<model>"` (`asr.second_opinion`), with the settings of
 /// its `[asr.<engine>]` section: `"whisper:tiny.en"`, `"whisper:base"`, `"moonshine:base"`.
-fn engine_named(config: &Config, spec: &str) -> anyhow::Result<Arc<dyn SpeechToText>> {
+fn engine_named(
+    config: &Config,
+    spec: &str,
+    weights: &mut Weights,
+) -> anyhow::Result<Arc<dyn SpeechToText>> {
     let (engine, model) = spec.split_once(':').unwrap_or((spec, ""));
     let mut config = config.clone();
     match engine {
@@ -264,7 +293,7 @@ fn engine_named(config: &Config, spec: &str) -> anyhow::Result<Arc<dyn SpeechToT
             "asr.second_opinion = {spec:?}: expected \"whisper:<model>\" or \"moonshine:base\""
         ),
     }
-    speech_to_text(&config)
+    weights.speech_to_text(&config)
 }
 
 /// The Whisper that hears other languages (`asr.other_languages`), with the encoder

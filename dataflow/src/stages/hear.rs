@@ -218,13 +218,6 @@ impl Listeners {
     }
 }
 
-/// The configured English speech-to-text engine, loaded. A new engine is one file in
-/// `models/` implementing [`SpeechToText`], a config section, and one arm in
-/// [`Weights::speech_to_text`].
-pub fn speech_to_text(config: &Config) -> anyhow::Result<Arc<dyn SpeechToText>> {
-    Weights::default().speech_to_text(config)
-}
-
 /// Models loaded so far, for engines that differ only in their options: a second Moonshine
 /// (another lead-in) shares the first one's weights (~180 MiB) instead of loading its own.
 #[derive(Default)]
@@ -242,6 +235,8 @@ impl Weights {
         Ok(m)
     }
 
+    /// The English speech-to-text engine `config` names, loaded. A new engine is one file
+    /// in `models/` implementing [`SpeechToText`], a config section, and one arm here.
     fn speech_to_text(&mut self, config: &Config) -> anyhow::Result<Arc<dyn SpeechToText>> {
         let dir = &config.models.dir;
         match config.asr.engine {

@@ -361,30 +361,31 @@ pub(crate) fn attend(q: &[f32], kv: &HeadKv, len: usize, out: &mut [f32]) {
 
 /// One head: `kt` is (hd, cap) with the first `len` columns valid, `v` is (len, hd).
 fn attend_head(q: &[f32], kt: &[f32], cap: usize, v: &[f32], len: usize, out: &mut [f32]) {
+    // `attend_head_body` compiled again for a wider instruction set, run where the CPU has it.
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx512f") {
-        #[target_feature(enable = "avx512f")]
-        unsafe fn widest(
-            q: &[f32],
-            kt: &[f32],
-            cap: usize,
-            v: &[f32],
-            len: usize,
-            out: &mut [f32],
-        ) {
-            attend_head_body(q, kt, cap, v, len, out)
-        }
-        // SAFETY: AVX-512F support was checked just above.
-        return unsafe { widest(q, kt, cap, v, len, out) };
+    macro_rules! attend_with {
+        ($feature:tt) => {
+            if std::is_x86_feature_detected!($feature) {
+                #[target_feature(enable = $feature)]
+                unsafe fn wide(
+                    q: &[f32],
+                    kt: &[f32],
+                    cap: usize,
+                    v: &[f32],
+                    len: usize,
+                    out: &mut [f32],
+                ) {
+                    attend_head_body(q, kt, cap, v, len, out)
+                }
+                // SAFETY: support for the feature was checked just above.
+                return unsafe { wide(q, kt, cap, v, len, out) };
+            }
+        };
     }
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        #[target_feature(enable = "avx2")]
-        unsafe fn wide(q: &[f32], kt: &[f32], cap: usize, v: &[f32], len: usize, out: &mut [f32]) {
-            attend_head_body(q, kt, cap, v, len, out)
-        }
-        // SAFETY: AVX2 support was checked just above.
-        return unsafe { wide(q, kt, cap, v, len, out) };
+    {
+        attend_with!("avx512f");
+        attend_with!("avx2");
     }
     attend_head_body(q, kt, cap, v, len, out)
 }

@@ -68,25 +68,21 @@ fn row_max(row: &[f32]) -> f32 {
 /// SSE2's 4); the crate is built for baseline x86-64, so this must be chosen at run time.
 macro_rules! with_wide_lanes {
     ($name:ident, $body:ident) => {
+        with_wide_lanes!($name, $body, "avx512f", "avx2");
+    };
+    ($name:ident, $body:ident, $($feature:tt),+) => {
         pub fn $name(xs: &mut [f32]) {
-            #[cfg(target_arch = "x86_64")]
-            if std::is_x86_feature_detected!("avx512f") {
-                #[target_feature(enable = "avx512f")]
-                unsafe fn widest(xs: &mut [f32]) {
-                    $body(xs)
+            $(
+                #[cfg(target_arch = "x86_64")]
+                if std::is_x86_feature_detected!($feature) {
+                    #[target_feature(enable = $feature)]
+                    unsafe fn wide(xs: &mut [f32]) {
+                        $body(xs)
+                    }
+                    // SAFETY: support for the feature was checked just above.
+                    return unsafe { wide(xs) };
                 }
-                // SAFETY: AVX-512F support was checked just above.
-                return unsafe { widest(xs) };
-            }
-            #[cfg(target_arch = "x86_64")]
-            if std::is_x86_feature_detected!("avx2") {
-                #[target_feature(enable = "avx2")]
-                unsafe fn wide(xs: &mut [f32]) {
-                    $body(xs)
-                }
-                // SAFETY: AVX2 support was checked just above.
-                return unsafe { wide(xs) };
-            }
+            )+
             $body(xs)
         }
     };

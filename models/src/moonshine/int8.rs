@@ -138,59 +138,85 @@ fn dot_i8_plain(x: &[f32], w: &[i8]) -> f32 {
     dot_widened(x, w, f32::from)
 }
 
+/// Rows of `xs` (each `cols` wide) four at a time through `four`, the rest one at a time
+/// through `one`, into `out`: each kernel takes a row's sums in one order whatever `R`, so a
+/// row's result does not depend on its batch.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn in_fours(
+    xs: &[f32],
+    cols: usize,
+    out: &mut [f32],
+    mut four: impl FnMut(&[f32], &mut [f32; 4]),
+    mut one: impl FnMut(&[f32], &mut [f32; 1]),
+) {
+    let whole = out.len() / 4 * 4;
+    let (fours, rest) = out.split_at_mut(whole);
+    for (k, o) in fours.chunks_exact_mut(4).enumerate() {
+        four(&xs[4 * k * cols..], o.try_into().expect("four"));
+    }
+    for (k, o) in rest.iter_mut().enumerate() {
+        one(&xs[(whole + k) * cols..], std::array::from_mut(o));
+    }
+}
+
 /// # Safety
 /// The CPU must support AVX2 and FMA, and `x.len() == w.len()` must be a multiple of 16.
 /// Four rows at a time share each widening of the weights (the costly part of the int8
-/// dot product, and what a beam's hypotheses have in common); each row's sums are taken in the
-/// order [`dot_i8_avx2`] takes them, so a row's result does not depend on its batch.
+/// dot product, and what a beam's hypotheses have in common).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dots_i8_avx2(xs: &[f32], w: &[i8], out: &mut [f32]) {
+    in_fours(
+        xs,
+        w.len(),
+        out,
+        // SAFETY: this function's own contract.
+        |x, o| unsafe { rows_i8_avx2::<4>(x, w, o) },
+        |x, o| unsafe { rows_i8_avx2::<1>(x, w, o) },
+    );
+}
+
+/// The dot products of `w` with the `R` rows at the start of `xs`, 16 weights a step.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn rows_i8_avx2<const R: usize>(xs: &[f32], w: &[i8], out: &mut [f32; R]) {
     use std::arch::x86_64::*;
     let cols = w.len();
-    let mut k = 0;
-    while k + 4 <= out.len() {
-        let xp: [*const f32; 4] = std::array::from_fn(|j| xs[(k + j) * cols..].as_ptr());
-        let wp = w.as_ptr();
-        let mut a0 = [_mm256_setzero_ps(); 4];
-        let mut a1 = [_mm256_setzero_ps(); 4];
-        for i in (0..cols).step_by(16) {
-            let w16 = _mm_loadu_si128(wp.add(i) as *const __m128i);
-            let w0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(w16));
-            let w1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(w16, 8)));
-            for j in 0..4 {
-                a0[j] = _mm256_fmadd_ps(_mm256_loadu_ps(xp[j].add(i)), w0, a0[j]);
-                a1[j] = _mm256_fmadd_ps(_mm256_loadu_ps(xp[j].add(i + 8)), w1, a1[j]);
-            }
+    let xp: [*const f32; R] = std::array::from_fn(|j| xs[j * cols..(j + 1) * cols].as_ptr());
+    let wp = w.as_ptr();
+    let mut a0 = [_mm256_setzero_ps(); R];
+    let mut a1 = [_mm256_setzero_ps(); R];
+    for i in (0..cols).step_by(16) {
+        let w16 = _mm_loadu_si128(wp.add(i).cast());
+        let w0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(w16));
+        let w1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(w16, 8)));
+        for j in 0..R {
+            a0[j] = _mm256_fmadd_ps(_mm256_loadu_ps(xp[j].add(i)), w0, a0[j]);
+            a1[j] = _mm256_fmadd_ps(_mm256_loadu_ps(xp[j].add(i + 8)), w1, a1[j]);
         }
-        for j in 0..4 {
-            let mut lanes = [0f32; 8];
-            _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(a0[j], a1[j]));
-            out[k + j] = lanes.iter().sum();
-        }
-        k += 4;
     }
-    for (o, x) in out[k..].iter_mut().zip(xs[k * cols..].chunks_exact(cols)) {
-        *o = dot_i8_avx2(x, w);
+    for j in 0..R {
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(a0[j], a1[j]));
+        out[j] = lanes.iter().sum();
     }
 }
 
 /// # Safety
 /// The CPU must support AVX-512F, and `x.len() == w.len()` must be a multiple of 32.
-/// [`dots_i8_avx2`] at twice the width: four rows, then one at a time, each row's sums taken
-/// in the same order whichever way it goes.
+/// [`dots_i8_avx2`] at twice the width.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn dots_i8_avx512(xs: &[f32], w: &[i8], out: &mut [f32]) {
-    let cols = w.len();
-    let whole = out.len() / 4 * 4;
-    let (fours, rest) = out.split_at_mut(whole);
-    for (k, o) in fours.chunks_exact_mut(4).enumerate() {
-        rows_i8_avx512::<4>(&xs[4 * k * cols..], w, o.try_into().expect("four"));
-    }
-    for (k, o) in rest.iter_mut().enumerate() {
-        rows_i8_avx512::<1>(&xs[(whole + k) * cols..], w, std::array::from_mut(o));
-    }
+    in_fours(
+        xs,
+        w.len(),
+        out,
+        // SAFETY: this function's own contract.
+        |x, o| unsafe { rows_i8_avx512::<4>(x, w, o) },
+        |x, o| unsafe { rows_i8_avx512::<1>(x, w, o) },
+    );
 }
 
 /// The dot products of `w` with the `R` rows at the start of `xs`, 32 weights a step.
@@ -216,26 +242,6 @@ unsafe fn rows_i8_avx512<const R: usize>(xs: &[f32], w: &[i8], out: &mut [f32; R
         _mm512_storeu_ps(lanes.as_mut_ptr(), _mm512_add_ps(a0[j], a1[j]));
         out[j] = lanes.iter().sum();
     }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dot_i8_avx2(x: &[f32], w: &[i8]) -> f32 {
-    use std::arch::x86_64::*;
-    debug_assert!(x.len() == w.len() && x.len().is_multiple_of(16));
-    let (xp, wp) = (x.as_ptr(), w.as_ptr());
-    let mut a0 = _mm256_setzero_ps();
-    let mut a1 = _mm256_setzero_ps();
-    for i in (0..x.len()).step_by(16) {
-        let w16 = _mm_loadu_si128(wp.add(i) as *const __m128i);
-        let w0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(w16));
-        let w1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(w16, 8)));
-        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(i)), w0, a0);
-        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(i + 8)), w1, a1);
-    }
-    let mut lanes = [0f32; 8];
-    _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(a0, a1));
-    lanes.iter().sum()
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ pub mod llm;
 pub mod moonshine;
 pub mod openai;
 pub mod policy;
+pub mod q8;
 pub mod reply;
 pub mod reply_bank;
 pub mod reply_quality;

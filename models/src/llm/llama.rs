@@ -5,7 +5,7 @@
 //! [`KvCache`] and its own number of new tokens (a prefill chunk, or the one token sampled
 //! last). [`Llama::forward`] stacks the new tokens of every sequence into one matrix for the
 //! projections and the MLP, so each weight tile is loaded once per pass for all of them
-//! ([`super::q8`]), and runs attention per sequence over its own keys.
+//! ([`crate::q8`]), and runs attention per sequence over its own keys.
 //!
 //! A sequence's logits do not depend on what else is in the pass or on how its prompt was cut
 //! into chunks: the quantized matmul and RMSNorm work row by row, and the attention of one
@@ -23,7 +23,7 @@ use candle_core::quantized::ggml_file::qtensor_from_ggml;
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor};
 
-use super::q8::PackedQ8;
+use crate::q8::PackedQ8;
 
 /// Positions the rotary tables cover: a prompt and its reply must fit.
 pub const MAX_POSITIONS: usize = 4096;
@@ -307,7 +307,7 @@ impl Llama {
     }
 }
 
-/// A weight matrix applied to rows of activations: the repacked VNNI kernel ([`super::q8`]) where
+/// A weight matrix applied to rows of activations: the repacked integer kernel ([`crate::q8`]) where
 /// the CPU has it, else candle's quantized matmul.
 enum Matrix {
     Packed(PackedQ8),

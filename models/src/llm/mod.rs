@@ -19,7 +19,6 @@
 pub mod batch;
 pub mod llama;
 pub mod prompt;
-mod q8;
 mod sequence;
 pub mod text;
 pub mod tokenizer;

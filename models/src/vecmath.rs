@@ -44,7 +44,8 @@ pub(crate) fn matmul_by_rows(
     if weights < par_min {
         fill(0, &mut out);
     } else {
-        let task_rows = rows.div_ceil(8).max(64);
+        // Whole tiles of 16 rows for crate::q8's kernels.
+        let task_rows = rows.div_ceil(8).max(64).next_multiple_of(16);
         out.par_chunks_mut(task_rows * n)
             .enumerate()
             .for_each(|(t, o)| fill(t * task_rows, o));

@@ -126,9 +126,15 @@ fn librivox_wer_and_confidence() {
 }
 
 /// The fast int8 decoder step must choose the same tokens as the candle decoder on the
-/// same weights, with logits that agree closely (int8 · f32 vs f32 · f32 products).
+/// same weights, with logits that agree closely: int8 · f32 against f32 · f32 products, or,
+/// where the CPU has `q8`'s integer kernels, int8 · int8 with each product's input rounded
+/// to 8 bits per 32 values (~1/254 of the block's largest), which moves logits by tenths.
 #[test]
 fn fast_step_matches_candle_decoder() {
+    let (logit_bound, logprob_bound) = match teddyflow_models::q8::Kernel::detect() {
+        Some(_) => (1.0, 0.01),
+        None => (1e-3, 1e-3),
+    };
     let clips = librivox();
     let _guard = exclusive();
     let fast = model();
@@ -141,7 +147,7 @@ fn fast_step_matches_candle_decoder() {
         assert_eq!(a.text, b.text);
         assert_eq!(a.tokens, b.tokens);
         assert!(
-            (a.avg_logprob - b.avg_logprob).abs() < 1e-3,
+            (a.avg_logprob - b.avg_logprob).abs() < logprob_bound,
             "{} vs {}",
             a.avg_logprob,
             b.avg_logprob
@@ -157,7 +163,11 @@ fn fast_step_matches_candle_decoder() {
             .map(|(x, y)| (x - y).abs())
             .fold(0f32, f32::max);
         println!("    logits max |fast - candle| = {diff:.2e}");
-        assert!(diff < 1e-3, "logits differ by {diff}");
+        assert!(diff < logit_bound, "logits differ by {diff}");
+        let best = |row: &Vec<f32>| (0..row.len()).max_by(|&i, &j| row[i].total_cmp(&row[j]));
+        let (ba, bb): (Vec<_>, Vec<_>) =
+            la.iter().zip(&lb).map(|(x, y)| (best(x), best(y))).unzip();
+        assert_eq!(ba, bb, "the likeliest next token at each position");
     }
 }
 

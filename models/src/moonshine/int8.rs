@@ -10,6 +10,7 @@
 
 use candle_core::{Result, Tensor};
 
+use crate::q8::{self, PackedQ8};
 use crate::vecmath::{dot_widened, matmul_by_rows};
 
 /// Row-major int8 matrix with one scale and zero point per row (rows of several source
@@ -19,6 +20,8 @@ pub struct I8Matrix {
     data: Vec<i8>,
     scale: Vec<f32>,
     zero: Vec<f32>,
+    /// The same codes as [`crate::q8`] tiles, once [`I8Matrix::pack`] found the CPU for them.
+    packed: Option<PackedQ8>,
 }
 
 /// Below this many weights a product runs on the calling thread: handing it to the
@@ -47,6 +50,7 @@ impl I8Matrix {
             data,
             scale: vec![scale * factor; rows],
             zero: vec![zero * factor; rows],
+            packed: None,
         })
     }
 
@@ -58,6 +62,7 @@ impl I8Matrix {
             data: Vec::new(),
             scale: Vec::new(),
             zero: Vec::new(),
+            packed: None,
         };
         for p in parts {
             assert_eq!(p.cols, cols, "stacked matrices need equal widths");
@@ -66,6 +71,15 @@ impl I8Matrix {
             m.zero.extend(p.zero);
         }
         m
+    }
+
+    /// Repacked for [`crate::q8`]'s integer kernels where the CPU has one (AVX2 or
+    /// AVX512-VNNI): activations are then quantized per 32 values (to ~1/254 of each block's
+    /// largest) and the product runs on int8 codes instead of widening every weight to f32.
+    /// Elsewhere, or for shapes that are not whole tiles, unchanged.
+    pub fn pack(mut self) -> Self {
+        self.packed = PackedQ8::from_rows(&self.data, &self.scale, self.cols);
+        self
     }
 
     pub fn rows(&self) -> usize {
@@ -89,6 +103,17 @@ impl I8Matrix {
         let (rows, cols) = (self.rows(), self.cols);
         assert_eq!(xs.len(), n * cols, "matmul_t: input length");
         let sums: Vec<f32> = xs.chunks_exact(cols).map(|x| x.iter().sum()).collect();
+        if let Some(p) = &self.packed {
+            let acts = q8::quantize(xs, n, cols);
+            let fill = |first_row: usize, o: &mut [f32]| {
+                p.columns(&acts, n, first_row..first_row + o.len() / n, o);
+                for (r, ys) in o.chunks_exact_mut(n).enumerate() {
+                    let z = self.zero[first_row + r];
+                    ys.iter_mut().zip(&sums).for_each(|(y, sum)| *y += z * sum);
+                }
+            };
+            return matmul_by_rows(rows, n, self.data.len(), PAR_MIN_ELEMS, fill);
+        }
         let dots = dots_i8_fn(cols);
         let fill = |first_row: usize, o: &mut [f32]| {
             let w = &self.data[first_row * cols..];
@@ -260,17 +285,20 @@ mod tests {
 
     #[test]
     fn recovers_int8_and_multiplies_like_f32() {
+        // Whole tiles of 16 rows take crate::q8's kernels where the CPU has one; 900 and 33
+        // rows keep the f32 path.
         for (rows, cols, n) in [
-            (700, 416, 1),
-            (1300, 416, 3),
+            (704, 416, 1),
+            (1296, 416, 3),
             (900, 416, 4),
-            (500, 416, 6),
+            (496, 416, 6),
             (33, 40, 2),
             (33, 40, 5),
         ] {
             let (w, q) = affine(rows, cols, 0.0123, 0.0246);
             let m = I8Matrix::from_affine(&w, 0.0123, 0.0246, 0.5).unwrap();
             assert_eq!(m.data, q);
+            let m = m.pack();
             let x = Tensor::randn(0f32, 1.0, (n, cols), &Device::Cpu).unwrap();
             let want: Vec<f32> = (x.matmul(&w.t().unwrap()).unwrap() * 0.5)
                 .unwrap()
@@ -285,7 +313,18 @@ mod tests {
                 .zip(&got)
                 .map(|(a, b)| (a - b).abs())
                 .fold(0f32, f32::max);
-            assert!(err < 1e-3, "{rows}x{cols}, n={n}: error {err}");
+            // The integer kernels also round the activations, to 1/254 of each 32-value
+            // block's largest (their exact arithmetic is crate::q8's own test).
+            let largest = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let bound = match m.packed.is_some() {
+                true => 0.02 * largest,
+                false => 1e-3,
+            };
+            println!("{rows}x{cols}, n={n}: error {err:.2e} of {largest:.1}");
+            assert!(
+                err < bound,
+                "{rows}x{cols}, n={n}: error {err} of {largest}"
+            );
             // A batch gives exactly what its rows give alone.
             for (i, x) in xs.chunks_exact(cols).enumerate() {
                 assert_eq!(m.matmul_t(x, 1), got[i * rows..(i + 1) * rows]);

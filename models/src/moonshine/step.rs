@@ -87,7 +87,9 @@ impl Loader<'_> {
             false => None,
         };
         Ok(Linear {
-            w: self.matrix(&format!("{p}.weight"), &[n_out, n_in], 1.0)?,
+            w: self
+                .matrix(&format!("{p}.weight"), &[n_out, n_in], 1.0)?
+                .pack(),
             b,
         })
     }
@@ -98,7 +100,7 @@ impl Loader<'_> {
             .map(|(part, f)| self.matrix(&format!("{p}.{part}.weight"), &[d, d], *f))
             .collect::<Result<Vec<_>>>()?;
         Ok(Linear {
-            w: I8Matrix::stack(parts),
+            w: I8Matrix::stack(parts).pack(),
             b: None,
         })
     }
@@ -181,11 +183,13 @@ impl CpuDecoder {
             )?);
         }
         Ok(Self {
-            embed: loader.matrix(
-                "model.decoder.embed_tokens.weight",
-                &[cfg.vocab_size, d],
-                1.0,
-            )?,
+            embed: loader
+                .matrix(
+                    "model.decoder.embed_tokens.weight",
+                    &[cfg.vocab_size, d],
+                    1.0,
+                )?
+                .pack(),
             layers,
             cross_kv,
             norm: loader.norm("model.decoder.norm", d)?,

@@ -17,6 +17,7 @@ use crate::vecmath::{dot_widened, matmul_by_rows};
 /// tensors can be stacked, e.g. q|k|v, each keeping its own).
 pub struct I8Matrix {
     cols: usize,
+    /// The codes, row-major; emptied once [`I8Matrix::pack`] holds them as tiles.
     data: Vec<i8>,
     scale: Vec<f32>,
     zero: Vec<f32>,
@@ -79,6 +80,9 @@ impl I8Matrix {
     /// Elsewhere, or for shapes that are not whole tiles, unchanged.
     pub fn pack(mut self) -> Self {
         self.packed = PackedQ8::from_rows(&self.data, &self.scale, self.cols);
+        if self.packed.is_some() {
+            self.data = Vec::new();
+        }
         self
     }
 
@@ -92,9 +96,15 @@ impl I8Matrix {
 
     /// Row `i` as f32 (a token's embedding).
     pub fn row_f32(&self, i: usize) -> Vec<f32> {
-        let row = &self.data[i * self.cols..(i + 1) * self.cols];
         let (s, z) = (self.scale[i], self.zero[i]);
-        row.iter().map(|&q| q as f32 * s + z).collect()
+        let value = |q: i8| q as f32 * s + z;
+        match &self.packed {
+            Some(p) => (0..self.cols).map(|j| value(p.code(i, j))).collect(),
+            None => self.data[i * self.cols..(i + 1) * self.cols]
+                .iter()
+                .map(|&q| value(q))
+                .collect(),
+        }
     }
 
     /// X Wᵀ for `n` row-major vectors in `xs`; the result is (n, rows), row-major. Each
@@ -112,7 +122,7 @@ impl I8Matrix {
                     ys.iter_mut().zip(&sums).for_each(|(y, sum)| *y += z * sum);
                 }
             };
-            return matmul_by_rows(rows, n, self.data.len(), PAR_MIN_ELEMS, fill);
+            return matmul_by_rows(rows, n, rows * cols, PAR_MIN_ELEMS, fill);
         }
         let dots = dots_i8_fn(cols);
         let fill = |first_row: usize, o: &mut [f32]| {
@@ -126,7 +136,7 @@ impl I8Matrix {
                 }
             }
         };
-        matmul_by_rows(rows, n, self.data.len(), PAR_MIN_ELEMS, fill)
+        matmul_by_rows(rows, n, rows * cols, PAR_MIN_ELEMS, fill)
     }
 }
 
@@ -299,6 +309,9 @@ mod tests {
             let m = I8Matrix::from_affine(&w, 0.0123, 0.0246, 0.5).unwrap();
             assert_eq!(m.data, q);
             let m = m.pack();
+            // Packed or not, a row reads back as its weights (factor 0.5 rounds nothing).
+            let last: Vec<f32> = (w.get(rows - 1).unwrap() * 0.5).unwrap().to_vec1().unwrap();
+            assert_eq!(m.row_f32(rows - 1), last);
             let x = Tensor::randn(0f32, 1.0, (n, cols), &Device::Cpu).unwrap();
             let want: Vec<f32> = (x.matmul(&w.t().unwrap()).unwrap() * 0.5)
                 .unwrap()

@@ -6,7 +6,9 @@
 //! [`I8Matrix::from_affine`] takes the int8 values back, checking bit for bit that
 //! `q * scale + zero_point` gives every fp32 weight again.
 //!
-//! With w = q s + z per row, W x = s (Q x) + z Σx: one int8 dot product per row.
+//! With w = q s + z per row, W x = s (Q x) + z Σx: one int8 dot product per row. Where the
+//! CPU has one of [`crate::q8`]'s integer kernels ([`I8Matrix::pack`]), x is rounded to int8
+//! per 32 values too and Q x runs in integers; elsewhere Q is widened to f32 against x.
 
 use candle_core::{Result, Tensor};
 

@@ -95,12 +95,12 @@ impl PackedQ8 {
     /// Repack `w` when this CPU has a [`Kernel`] and the shape fits (`None` otherwise).
     pub fn new(w: &QTensor) -> Result<Option<Self>> {
         let (n, k) = w.shape().dims2()?;
-        if !fits(n, k) || w.dtype() != GgmlDType::Q8_0 {
+        let Some(kernel) = fits(n, k).filter(|_| w.dtype() == GgmlDType::Q8_0) else {
             return Ok(None);
-        }
+        };
         let data = w.data()?;
         let blocks = k / BLOCK;
-        Ok(Some(Self::pack(n, k, |c, b| {
+        Ok(Some(Self::pack(kernel, n, k, |c, b| {
             let at = (c * blocks + b) * Q8_0_BYTES;
             let block = &data[at..at + Q8_0_BYTES];
             let scale = half::f16::from_le_bytes([block[0], block[1]]).to_f32();
@@ -113,17 +113,20 @@ impl PackedQ8 {
     pub fn from_rows(codes: &[i8], scales: &[f32], k: usize) -> Option<Self> {
         let n = scales.len();
         assert_eq!(codes.len(), n * k, "from_rows: codes for every row");
-        if !fits(n, k) {
-            return None;
-        }
-        Some(Self::pack(n, k, |c, b| {
+        let kernel = fits(n, k)?;
+        Some(Self::pack(kernel, n, k, |c, b| {
             let row = &codes[c * k + b * BLOCK..];
             (scales[c], std::array::from_fn(|i| row[i]))
         }))
     }
 
-    /// Tiles from `block(column, block) = (scale, codes)`.
-    fn pack(n: usize, k: usize, block: impl Fn(usize, usize) -> (f32, [i8; BLOCK])) -> Self {
+    /// Tiles from `block(column, block) = (scale, codes)`, multiplied by `kernel`.
+    fn pack(
+        kernel: Kernel,
+        n: usize,
+        k: usize,
+        block: impl Fn(usize, usize) -> (f32, [i8; BLOCK]),
+    ) -> Self {
         let blocks = k / BLOCK;
         let mut tiles = Vec::with_capacity(n / COLS * blocks);
         for tile_col in 0..n / COLS {
@@ -143,7 +146,6 @@ impl PackedQ8 {
                 tiles.push(tile);
             }
         }
-        let kernel = Kernel::detect().expect("fits() checked the CPU");
         Self {
             n,
             k,
@@ -244,10 +246,10 @@ impl SendPtr {
     }
 }
 
-/// Whether an `(n, k)` matrix can be packed here: the CPU has a kernel, and the shape is
+/// The kernel for an `(n, k)` matrix here: `None` unless the CPU has one and the shape is
 /// whole tiles.
-fn fits(n: usize, k: usize) -> bool {
-    Kernel::detect().is_some() && n.is_multiple_of(COLS) && k.is_multiple_of(BLOCK)
+fn fits(n: usize, k: usize) -> Option<Kernel> {
+    Kernel::detect().filter(|_| n.is_multiple_of(COLS) && k.is_multiple_of(BLOCK))
 }
 
 /// Rows of `x (m, k)` as Q8_0 blocks: scale = max |value| / 127 (kept in f32), codes

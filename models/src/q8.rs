@@ -174,14 +174,10 @@ impl PackedQ8 {
             cols.start.is_multiple_of(COLS) && cols.end.is_multiple_of(COLS) && cols.end <= self.n
         );
         assert_eq!(out.len(), cols.len() * m, "columns: output size");
-        let blocks = self.k / BLOCK;
         for tc in cols.start / COLS..cols.end / COLS {
-            let tiles = &self.tiles[tc * blocks..(tc + 1) * blocks];
             for first in (0..m).step_by(ROWS) {
                 let rows = first..m.min(first + ROWS);
-                let mut acc = [[0f32; COLS]; ROWS];
-                self.kernel
-                    .tile_rows(tiles, acts, blocks, rows.clone(), &mut acc);
+                let acc = self.tile_column(tc, acts, rows.clone());
                 for (i, r) in rows.enumerate() {
                     for (c, v) in acc[i].iter().enumerate() {
                         out[(tc * COLS + c - cols.start) * m + r] = *v;
@@ -189,6 +185,21 @@ impl PackedQ8 {
                 }
             }
         }
+    }
+
+    /// Tile column `tc` (16 output columns) for activation rows `rows` (at most [`ROWS`]):
+    /// `acc[i][c]` for row `rows.start + i`.
+    fn tile_column(
+        &self,
+        tc: usize,
+        acts: &[ActBlock],
+        rows: std::ops::Range<usize>,
+    ) -> [[f32; COLS]; ROWS] {
+        let blocks = self.k / BLOCK;
+        let tiles = &self.tiles[tc * blocks..(tc + 1) * blocks];
+        let mut acc = [[0f32; COLS]; ROWS];
+        self.kernel.tile_rows(tiles, acts, blocks, rows, &mut acc);
+        acc
     }
 
     /// `x (m, k)` times this matrix transposed: `(m, n)`.
@@ -205,7 +216,6 @@ impl PackedQ8 {
     }
 
     fn matmul(&self, acts: &[ActBlock], m: usize, out: &mut [f32]) {
-        let blocks = self.k / BLOCK;
         let tile_cols = self.n / COLS;
         let row_tiles = m.div_ceil(ROWS);
         // Units are (row tile, column tile), row tile major: a worker walking a range keeps
@@ -216,10 +226,7 @@ impl PackedQ8 {
             for unit in range {
                 let (rt, tc) = (unit / tile_cols, unit % tile_cols);
                 let rows = rt * ROWS..m.min(rt * ROWS + ROWS);
-                let tiles = &self.tiles[tc * blocks..(tc + 1) * blocks];
-                let mut acc = [[0f32; COLS]; ROWS];
-                self.kernel
-                    .tile_rows(tiles, acts, blocks, rows.clone(), &mut acc);
+                let acc = self.tile_column(tc, acts, rows.clone());
                 for (i, r) in rows.enumerate() {
                     // SAFETY: each (row, column tile) of `out` is written by exactly one unit,
                     // and `out` outlives the pool call.
